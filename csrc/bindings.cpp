@@ -1,0 +1,82 @@
+// bindings.cpp: the pybind11 module, compiled twice: as fcn_cuda._host
+// (-DFCN_EMU, launchers run the emulator) and as fcn_cuda._cuda (launchers
+// run on the GPU). One table, mirrored by fcn_cuda/ops.py and friends.
+//
+// Arrays cross as integer addresses (NumPy .ctypes.data, CuPy .data.ptr)
+// and the stream as an integer handle; Python validated them already.
+// Every launcher releases the GIL: the emulator runs kernels on its own
+// threads, and a GPU launch must not block other Python threads.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "ops/launchers.h"
+
+#if !defined(FCN_MODULE_NAME)
+#error "FCN_MODULE_NAME must be _host or _cuda"
+#endif
+
+namespace py = pybind11;
+using Addr = std::uintptr_t;
+
+namespace {
+
+template <typename T>
+T* P(Addr a) { return reinterpret_cast<T*>(a); }
+cudaStream_t S(Addr s) { return reinterpret_cast<cudaStream_t>(s); }
+
+const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+}  // namespace
+
+PYBIND11_MODULE(FCN_MODULE_NAME, m) {
+    m.doc() = "fcn_cuda kernels (see csrc/)";
+#if defined(FCN_EMU)
+    m.attr("EMULATED") = true;
+    m.attr("SANITIZE") = fcn_emu::sanitize_build();
+    m.def("set_workers", &fcn_emu::set_workers, "emulator worker threads; 0 = one per core, 1 = deterministic");
+    m.def("workers", &fcn_emu::workers);
+#else
+    m.attr("EMULATED") = false;
+    m.attr("SANITIZE") = false;
+#endif
+
+    // ---- elementwise
+    m.def("axpy", [](int n, float a, Addr x, Addr y, Addr s) { fcn::launch_axpy(n, a, P<const float>(x), P<float>(y), S(s)); }, nogil);
+
+    // ---- reduce
+    m.def("block_sum_partials", &fcn::block_sum_partials);
+    m.def("block_sum", [](Addr x, Addr partial, Addr out, int n, Addr s) {
+        fcn::launch_block_sum(P<const float>(x), P<float>(partial), P<float>(out), n, S(s));
+    }, nogil);
+    m.def("warp_segment_sum", [](Addr x, Addr sums, int n, int kind, int width, Addr s) {
+        fcn::launch_warp_segment_sum(P<const float>(x), P<float>(sums), n, kind, width, S(s));
+    }, nogil);
+    m.def("warp_shuffle", [](Addr x, Addr y, int n, int kind, int arg, int width, Addr s) {
+        fcn::launch_warp_shuffle(P<const float>(x), P<float>(y), n, kind, arg, width, S(s));
+    }, nogil);
+
+    // ---- gemm
+    m.def("gemm", [](const std::string& variant, Addr a, Addr b, Addr c, int M, int N, int K, Addr s) {
+        fcn::launch_gemm(variant.c_str(), P<const float>(a), P<const float>(b), P<float>(c), M, N, K, S(s));
+    }, nogil);
+
+    // ---- probes
+    m.def("barrier_rotate", [](Addr x, Addr y, int n, int rounds, Addr s) {
+        fcn::launch_barrier_rotate(P<const float>(x), P<float>(y), n, rounds, S(s));
+    }, nogil);
+    m.def("divergent_barrier", [](Addr y, Addr s) { fcn::launch_divergent_barrier(P<float>(y), S(s)); }, nogil);
+    m.def("missing_lane_shuffle", [](Addr y, Addr s) { fcn::launch_missing_lane_shuffle(P<float>(y), S(s)); }, nogil);
+    m.def("atomics_probe", [](Addr v, int n, int bins, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
+        fcn::launch_atomics_probe(P<const int>(v), n, bins, P<int>(counts), P<int>(maximum), P<int>(cas), P<float>(fsum), S(s));
+    }, nogil);
+    m.def("index_probe", [](Addr out, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, Addr s) {
+        fcn::launch_index_probe(P<int>(out), dim3(gx, gy, gz), dim3(bx, by, bz), S(s));
+    }, nogil);
+    m.def("dynamic_smem_probe", [](Addr x, Addr y, Addr mis, int blocks, int threads, Addr s) {
+        fcn::launch_dynamic_smem_probe(P<const float>(x), P<float>(y), P<unsigned>(mis), blocks, threads, S(s));
+    }, nogil);
+    m.def("out_of_bounds_probe", [](Addr x, Addr y, int n, int kind, Addr s) {
+        fcn::launch_out_of_bounds_probe(P<const float>(x), P<float>(y), n, kind, S(s));
+    }, nogil);
+}

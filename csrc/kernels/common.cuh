@@ -1,0 +1,85 @@
+// common.cuh: the one header every kernel and launcher includes.
+//
+// It hides which compiler is reading the source:
+//   * nvcc  (the `_cuda` extension): the real CUDA runtime and nvcuda::wmma;
+//   * g++ with -DFCN_EMU (the `_host` extension): csrc/emu/emu.h, a host
+//     emulation of the CUDA execution model that runs this same source.
+// Everything a kernel needs beyond the CUDA language itself lives here:
+// ceil_div, warp reductions, the dynamic shared memory macro and the single
+// launch helper (`<<<>>>` is not C++, so launches never appear in kernels).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#if defined(FCN_EMU)
+#include "../emu/emu.h"
+#else
+#include <cuda_runtime.h>
+#include <mma.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#endif
+
+// FCN_DYNAMIC_SMEM(T, name): declares `T* name` pointing at the block's
+// dynamic shared memory (the third launch argument). Under nvcc it is the
+// usual `extern __shared__` array, 16-byte aligned so float4 loads are legal;
+// the emulator hands out a 128-byte aligned per-worker arena.
+#if defined(FCN_EMU)
+#define FCN_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::fcn_emu::dynamic_smem())
+#else
+#define FCN_DYNAMIC_SMEM(T, name)                                   \
+    extern __shared__ __align__(16) unsigned char fcn_dynamic_smem_[]; \
+    T* name = reinterpret_cast<T*>(fcn_dynamic_smem_)
+#endif
+
+namespace fcn {
+
+constexpr int kWarpSize = 32;
+
+__host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, long long b) {
+    return (a + b - 1) / b;
+}
+
+// Butterfly reductions: after the loop every lane of the warp holds the
+// result, so no broadcast is needed. All 32 lanes must be present.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// The one launch helper. `name` is what an error message calls the kernel.
+// Under nvcc: the triple-chevron launch plus a check of the launch status;
+// an error becomes std::runtime_error, which pybind11 turns into RuntimeError.
+// Under the emulator: the grid runs to completion on the host worker pool
+// before this returns, and emulator errors (divergent barriers, ...) throw.
+void check_cuda(int err, const char* what);
+
+template <typename... KArgs, typename... Args>
+inline void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
+                   cudaStream_t stream, Args... args) {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) return;
+#if defined(FCN_EMU)
+    ::fcn_emu::launch(name, grid, block, smem_bytes, [=]() { kernel(static_cast<KArgs>(args)...); });
+#else
+    if (smem_bytes > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+        if (e != cudaSuccess) throw std::runtime_error(std::string("kernel ") + name + ": " + cudaGetErrorString(e));
+    }
+    kernel<<<grid, block, smem_bytes, stream>>>(static_cast<KArgs>(args)...);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) throw std::runtime_error(std::string("kernel ") + name + ": " + cudaGetErrorString(e));
+#endif
+}
+
+}  // namespace fcn

@@ -1,0 +1,34 @@
+// elementwise.cuh: the barrier-free rung of the ladder.
+//
+//   axpy: y = a * x + y over n floats.
+//   axpy_float4: each thread moves 16 bytes per load (float4), grid-stride
+//     over n / 4 vectors; a scalar tail handles n % 4. x and y must be
+//     16-byte aligned (CuPy and NumPy allocations are).
+// No thread ever waits for another, which is the case the emulator runs as
+// a plain loop (no fiber switches): its speed is the emulator's ceiling.
+#pragma once
+#include "common.cuh"
+
+namespace fcn {
+
+// One thread per float4; the grid strides so a modest grid covers any n.
+// grid = min(ceil_div(n / 4, 256), 1024) x 1, block = 256.
+__global__ void axpy_float4(int n, float a, const float* __restrict__ x, float* __restrict__ y) {
+    const int vectors = n / 4;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float4* y4 = reinterpret_cast<float4*>(y);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += gridDim.x * blockDim.x) {
+        const float4 xv = x4[i];
+        float4 yv = y4[i];
+        yv.x = fmaf(a, xv.x, yv.x);
+        yv.y = fmaf(a, xv.y, yv.y);
+        yv.z = fmaf(a, xv.z, yv.z);
+        yv.w = fmaf(a, xv.w, yv.w);
+        y4[i] = yv;
+    }
+    // The last n % 4 elements, one per thread of block 0.
+    const int tail = vectors * 4 + threadIdx.x;
+    if (blockIdx.x == 0 && tail < n) y[tail] = fmaf(a, x[tail], y[tail]);
+}
+
+}  // namespace fcn

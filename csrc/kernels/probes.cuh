@@ -1,0 +1,105 @@
+// probes.cuh: small kernels that pin down the execution model itself.
+//
+// They exist to be tested (tests/test_emulator.py): each one gives the right
+// answer only if barriers, shuffles, atomics, shared memory and indexing
+// behave as CUDA says, or fails in a way the emulator must report. They run
+// unchanged on a GPU, where the same tests compare the two builds.
+//   barrier_rotate: rotates a block's values through shared memory; wrong
+//     unless __syncthreads really waits.
+//   divergent_barrier / missing_lane_shuffle: must be reported, never hang.
+//   atomics_probe: int add, max, CAS loop and float add from every thread.
+//   index_probe: writes every thread's (threadIdx, blockIdx) for 3-D launches.
+//   dynamic_smem_probe: alignment of dynamic shared memory, float4 round trip.
+//   out_of_bounds_probe: reads past the end of global, static shared or
+//     dynamic shared memory, or loads a misaligned float4: the sanitizer build
+//     must report each.
+#pragma once
+#include "common.cuh"
+
+namespace fcn {
+
+// One block of n <= 1024 threads; after `rounds` rotations y[t] = x[(t + rounds) % n].
+__global__ void barrier_rotate(const float* __restrict__ x, float* __restrict__ y, int rounds) {
+    __shared__ float s[1024];
+    const int t = threadIdx.x, n = blockDim.x;
+    s[t] = x[t];
+    for (int r = 0; r < rounds; ++r) {
+        __syncthreads();  // every s[] of the previous round is written
+        const float v = s[(t + 1) % n];
+        __syncthreads();  // every thread has read before anyone overwrites
+        s[t] = v;
+    }
+    y[t] = s[t];
+}
+
+// Odd threads wait at a barrier that even threads never reach.
+__global__ void divergent_barrier(float* y) {
+    if (threadIdx.x % 2 == 1) __syncthreads();
+    y[threadIdx.x] = 1.f;
+}
+
+// The upper half-warp leaves before a full-mask shuffle.
+__global__ void missing_lane_shuffle(float* y) {
+    if (threadIdx.x >= 16) return;
+    y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
+}
+
+// Every thread of the grid: counts[v % bins] += 1 (atomicAdd), maximum = max v
+// (atomicMax), cas_count += 1 through an atomicCAS loop, fsum += 0.5f (float
+// atomicAdd, exact for < 2^24 threads).
+__global__ void atomics_probe(const int* __restrict__ v, int n, int bins, int* counts, int* maximum,
+                              int* cas_count, float* fsum) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicAdd(&counts[v[i] % bins], 1);
+    atomicMax(maximum, v[i]);
+    int old = *cas_count, seen;
+    do {
+        seen = old;
+        old = atomicCAS(cas_count, seen, seen + 1);
+    } while (old != seen);
+    atomicAdd(fsum, 0.5f);
+}
+
+// out[6 * g + (0..5)] = threadIdx.xyz, blockIdx.xyz, where g is the thread's
+// position in a row-major (block z, y, x, thread z, y, x) enumeration.
+__global__ void index_probe(int* out) {
+    const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const int thread = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const int g = block * (blockDim.x * blockDim.y * blockDim.z) + thread;
+    int* o = out + 6 * g;
+    o[0] = threadIdx.x, o[1] = threadIdx.y, o[2] = threadIdx.z;
+    o[3] = blockIdx.x, o[4] = blockIdx.y, o[5] = blockIdx.z;
+}
+
+// misalignment[0] = address of dynamic shared memory modulo 16; y gets x
+// back through shared memory as float4, reversed within the block.
+__global__ void dynamic_smem_probe(const float4* __restrict__ x, float4* __restrict__ y,
+                                   unsigned* misalignment) {
+    FCN_DYNAMIC_SMEM(float4, s);
+    const int t = threadIdx.x;
+    if (t == 0 && blockIdx.x == 0) misalignment[0] = unsigned(reinterpret_cast<uintptr_t>(s) % 16);
+    s[t] = x[blockIdx.x * blockDim.x + t];
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + t] = s[blockDim.x - 1 - t];
+}
+
+enum OutOfBounds { kGlobalRead = 0, kStaticSharedRead = 1, kDynamicSharedRead = 2, kMisalignedFloat4 = 3 };
+
+// One block of 64 threads; each reads one element too far in the chosen way.
+__global__ void out_of_bounds_probe(const float* __restrict__ x, float* __restrict__ y, int n, int kind) {
+    __shared__ float s[64];
+    FCN_DYNAMIC_SMEM(float, d);  // launched with 64 floats
+    const int t = threadIdx.x;
+    s[t] = float(t);
+    d[t] = float(t);
+    __syncthreads();
+    float v = 0.f;
+    if (kind == kGlobalRead) v = x[n - 63 + t];              // thread 63 reads x[n]
+    else if (kind == kStaticSharedRead) v = s[t + 1];        // thread 63 reads s[64]
+    else if (kind == kDynamicSharedRead) v = d[t + 1];       // thread 63 reads d[64]
+    else v = reinterpret_cast<const float4*>(x + 1)[0].x;    // x + 1 is not 16-byte aligned
+    y[t] = v;
+}
+
+}  // namespace fcn

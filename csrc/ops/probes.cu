@@ -1,0 +1,38 @@
+#include "kernels/probes.cuh"
+#include "ops/launchers.h"
+
+namespace fcn {
+
+void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStream_t stream) {
+    launch("barrier_rotate", barrier_rotate, dim3(1), dim3(n), 0, stream, x, y, rounds);
+}
+
+void launch_divergent_barrier(float* y, cudaStream_t stream) {
+    launch("divergent_barrier", divergent_barrier, dim3(1), dim3(32), 0, stream, y);
+}
+
+void launch_missing_lane_shuffle(float* y, cudaStream_t stream) {
+    launch("missing_lane_shuffle", missing_lane_shuffle, dim3(1), dim3(32), 0, stream, y);
+}
+
+void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
+                          cudaStream_t stream) {
+    launch("atomics_probe", atomics_probe, dim3(ceil_div(n, 128)), dim3(128), 0, stream, v, n, bins, counts, maximum,
+           cas_count, fsum);
+}
+
+void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream) {
+    launch("index_probe", index_probe, grid, block, 0, stream, out);
+}
+
+void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment, int blocks, int threads,
+                               cudaStream_t stream) {
+    launch("dynamic_smem_probe", dynamic_smem_probe, dim3(blocks), dim3(threads), threads * sizeof(float4), stream,
+           reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), misalignment);
+}
+
+void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream) {
+    launch("out_of_bounds_probe", out_of_bounds_probe, dim3(1), dim3(64), 64 * sizeof(float), stream, x, y, n, kind);
+}
+
+}  // namespace fcn

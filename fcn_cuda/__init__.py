@@ -1,0 +1,18 @@
+"""fcn_cuda: FCN semantic segmentation from handwritten CUDA kernels.
+
+The kernels in csrc/ are built twice: for NVIDIA GPUs (``fcn_cuda._cuda``,
+CuPy arrays) and for any CPU under a host emulation of the CUDA execution
+model (``fcn_cuda._host``, NumPy arrays). ``backend()`` says which one runs.
+"""
+
+from ._backend import backend, cuda_unavailable_reason, emulator_workers, set_emulator_workers, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backend",
+    "use_backend",
+    "cuda_unavailable_reason",
+    "set_emulator_workers",
+    "emulator_workers",
+]

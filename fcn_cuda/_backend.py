@@ -1,0 +1,142 @@
+"""Which build runs the kernels: ``cuda`` (nvcc, CuPy arrays) or ``host``
+(the same kernels under the CUDA emulation, NumPy arrays).
+
+``backend()`` is ``'cuda'`` when ``fcn_cuda._cuda`` imports and CuPy sees a
+GPU, else ``'host'``; ``FCN_CUDA_BACKEND=host|cuda`` or ``use_backend()``
+override that.
+"""
+
+import importlib
+import os
+
+import numpy as np
+
+
+class Backend:
+    """One build of the kernels plus the array module that feeds it."""
+
+    def __init__(self, name, ext, xp):
+        self.name = name
+        self.ext = ext
+        self.xp = xp
+
+    def __repr__(self):
+        return f"<fcn_cuda backend {self.name!r}>"
+
+    def ptr(self, a):
+        return a.ctypes.data if self.name == "host" else a.data.ptr
+
+    def stream(self):
+        """The handle launches go to: CuPy's current stream, 0 on the host."""
+        if self.name == "host":
+            return 0
+        return self.xp.cuda.get_current_stream().ptr
+
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def owns(self, a):
+        """True when `a` is an array this backend's kernels can read."""
+        return isinstance(a, self.xp.ndarray)
+
+    def to_numpy(self, a):
+        return a if self.name == "host" else self.xp.asnumpy(a)
+
+
+_host = None
+_cuda = None
+_cuda_error = None
+_active = None
+
+
+def _host_backend():
+    global _host
+    if _host is None:
+        _host = Backend("host", importlib.import_module("fcn_cuda._host"), np)
+    return _host
+
+
+def _cuda_backend():
+    """The CUDA backend, or None with the reason recorded in _cuda_error."""
+    global _cuda, _cuda_error
+    if _cuda is not None or _cuda_error is not None:
+        return _cuda
+    try:
+        ext = importlib.import_module("fcn_cuda._cuda")
+    except ImportError as e:
+        _cuda_error = (f"fcn_cuda._cuda is not built ({e}); it is built when nvcc is found at "
+                       "install time (set CUDA_HOME or put nvcc on PATH, then reinstall)")
+        return None
+    try:
+        import cupy
+    except ImportError:
+        _cuda_error = "CuPy is not installed (pip install 'fcn_cuda[cuda13]' or cupy-cuda12x)"
+        return None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy raises its own CUDARuntimeError when no driver is present
+        _cuda_error = f"CuPy finds no usable GPU ({e})"
+        return None
+    if count == 0:
+        _cuda_error = "CuPy finds no GPU on this machine"
+        return None
+    _cuda = Backend("cuda", ext, cupy)
+    return _cuda
+
+
+def cuda_unavailable_reason():
+    """Why the CUDA backend cannot be used, or None when it can."""
+    _cuda_backend()
+    return _cuda_error
+
+
+def _select(name):
+    if name == "host":
+        return _host_backend()
+    if name == "cuda":
+        b = _cuda_backend()
+        if b is None:
+            raise RuntimeError(f"the 'cuda' backend is not available: {_cuda_error}")
+        return b
+    raise ValueError(f"backend must be 'host' or 'cuda', got {name!r}")
+
+
+def active():
+    """The Backend object in use (chosen on first use)."""
+    global _active
+    if _active is None:
+        env = os.environ.get("FCN_CUDA_BACKEND", "").strip().lower()
+        if env:
+            _active = _select(env)
+        else:
+            _active = _cuda_backend() or _host_backend()
+    return _active
+
+
+def backend():
+    """The active backend's name: ``'cuda'`` or ``'host'``."""
+    return active().name
+
+
+def use_backend(name):
+    """Switch the active backend to ``'host'`` or ``'cuda'``; returns the previous name.
+
+    Asking for ``'cuda'`` where it cannot run raises RuntimeError saying why.
+    """
+    global _active
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    previous = _active.name if _active is not None else None
+    _active = _select(name.strip().lower())
+    return previous
+
+
+def set_emulator_workers(n):
+    """Worker threads of the host emulation: 0 = one per core, 1 = deterministic order."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    _host_backend().ext.set_workers(n)
+
+
+def emulator_workers():
+    return _host_backend().ext.workers()
