@@ -79,4 +79,16 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("out_of_bounds_probe", [](Addr x, Addr y, int n, int kind, Addr s) {
         fcn::launch_out_of_bounds_probe(P<const float>(x), P<float>(y), n, kind, S(s));
     }, nogil);
+
+    // ---- conv2d
+
+    // ---- pool
+
+    // ---- upsample
+
+    // ---- crop
+
+    // ---- softmax
+
+    // ---- preprocess
 }

@@ -39,4 +39,16 @@ void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment,
                                cudaStream_t stream);
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
 
+// ---- conv2d.cu
+
+// ---- pool.cu
+
+// ---- upsample.cu  (conv_transpose2d, bilinear)
+
+// ---- crop.cu  (crop_add, fused score head)
+
+// ---- softmax.cu  (softmax, argmax)
+
+// ---- preprocess.cu
+
 }  // namespace fcn

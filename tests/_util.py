@@ -1,0 +1,40 @@
+"""Comparison helpers for the numerical contract (DESIGN.md section 3)."""
+
+import numpy as np
+
+FP32 = 1e-5
+TF32 = 2e-3
+HALF = 1e-2
+
+
+def to_numpy(a):
+    if hasattr(a, "get"):  # CuPy
+        return a.get()
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def errors(out, ref):
+    """(relative L2 error, max abs error) in float64; NaN anywhere is +inf."""
+    out = to_numpy(out).astype(np.float64)
+    ref = to_numpy(ref).astype(np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
+    if not np.isfinite(out).all():
+        return np.inf, np.inf
+    diff = out - ref
+    denom = np.linalg.norm(ref)
+    rel = np.linalg.norm(diff) / denom if denom > 0 else np.linalg.norm(diff)
+    return float(rel), float(np.abs(diff).max()) if diff.size else 0.0
+
+
+def assert_close(out, ref, tol=FP32, what="output"):
+    rel, mx = errors(out, ref)
+    assert rel <= tol, f"{what}: relative error {rel:.3e} > {tol:.0e} (max abs error {mx:.3e})"
+
+
+def nan_filled(be, shape, dtype=np.float32):
+    """An output buffer poisoned with NaN so unwritten elements fail."""
+    a = be.xp.empty(shape, dtype=dtype)
+    a.fill(np.nan)
+    return a
