@@ -10,7 +10,8 @@
 Environment:
   FCN_CUDA_ARCH      compute capabilities, e.g. "90", "90a", "80;90"
                      (default: the visible GPU's, else 90)
-  FCN_CUDA_SANITIZE  1: build _host with ASan + UBSan (see README)
+  FCN_CUDA_SANITIZE  1: build only fcn_cuda._host_asan, the emulator with
+                     ASan + UBSan (see README for running it)
   FCN_CUDA_NO_CUDA   1: skip the nvcc build even if nvcc is present
   FCN_CUDA_JOBS      parallel compile jobs (default: the CPU count)
 
@@ -127,6 +128,9 @@ class BuildExt(build_ext):
             ext.extra_objects = list(map(str, pool.map(job, sources))) + ext.extra_objects
         if ext.name.endswith("_cuda"):
             self.gather_ptxas_report()
+        # Relink whenever any source changed (setuptools only looks at
+        # ext.sources and ext.depends).
+        ext.depends = [str(p) for p in all_headers()]
         super().build_extension(ext)
 
     def gxx_compile(self, src, obj, ext):
@@ -163,11 +167,14 @@ def host_extension():
     flags += ["-std=c++17", "-DFCN_EMU", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
     import pybind11
 
+    # The sanitizer build is a module of its own, so it never replaces the
+    # optimized one; the backend loads it when FCN_CUDA_SANITIZE=1 at run time.
+    name = "_host_asan" if sanitize else "_host"
     ext = Extension(
-        "fcn_cuda._host",
+        f"fcn_cuda.{name}",
         sources=["csrc/bindings.cpp"],
         include_dirs=[str(CSRC), pybind11.get_include()],
-        extra_compile_args=flags + ["-DFCN_MODULE_NAME=_host"],
+        extra_compile_args=flags + [f"-DFCN_MODULE_NAME={name}"],
         extra_link_args=link,
         language="c++",
     )

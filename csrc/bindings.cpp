@@ -70,6 +70,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("atomics_probe", [](Addr v, int n, int bins, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
         fcn::launch_atomics_probe(P<const int>(v), n, bins, P<int>(counts), P<int>(maximum), P<int>(cas), P<float>(fsum), S(s));
     }, nogil);
+    m.def("atomic_sum", [](Addr x, int n, Addr out, Addr s) { fcn::launch_atomic_sum(P<const float>(x), n, P<float>(out), S(s)); }, nogil);
+    m.def("tf32_round", [](Addr x, Addr y, int n, Addr s) { fcn::launch_tf32_round(P<const float>(x), P<float>(y), n, S(s)); }, nogil);
     m.def("index_probe", [](Addr out, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, Addr s) {
         fcn::launch_index_probe(P<int>(out), dim3(gx, gy, gz), dim3(bx, by, bz), S(s));
     }, nogil);

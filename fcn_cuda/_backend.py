@@ -52,7 +52,11 @@ _active = None
 def _host_backend():
     global _host
     if _host is None:
-        _host = Backend("host", importlib.import_module("fcn_cuda._host"), np)
+        # FCN_CUDA_SANITIZE=1 selects the ASan/UBSan build of the emulator
+        # (built by `FCN_CUDA_SANITIZE=1 python setup.py build_ext --inplace`,
+        # run with libasan preloaded; see README).
+        name = "_host_asan" if os.environ.get("FCN_CUDA_SANITIZE") == "1" else "_host"
+        _host = Backend("host", importlib.import_module(f"fcn_cuda.{name}"), np)
     return _host
 
 

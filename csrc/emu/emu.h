@@ -67,10 +67,24 @@ inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 
 typedef struct fcn_emu_stream_* cudaStream_t;
 
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+// The built-in variables of the running CUDA thread. One `__thread` struct
+// rather than four C++ thread_locals: no TLS wrapper calls, and a kernel pays
+// for one thread-local address lookup, not four (in a dlopen'ed module every
+// lookup is a call; the initial-exec model would avoid it but cannot hold the
+// module's __shared__ arrays, which live in the same TLS segment).
+namespace fcn_emu {
+struct Builtins {
+    uint3 thread_idx;
+    uint3 block_idx;
+    uint3 block_dim;  // dim3 on the GPU; uint3 keeps this trivially constructible for __thread
+    uint3 grid_dim;
+};
+}  // namespace fcn_emu
+extern __thread fcn_emu::Builtins fcn_emu_builtins;
+#define threadIdx (fcn_emu_builtins.thread_idx)
+#define blockIdx (fcn_emu_builtins.block_idx)
+#define blockDim (fcn_emu_builtins.block_dim)
+#define gridDim (fcn_emu_builtins.grid_dim)
 constexpr int warpSize = 32;
 
 namespace fcn_emu {

@@ -33,10 +33,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
+__thread fcn_emu::Builtins fcn_emu_builtins;
 
 namespace fcn_emu {
 namespace {
@@ -93,7 +90,7 @@ struct Worker {
     size_t scheduler_stack_size = 0;
 };
 
-thread_local Worker* tls_worker = nullptr;
+__thread Worker* tls_worker = nullptr;
 
 Worker& this_worker() {
     // One per OS thread for the life of the process: its stacks are reused.
@@ -101,7 +98,7 @@ Worker& this_worker() {
     return *tls_worker;
 }
 
-int linear_tid(uint3 t, dim3 b) { return int(t.x + b.x * (t.y + b.y * t.z)); }
+int linear_tid(uint3 t, uint3 b) { return int(t.x + b.x * (t.y + b.y * t.z)); }
 
 std::string tid_str(uint3 t) {
     return "(" + std::to_string(t.x) + "," + std::to_string(t.y) + "," + std::to_string(t.z) + ")";
@@ -284,8 +281,8 @@ void run_fibers(Worker& w) {
 void run_block(Worker& w, Launch& L, long long b) {
     const dim3 g = L.grid;
     blockIdx = {unsigned(b % g.x), unsigned((b / g.x) % g.y), unsigned(b / (long long)(g.x) / g.y)};
-    blockDim = L.block;
-    gridDim = L.grid;
+    blockDim = {L.block.x, L.block.y, L.block.z};
+    gridDim = {L.grid.x, L.grid.y, L.grid.z};
     const dim3 bd = L.block;
     const int n = int(bd.x * bd.y * bd.z);
     w.nthreads = n;
@@ -295,15 +292,20 @@ void run_block(Worker& w, Launch& L, long long b) {
         resume(w, w.fibers[0]);
         if (w.fibers[0].state == State::kFailed) throw std::runtime_error(w.block_error);
         if (w.fibers[0].state == State::kDone) {
+            // Loop mode: nested loops rather than divisions per thread, since
+            // this path costs a few nanoseconds per CUDA thread in all.
             w.loop_mode = true;
-            for (int i = 1; i < n; ++i) {
-                threadIdx = tid_of(i);
-                try {
-                    L.thunk(L.ctx);
-                } catch (const std::exception& e) {
-                    throw std::runtime_error("thread " + tid_str(tid_of(i)) + ": " + e.what());
-                }
-            }
+            uint3 t{1, 0, 0};
+            for (t.z = 0; t.z < bd.z; ++t.z)
+                for (t.y = 0; t.y < bd.y; ++t.y)
+                    for (t.x = (t.y == 0 && t.z == 0) ? 1 : 0; t.x < bd.x; ++t.x) {
+                        threadIdx = t;
+                        try {
+                            L.thunk(L.ctx);
+                        } catch (const std::exception& e) {
+                            throw std::runtime_error("thread " + tid_str(t) + ": " + e.what());
+                        }
+                    }
             w.loop_mode = false;
             return;
         }

@@ -8,6 +8,9 @@
 //     unless __syncthreads really waits.
 //   divergent_barrier / missing_lane_shuffle: must be reported, never hang.
 //   atomics_probe: int add, max, CAS loop and float add from every thread.
+//   atomic_sum: one float accumulator hit by every thread; its rounding
+//     depends on the order, so it shows whether runs are deterministic.
+//   tf32_round: __float_to_tf32 elementwise, to compare with the hardware.
 //   index_probe: writes every thread's (threadIdx, blockIdx) for 3-D launches.
 //   dynamic_smem_probe: alignment of dynamic shared memory, float4 round trip.
 //   out_of_bounds_probe: reads past the end of global, static shared or
@@ -59,6 +62,17 @@ __global__ void atomics_probe(const int* __restrict__ v, int n, int bins, int* c
         old = atomicCAS(cas_count, seen, seen + 1);
     } while (old != seen);
     atomicAdd(fsum, 0.5f);
+}
+
+// *out += x[i] for every i, in whatever order the threads arrive.
+__global__ void atomic_sum(const float* __restrict__ x, int n, float* out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) atomicAdd(out, x[i]);
+}
+
+__global__ void tf32_round(const float* __restrict__ x, float* __restrict__ y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = nvcuda::wmma::__float_to_tf32(x[i]);
 }
 
 // out[6 * g + (0..5)] = threadIdx.xyz, blockIdx.xyz, where g is the thread's

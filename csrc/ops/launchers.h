@@ -34,6 +34,8 @@ void launch_divergent_barrier(float* y, cudaStream_t stream);
 void launch_missing_lane_shuffle(float* y, cudaStream_t stream);
 void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
                           cudaStream_t stream);
+void launch_atomic_sum(const float* x, int n, float* out, cudaStream_t stream);
+void launch_tf32_round(const float* x, float* y, int n, cudaStream_t stream);
 void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream);
 void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment, int blocks, int threads,
                                cudaStream_t stream);

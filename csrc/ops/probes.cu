@@ -21,6 +21,14 @@ void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maxim
            cas_count, fsum);
 }
 
+void launch_atomic_sum(const float* x, int n, float* out, cudaStream_t stream) {
+    launch("atomic_sum", atomic_sum, dim3(ceil_div(n, 128)), dim3(128), 0, stream, x, n, out);
+}
+
+void launch_tf32_round(const float* x, float* y, int n, cudaStream_t stream) {
+    launch("tf32_round", tf32_round, dim3(ceil_div(n, 128)), dim3(128), 0, stream, x, y, n);
+}
+
 void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream) {
     launch("index_probe", index_probe, grid, block, 0, stream, out);
 }

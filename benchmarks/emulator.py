@@ -1,0 +1,64 @@
+"""Speed of the host emulation itself (issue: foundation).
+
+    python benchmarks/emulator.py [--workers N]
+
+Times, on the host backend, the register-blocked tiled SGEMM (a kernel with
+two __syncthreads per K step, so fibers switch) and the barrier-free float4
+axpy (run as a plain loop), with one worker (per-core figures) and with one
+worker per core. Median of several runs after a warm-up; inputs stay the same
+because this measures the emulator's execution, not memory. These are CPU
+timings of the emulation, never GPU figures.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+import fcn_cuda
+from fcn_cuda import basics
+
+
+def median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="workers for the parallel rows")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    fcn_cuda.use_backend("host")
+    rng = np.random.default_rng(0)
+    m = n = k = 256
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    size = 1 << 18  # 1 MiB per vector: stays in cache, so this measures the emulator
+    x = rng.standard_normal(size).astype(np.float32)
+    y = rng.standard_normal(size).astype(np.float32)
+    print(f"host emulation on {os.cpu_count()} CPU cores (CPU timings, not GPU figures)")
+    print(f"{'kernel':28s} {'workers':>7s} {'ms':>9s} {'GFLOP/s':>9s} {'GFLOP/s/core':>13s}")
+    for workers in (1, args.workers):
+        fcn_cuda.set_emulator_workers(workers)
+        rows = [
+            (f"sgemm_tiled {m}x{n}x{k}", 2.0 * m * n * k, lambda: basics.gemm(a, b, "tiled")),
+            (f"sgemm_naive {m}x{n}x{k}", 2.0 * m * n * k, lambda: basics.gemm(a, b, "naive")),
+            (f"axpy_float4 n={size}", 2.0 * size, lambda: basics.axpy(1.5, x, y)),
+        ]
+        for name, flops, fn in rows:
+            s = median_seconds(fn, args.repeats)
+            gf = flops / s / 1e9
+            print(f"{name:28s} {workers:7d} {s * 1e3:9.2f} {gf:9.2f} {gf / workers:13.2f}")
+    fcn_cuda.set_emulator_workers(0)
+
+
+if __name__ == "__main__":
+    main()

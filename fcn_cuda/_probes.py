@@ -1,0 +1,84 @@
+"""Python side of csrc/kernels/probes.cuh: kernels that test the execution
+model itself (tests/test_emulator.py). Not part of the public API."""
+
+import numpy as np
+
+from . import _backend
+
+
+def _be():
+    return _backend.active()
+
+
+def barrier_rotate(x, rounds):
+    be = _be()
+    y = be.empty(x.size)
+    be.ext.barrier_rotate(be.ptr(x), be.ptr(y), x.size, rounds, be.stream())
+    return y
+
+
+def divergent_barrier():
+    be = _be()
+    y = be.empty(32)
+    be.ext.divergent_barrier(be.ptr(y), be.stream())
+    return y
+
+
+def missing_lane_shuffle():
+    be = _be()
+    y = be.empty(32)
+    be.ext.missing_lane_shuffle(be.ptr(y), be.stream())
+    return y
+
+
+def atomics(v, bins):
+    be = _be()
+    counts = be.xp.zeros(bins, dtype=np.int32)
+    maximum = be.xp.full(1, -(2**31), dtype=np.int32)
+    cas = be.xp.zeros(1, dtype=np.int32)
+    fsum = be.xp.zeros(1, dtype=np.float32)
+    be.ext.atomics_probe(be.ptr(v), v.size, bins, be.ptr(counts), be.ptr(maximum), be.ptr(cas), be.ptr(fsum),
+                         be.stream())
+    return counts, int(maximum[0]), int(cas[0]), float(fsum[0])
+
+
+def atomic_sum(x):
+    be = _be()
+    out = be.xp.zeros(1, dtype=np.float32)
+    be.ext.atomic_sum(be.ptr(x), x.size, be.ptr(out), be.stream())
+    return out
+
+
+def tf32_round(x):
+    be = _be()
+    y = be.empty(x.size)
+    be.ext.tf32_round(be.ptr(x), be.ptr(y), x.size, be.stream())
+    return y
+
+
+def index(grid, block):
+    be = _be()
+    total = int(np.prod(grid)) * int(np.prod(block))
+    out = be.xp.full(6 * total, -1, dtype=np.int32)
+    be.ext.index_probe(be.ptr(out), *grid, *block, be.stream())
+    return out.reshape(total, 6)
+
+
+def dynamic_smem(x, threads):
+    be = _be()
+    y = be.empty(x.size)
+    misalignment = be.xp.full(1, 99, dtype=np.uint32)
+    be.ext.dynamic_smem_probe(be.ptr(x), be.ptr(y), be.ptr(misalignment), x.size // (4 * threads), threads,
+                              be.stream())
+    return y, int(misalignment[0])
+
+
+OUT_OF_BOUNDS = {"global": 0, "static_shared": 1, "dynamic_shared": 2, "misaligned_float4": 3}
+
+
+def out_of_bounds(kind, n=1000):
+    be = _be()
+    x = be.xp.arange(n, dtype=np.float32)
+    y = be.empty(64)
+    be.ext.out_of_bounds_probe(be.ptr(x), be.ptr(y), n, OUT_OF_BOUNDS[kind], be.stream())
+    return y
