@@ -17,6 +17,54 @@ __all__ = []
 
 # ---- conv2d
 
+CONV2D_VARIANTS = ("direct", "igemm")
+__all__ += ["conv2d", "CONV2D_VARIANTS"]
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
+    """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
+
+    x: N x C x H x W, w: K x C x R x S, b: K or None; stride (>= 1) and
+    padding (>= 0) are an int or an (h, w) pair. Returns N x K x P x Q with
+    P = (H + 2*padding[0] - R) // stride[0] + 1, Q likewise.
+    variant: one of CONV2D_VARIANTS, or None for the default (igemm).
+    """
+    be = _backend.active()
+    if variant is not None:
+        V.choice(variant, "variant", CONV2D_VARIANTS)
+    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    n, c, h, wd = x.shape
+    k, cw, r, s = w.shape
+    if cw != c:
+        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
+                         f"(shape {tuple(x.shape)})")
+    if k > 65535 * 64:  # igemm puts 64-channel tiles on grid.y
+        raise ValueError(f"w has {k} output channels; conv2d supports at most {65535 * 64}")
+    if b is not None:
+        b = V.array(b, "b", ndim=1, be=be)
+        if b.shape[0] != k:
+            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    if max(sh, sw) > V.INT32_LIMIT:
+        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
+    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
+                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
+    p = (h + 2 * ph - r) // sh + 1
+    q = (wd + 2 * pw - s) // sw + 1
+    if p <= 0 or q <= 0:
+        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
+                         f"{h} x {wd} image with padding {(ph, pw)}")
+    V.fits_int32(n * k * p * q, f"the output (N x K x P x Q = {n} x {k} x {p} x {q})")
+    y = be.empty((n, k, p, q))
+    be.ext.conv2d(variant or "igemm", be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+                  n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+    return y
+
 # ---- max_pool2d
 
 # ---- conv_transpose2d and bilinear upsampling
