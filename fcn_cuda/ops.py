@@ -21,13 +21,31 @@ CONV2D_VARIANTS = ("direct", "igemm")
 __all__ += ["conv2d", "CONV2D_VARIANTS"]
 
 
+def _conv2d_tile_use(m, k, crs):
+    """The useful fraction of the work igemm does in its 64 x 64 x 16 tiles
+    (GEMM rows m = N*P*Q, columns k = K, depth crs = C*R*S)."""
+    padded = lambda v, tile: -(-v // tile) * tile
+    return m * k * crs / (padded(m, 64) * padded(k, 64) * padded(crs, 16))
+
+
+def _conv2d_default_variant(be, m, k, crs):
+    """igemm; on the host, direct where most of igemm's tile work would be
+    zero-fill: the emulator runs direct faster below about 20% tile use
+    (`python benchmarks/emu_conv2d.py --sweep`). Not yet measured on a GPU."""
+    if be.name == "host" and _conv2d_tile_use(m, k, crs) < 0.2:
+        return "direct"
+    return "igemm"
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
 
     x: N x C x H x W, w: K x C x R x S, b: K or None; stride (>= 1) and
     padding (>= 0) are an int or an (h, w) pair. Returns N x K x P x Q with
     P = (H + 2*padding[0] - R) // stride[0] + 1, Q likewise.
-    variant: one of CONV2D_VARIANTS, or None for the default (igemm).
+    variant: one of CONV2D_VARIANTS, or None for the fastest for the backend
+    and shape (igemm, but direct on the host when igemm's tiles are mostly
+    padding, e.g. a handful of output pixels or channels).
     """
     be = _backend.active()
     if variant is not None:
@@ -60,8 +78,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
         raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
                          f"{h} x {wd} image with padding {(ph, pw)}")
     V.fits_int32(n * k * p * q, f"the output (N x K x P x Q = {n} x {k} x {p} x {q})")
+    variant = variant or _conv2d_default_variant(be, n * p * q, k, c * r * s)
     y = be.empty((n, k, p, q))
-    be.ext.conv2d(variant or "igemm", be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+    be.ext.conv2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
                   n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     return y
 
