@@ -77,7 +77,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     if p <= 0 or q <= 0:
         raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
                          f"{h} x {wd} image with padding {(ph, pw)}")
-    V.fits_int32(n * k * p * q, f"the output (N x K x P x Q = {n} x {k} x {p} x {q})")
+    # The launchers round the output up to whole 256-thread blocks in int arithmetic.
+    limit = V.INT32_LIMIT - 255
+    if n * k * p * q > limit:
+        raise ValueError(f"the output (N x K x P x Q = {n} x {k} x {p} x {q}) would have {n * k * p * q} "
+                         f"elements; the kernels index with 32-bit ints (at most {limit} here)")
     variant = variant or _conv2d_default_variant(be, n * p * q, k, c * r * s)
     y = be.empty((n, k, p, q))
     be.ext.conv2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),

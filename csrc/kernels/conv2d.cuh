@@ -57,10 +57,9 @@ struct ConvShape {
 __global__ void __launch_bounds__(256)
 conv2d_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
               float* __restrict__ y, ConvShape g, int relu) {
-    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;  // unsigned: the last block may pass INT_MAX
-    if (i >= unsigned(g.N * g.K * g.P * g.Q)) return;
-    const int q = int(i % g.Q), p = int(i / g.Q % g.P);
-    const int k = int(i / (g.Q * g.P) % g.K), n = int(i / (g.Q * g.P * g.K));
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
+    if (i >= g.N * g.K * g.P * g.Q) return;
+    const int q = i % g.Q, p = i / g.Q % g.P, k = i / (g.Q * g.P) % g.K, n = i / (g.Q * g.P * g.K);
     const int ih0 = p * g.sh - g.ph, iw0 = q * g.sw - g.pw;
     // Clip the filter window to the image once, so the tap loops need no tests.
     const int r0 = max(0, -ih0), r1 = min(g.R, g.H - ih0);
