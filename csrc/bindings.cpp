@@ -83,6 +83,11 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- conv2d
+    m.def("conv2d", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W, int K,
+                       int kh, int kw, int sh, int sw, int ph, int pw, bool relu, Addr s) {
+        fcn::launch_conv2d(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b), P<float>(y), N, C,
+                           H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
+    }, nogil);
 
     // ---- pool
 

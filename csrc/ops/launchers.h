@@ -42,6 +42,10 @@ void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment,
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
 
 // ---- conv2d.cu
+// variant: "direct", "igemm"; b may be null; y is N x K x P x Q with P, Q derived from the rest.
+void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
+                   int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
+                   cudaStream_t stream);
 
 // ---- pool.cu
 

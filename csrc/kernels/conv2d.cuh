@@ -1,0 +1,225 @@
+// conv2d.cuh: y = relu?(conv2d(x, w) + b), PyTorch's F.conv2d (cross-correlation,
+// zero padding, no dilation, one group), with the ReLU optional.
+//
+// Layout (float32, NCHW, C-contiguous):
+//   x: N x C x H x W    w: K x C x R x S    b: K (or null)    y: N x K x P x Q
+//   P = (H + 2*ph - R) / sh + 1,  Q = (W + 2*pw - S) / sw + 1
+//   y[n][k][p][q] = b[k] + sum over c, r, s of
+//                   w[k][c][r][s] * x[n][c][p*sh - ph + r][q*sw - pw + s]   (0 outside x)
+//
+// The implicit GEMM view, in NCHW:
+//   GEMM M = N*P*Q  rows:    one output pixel   m  = (n, p, q)
+//   GEMM N = K      columns: one output channel k
+//   GEMM K = C*R*S  depth:   one filter tap     kk = (c, r, s)
+//   A[m][kk] = x[n][c][p*sh - ph + r][q*sw - pw + s]   im2col(x), gathered on the fly, never stored
+//   B[kk][k] = w[k][kk]                                w is K x CRS row-major, so B is w transposed
+//   C[m][k]  = y[n][k][p][q]                           column k of C is the feature map of channel k
+//
+// Variants:
+//   conv2d_direct: one thread per output element reads its C*R*S taps straight
+//     from global memory. Any shape; the readable baseline.
+//   conv2d_igemm:  sgemm_tiled (gemm.cuh) over the GEMM view above: a 64-pixel x
+//     64-channel C tile per block of 256 threads, depth in steps of 16 through
+//     shared memory, a 4 x 4 register block per thread; the A tile is gathered
+//     from x with padding and edges zero-filled, the next tiles are prefetched
+//     into registers while the current ones are multiplied (double-buffered
+//     shared memory, one barrier per step); bias and ReLU fused in the
+//     epilogue. Any shape; fp32 on CUDA cores; K <= 65535 * 64.
+//
+// Ready for tensor cores: the staged tiles are As[kk][m] (pixels contiguous:
+// a 64 x 16 column-major A tile, leading dimension 64) and Bs[kk][k]
+// (channels contiguous: a 16 x 64 row-major B tile, leading dimension 68),
+// both multiples of 16 bytes, which is what wmma::load_matrix_sync wants for
+// matrix_a/col_major and matrix_b/row_major. A conv2d_igemm_tf32 variant keeps
+// the gather, the prefetch and the pipeline as they are and only swaps the
+// 4 x 4 FMA block for 8 warps each owning two 16 x 16 accumulators of the
+// 64 x 64 tile (two m16n16k8 steps per 16-deep stage), storing them to shared
+// memory before the same bias/ReLU epilogue.
+#pragma once
+#include "common.cuh"
+
+namespace fcn {
+
+// Every size of one convolution, as the launcher derived them.
+struct ConvShape {
+    int N, C, H, W;  // x
+    int K, R, S;     // w
+    int P, Q;        // y's spatial size
+    int sh, sw;      // stride
+    int ph, pw;      // padding
+};
+
+// ---------------------------------------------------------------- direct
+
+// grid = ceil(N*K*P*Q / 256), block = 256.
+// Thread i computes y's element i in NCHW order, so consecutive threads write
+// consecutive q (coalesced stores) and read neighbouring columns of x.
+__global__ void __launch_bounds__(256)
+conv2d_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+              float* __restrict__ y, ConvShape g, int relu) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
+    if (i >= g.N * g.K * g.P * g.Q) return;
+    const int q = i % g.Q, p = i / g.Q % g.P, k = i / (g.Q * g.P) % g.K, n = i / (g.Q * g.P * g.K);
+    const int ih0 = p * g.sh - g.ph, iw0 = q * g.sw - g.pw;
+    // Clip the filter window to the image once, so the tap loops need no tests.
+    const int r0 = max(0, -ih0), r1 = min(g.R, g.H - ih0);
+    const int s0 = max(0, -iw0), s1 = min(g.S, g.W - iw0);
+    float acc = 0.f;
+    for (int c = 0; c < g.C; ++c) {
+        const int xc = (n * g.C + c) * g.H;  // first row of x's channel c
+        const int wc = (k * g.C + c) * g.R;  // first row of w's filter (k, c)
+        for (int r = r0; r < r1; ++r)
+            for (int s = s0; s < s1; ++s)
+                acc = fmaf(__ldg(&w[(wc + r) * g.S + s]), __ldg(&x[(xc + ih0 + r) * g.W + iw0 + s]), acc);
+    }
+    if (b) acc += __ldg(&b[k]);
+    y[i] = relu ? fmaxf(acc, 0.f) : acc;
+}
+
+// ---------------------------------------------------------------- igemm
+
+constexpr int kConvTileM = 64;  // output pixels per block (GEMM rows)
+constexpr int kConvTileN = 64;  // output channels per block (GEMM columns)
+constexpr int kConvTileK = 16;  // filter taps per shared-memory stage (GEMM depth)
+constexpr int kConvThreadM = 4, kConvThreadN = 4;
+constexpr int kConvThreads = (kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN);  // 256
+// Bs rows are padded by 4 floats: the transposing store below writes 16
+// consecutive taps of one channel per half-warp, which without padding would
+// all land in one bank; with 68 they spread over 8 banks x 2 channels (2-way
+// at worst), and rows stay 16-byte aligned for float4 / wmma loads.
+constexpr int kConvLdB = kConvTileN + 4;
+
+// A filter tap kk = (c, r, s) kept as its three coordinates, so walking along
+// the GEMM depth costs two compares instead of two integer divisions.
+struct Tap {
+    int c, r, s;
+};
+
+__device__ __forceinline__ Tap tap_of(int kk, int R, int S) {
+    const int rs = kk % (R * S);
+    return {kk / (R * S), rs / S, rs % S};
+}
+
+// t + step, where step = tap_of(d) for some distance d: each coordinate
+// carries at most once because both addends are below the bound.
+__device__ __forceinline__ Tap tap_add(Tap t, Tap step, int R, int S) {
+    t.s += step.s;
+    t.r += step.r;
+    t.c += step.c;
+    if (t.s >= S) t.s -= S, ++t.r;
+    if (t.r >= R) t.r -= R, ++t.c;
+    return t;
+}
+
+// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256.
+// The block computes the C tile of pixels m0 .. m0+63 x channels k0 .. k0+63.
+// Compute: thread t owns pixels m0 + tm*4 .. +3 and channels k0 + tn*4 .. +3
+//   (tm = t % 16, tn = t / 16): per tap, one float4 of As and one of Bs feed
+//   16 FMAs.
+// Loads of one 16-deep stage (4 values of A and 4 of B per thread):
+//   A: thread t gathers pixel m0 + t % 64 for taps t / 64 + {0, 4, 8, 12}:
+//      a warp reads 32 consecutive output pixels of one tap, i.e. consecutive
+//      (strided by sw) columns of one row of x: coalesced. Each thread keeps
+//      its pixel for the whole loop, so (n, p, q) is decoded once.
+//   B: thread t reads tap t % 16 of channels t / 16 + {0, 16, 32, 48}: a
+//      half-warp reads 16 consecutive floats of one filter row of w
+//      (coalesced), stored transposed to Bs[tap][channel].
+__global__ void __launch_bounds__(kConvThreads)
+conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+             float* __restrict__ y, ConvShape g, int relu) {
+    __shared__ __align__(16) float As[2][kConvTileK][kConvTileM];
+    __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB];
+    const int t = threadIdx.x;
+    const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
+    const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
+
+    // A loader: this thread's pixel, its receptive field's corner, and its taps.
+    const int am = m0 + t % kConvTileM;
+    const int an = am / PQ, ap = am % PQ / g.Q, aq = am % g.Q;
+    const int ih0 = ap * g.sh - g.ph, iw0 = aq * g.sw - g.pw;
+    const int xn = an * g.C * g.H * g.W;  // offset of image n (== x's size past the last pixel)
+    const bool a_pixel = am < M;
+    constexpr int kSlots = kConvTileK * kConvTileM / kConvThreads;  // 4 taps per thread per stage
+    constexpr int kSlotStride = kConvThreads / kConvTileM;          // 4 taps apart
+    const Tap slot_step = tap_of(kSlotStride, g.R, g.S);
+    const Tap stage_step = tap_of(kConvTileK, g.R, g.S);
+    Tap tap = tap_of(t / kConvTileM, g.R, g.S);  // slot 0 of the current stage
+
+    // B loader: tap t % 16 of channels k0 + t / 16 + 16 * i.
+    const int bkk = t % kConvTileK, bk = t / kConvTileK;
+
+    float a_next[kSlots], b_next[kSlots];
+    // Fetch the stage starting at depth kk0 (slot 0 at `tap`) into registers.
+    // Past the depth, tap.c reaches C, so one test zero-fills both the depth
+    // tail and (with the row/column tests) the padding.
+    auto fetch = [&](int kk0) {
+        Tap u = tap;
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+            const int ih = ih0 + u.r, iw = iw0 + u.s;
+            const bool inside = a_pixel && u.c < g.C && unsigned(ih) < unsigned(g.H) && unsigned(iw) < unsigned(g.W);
+            a_next[i] = inside ? __ldg(&x[xn + (u.c * g.H + ih) * g.W + iw]) : 0.f;
+            u = tap_add(u, slot_step, g.R, g.S);
+        }
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+            const int k = k0 + bk + i * (kConvThreads / kConvTileK), kk = kk0 + bkk;
+            b_next[i] = (k < g.K && kk < CRS) ? __ldg(&w[k * CRS + kk]) : 0.f;
+        }
+    };
+
+    const int tm = t % (kConvTileM / kConvThreadM), tn = t / (kConvTileM / kConvThreadM);
+    float acc[kConvThreadM][kConvThreadN] = {};
+    fetch(0);
+    for (int kk0 = 0, stage = 0; kk0 < CRS; kk0 += kConvTileK, stage ^= 1) {
+        // Buffer `stage` was last read two stages ago, before the previous
+        // barrier, so it can be overwritten without waiting.
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+            As[stage][t / kConvTileM + i * kSlotStride][t % kConvTileM] = a_next[i];
+            Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = b_next[i];
+        }
+        __syncthreads();  // the stage is complete before anyone reads it
+        if (kk0 + kConvTileK < CRS) {
+            // Issue the next stage's global loads now; their latency hides
+            // behind the 256 FMAs below.
+            tap = tap_add(tap, stage_step, g.R, g.S);
+            fetch(kk0 + kConvTileK);
+        }
+#pragma unroll
+        for (int k = 0; k < kConvTileK; ++k) {
+            const float4 a = *reinterpret_cast<const float4*>(&As[stage][k][tm * kConvThreadM]);
+            const float4 bv = *reinterpret_cast<const float4*>(&Bs[stage][k][tn * kConvThreadN]);
+            const float av[kConvThreadM] = {a.x, a.y, a.z, a.w};
+            const float bw[kConvThreadN] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+            for (int i = 0; i < kConvThreadM; ++i)
+#pragma unroll
+                for (int j = 0; j < kConvThreadN; ++j) acc[i][j] = fmaf(av[i], bw[j], acc[i][j]);
+        }
+    }
+
+    // Epilogue: C[m][k] goes to y[n][k][p][q] = y[n*K*PQ + k*PQ + pq], with
+    // the bias added and the ReLU applied on the way out.
+    float bias[kConvThreadN];
+#pragma unroll
+    for (int j = 0; j < kConvThreadN; ++j) {
+        const int k = k0 + tn * kConvThreadN + j;
+        bias[j] = (b && k < g.K) ? __ldg(&b[k]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kConvThreadM; ++i) {
+        const int m = m0 + tm * kConvThreadM + i;
+        if (m >= M) break;
+        const int out = (m / PQ) * g.K * PQ + m % PQ;
+#pragma unroll
+        for (int j = 0; j < kConvThreadN; ++j) {
+            const int k = k0 + tn * kConvThreadN + j;
+            if (k >= g.K) break;
+            const float v = acc[i][j] + bias[j];
+            y[out + k * PQ] = relu ? fmaxf(v, 0.f) : v;
+        }
+    }
+}
+
+}  // namespace fcn

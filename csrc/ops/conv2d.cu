@@ -1,0 +1,26 @@
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/conv2d.cuh"
+#include "ops/launchers.h"
+
+namespace fcn {
+
+void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
+                   int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
+                   cudaStream_t stream) {
+    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    if (!std::strcmp(variant, "direct")) {
+        launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
+               b, y, g, int(relu));
+    } else if (!std::strcmp(variant, "igemm")) {
+        // Pixel tiles on x (up to 2^31 - 1 blocks), channel tiles on y (at most 65535).
+        launch("conv2d_igemm", conv2d_igemm, dim3(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN)),
+               dim3(kConvThreads), 0, stream, x, w, b, y, g, int(relu));
+    } else {
+        throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
+    }
+}
+
+}  // namespace fcn
