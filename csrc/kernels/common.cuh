@@ -39,9 +39,10 @@ namespace fcn {
 
 constexpr int kWarpSize = 32;
 
-__host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+// Written without a + b - 1, which overflows for a near INT_MAX.
+__host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return a / b + (a % b != 0); }
 __host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, long long b) {
-    return (a + b - 1) / b;
+    return a / b + (a % b != 0);
 }
 
 // Butterfly reductions: after the loop every lane of the warp holds the
@@ -63,8 +64,6 @@ __device__ __forceinline__ float warp_max(float v) {
 // an error becomes std::runtime_error, which pybind11 turns into RuntimeError.
 // Under the emulator: the grid runs to completion on the host worker pool
 // before this returns, and emulator errors (divergent barriers, ...) throw.
-void check_cuda(int err, const char* what);
-
 template <typename... KArgs, typename... Args>
 inline void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
                    cudaStream_t stream, Args... args) {
