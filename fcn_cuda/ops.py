@@ -78,7 +78,7 @@ def _is_diagonal(be, w):
 
 
 def _transpose_args(x, w, b, stride, variant, be):
-    """Validated (x, w, b, (sy, sx), variant, (full_h, full_w)); full = (H - 1) * s + R."""
+    """Validated (x, w, b, (sy, sx), (full_h, full_w)); full = (H - 1) * s + R."""
     if variant is not None:
         V.choice(variant, "variant", CONV_TRANSPOSE2D_VARIANTS)
     x = V.array(x, "x", ndim=4, shape_hint="N x C_in x H x W", be=be)
@@ -94,19 +94,20 @@ def _transpose_args(x, w, b, stride, variant, be):
     if max(full) > V.INT32_LIMIT:
         raise ValueError(f"stride {(sy, sx)} makes the full output {full[0]} x {full[1]}; "
                          f"the kernels index with 32-bit ints (at most {V.INT32_LIMIT})")
+    return x, w, b, (sy, sx), full
+
+
+def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w):
+    """Resolves the variant (last: the diagonal check is the one that reads w) and launches."""
+    n, cin, h, wd = x.shape
+    cout, r, s = w.shape[1:]
+    V.fits_int32(n * cout * out_h * out_w, "the output")
     diagonal = variant in (None, "bilinear") and _is_diagonal(be, w)
     if variant is None:
         variant = "bilinear" if diagonal else "gather"
     elif variant == "bilinear" and not diagonal:
         raise ValueError("variant 'bilinear' needs per-channel weights w (C_in == C_out and w[i, j] == 0 "
                          f"for i != j); got w of shape {w.shape} that is not; use variant 'gather'")
-    return x, w, b, (sy, sx), variant, full
-
-
-def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w):
-    n, cin, h, wd = x.shape
-    cout, r, s = w.shape[1:]
-    V.fits_int32(n * cout * out_h * out_w, "the output")
     y = be.empty((n, cout, out_h, out_w))
     be.ext.conv_transpose2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
                             n, cin, h, wd, cout, r, s, stride[0], stride[1], origin[0], origin[1], out_h, out_w,
@@ -128,7 +129,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None):
     own channel instead of becoming 0 * inf = NaN in the others.
     """
     be = _backend.active()
-    x, w, b, stride, variant, full = _transpose_args(x, w, b, stride, variant, be)
+    x, w, b, stride, full = _transpose_args(x, w, b, stride, variant, be)
     py, px = V.pair(padding, "padding", minimum=0)
     out_h, out_w = full[0] - 2 * py, full[1] - 2 * px
     if out_h < 1 or out_w < 1:
@@ -143,7 +144,7 @@ def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=
     full (H - 1) * s + R output. Variants as conv_transpose2d.
     """
     be = _backend.active()
-    x, w, b, stride, variant, full = _transpose_args(x, w, b, stride, variant, be)
+    x, w, b, stride, full = _transpose_args(x, w, b, stride, variant, be)
     out_h = V.integer(out_h, "out_h", minimum=1)
     out_w = V.integer(out_w, "out_w", minimum=1)
     oy, ox = V.pair(offset, "offset", minimum=0)
