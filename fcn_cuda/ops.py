@@ -196,6 +196,8 @@ def score_crop_add(up, feat, w, b, offset, scale=1.0):
     w = V.array(w, "w", ndim=4, shape_hint="K x C x 1 x 1", be=be)
     n, k, h, wd = up.shape
     c = feat.shape[1]
+    if n > 65535 or -(-k // 8) > 65535:  # the launch grid's y (8 classes each) and z (images) limits
+        raise ValueError(f"up: at most 65535 images and 524280 classes, got N = {n}, K = {k}")
     if feat.shape[0] != n:
         raise ValueError(f"feat must have the batch size of up ({n}), got {feat.shape[0]}")
     if w.shape != (k, c, 1, 1):

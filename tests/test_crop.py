@@ -197,4 +197,7 @@ def test_score_crop_add_bad_inputs(be):
         sca(up, feat, w, b, 0, scale="0.01")
     with pytest.raises(TypeError, match="scale"):
         sca(up, feat, w, b, 0, scale=True)
+    many = xp.zeros((65536, 1, 1, 1), np.float32)  # past the grid's z limit
+    with pytest.raises(ValueError, match="up: at most 65535 images"):
+        sca(many, many, xp.zeros((1, 1, 1, 1), np.float32), None, 0)
 
