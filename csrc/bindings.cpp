@@ -90,10 +90,29 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- pool
+    m.def("max_pool2d", [](Addr x, Addr y, Addr indices, int planes, int H, int W, int Ho, int Wo, int kh, int kw,
+                           int sh, int sw, Addr s) {
+        fcn::launch_max_pool2d(P<const float>(x), P<float>(y), P<int>(indices), planes, H, W, Ho, Wo, kh, kw, sh, sw,
+                               S(s));
+    }, nogil);
 
     // ---- upsample
+    m.def("conv_transpose2d", [](const std::string& variant, Addr x, Addr w, Addr bias, Addr y, int N, int Cin, int H,
+                                 int W, int Cout, int R, int S_, int sy, int sx, int oy0, int ox0, int Ho, int Wo,
+                                 Addr s) {
+        fcn::launch_conv_transpose2d(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(bias),
+                                     P<float>(y), N, Cin, H, W, Cout, R, S_, sy, sx, oy0, ox0, Ho, Wo, S(s));
+    }, nogil);
 
     // ---- crop
+    m.def("crop_add", [](Addr a, Addr b, Addr out, int planes, int H, int W, int Hb, int Wb, int oy, int ox, Addr s) {
+        fcn::launch_crop_add(P<const float>(a), P<const float>(b), P<float>(out), planes, H, W, Hb, Wb, oy, ox, S(s));
+    }, nogil);
+    m.def("score_crop_add", [](Addr up, Addr feat, Addr w, Addr bias, Addr out, int N, int K, int C, int H, int W,
+                               int Hf, int Wf, int oy, int ox, float scale, Addr s) {
+        fcn::launch_score_crop_add(P<const float>(up), P<const float>(feat), P<const float>(w), P<const float>(bias),
+                                   P<float>(out), N, K, C, H, W, Hf, Wf, oy, ox, scale, S(s));
+    }, nogil);
 
     // ---- softmax
 

@@ -6,6 +6,7 @@ model (``fcn_cuda._host``, NumPy arrays). ``backend()`` says which one runs.
 """
 
 from ._backend import backend, cuda_unavailable_reason, emulator_workers, set_emulator_workers, use_backend
+from .bilinear import bilinear_weights
 
 __version__ = "0.1.0"
 
@@ -15,4 +16,5 @@ __all__ = [
     "cuda_unavailable_reason",
     "set_emulator_workers",
     "emulator_workers",
+    "bilinear_weights",
 ]

@@ -48,10 +48,24 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                    cudaStream_t stream);
 
 // ---- pool.cu
+// indices may be null (no argmax wanted).
+void launch_max_pool2d(const float* x, float* y, int* indices, int planes, int H, int W, int Ho, int Wo, int kh,
+                       int kw, int sh, int sw, cudaStream_t stream);
 
 // ---- upsample.cu  (conv_transpose2d, bilinear)
+// variant: "gather", "bilinear" (diagonal weights). Computes the Ho x Wo window at (oy0, ox0) of the full
+// (H - 1) * s + R output; padding p is the window at offset p. bias may be null.
+void launch_conv_transpose2d(const char* variant, const float* x, const float* w, const float* bias, float* y,
+                             int N, int Cin, int H, int W, int Cout, int R, int S, int sy, int sx, int oy0, int ox0,
+                             int Ho, int Wo, cudaStream_t stream);
 
 // ---- crop.cu  (crop_add, fused score head)
+void launch_crop_add(const float* a, const float* b, float* out, int planes, int H, int W, int Hb, int Wb, int oy,
+                     int ox, cudaStream_t stream);
+// bias may be null.
+void launch_score_crop_add(const float* up, const float* feat, const float* w, const float* bias, float* out, int N,
+                           int K, int C, int H, int W, int Hf, int Wf, int oy, int ox, float scale,
+                           cudaStream_t stream);
 
 // ---- softmax.cu  (softmax, argmax)
 
