@@ -7,6 +7,10 @@ model (``fcn_cuda._host``, NumPy arrays). ``backend()`` says which one runs.
 
 from ._backend import backend, cuda_unavailable_reason, emulator_workers, set_emulator_workers, use_backend
 from .bilinear import bilinear_weights
+from . import ops
+from .model import FCN
+from .weights import load_model
+from .infer import infer
 
 __version__ = "0.1.0"
 
@@ -17,4 +21,8 @@ __all__ = [
     "set_emulator_workers",
     "emulator_workers",
     "bilinear_weights",
+    "ops",
+    "FCN",
+    "load_model",
+    "infer",
 ]

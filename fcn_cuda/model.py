@@ -1,0 +1,271 @@
+"""FCN-32s / 16s / 8s on a VGG16 trunk, as in the Caffe reference.
+
+The forward pass is a sequence of kernel calls (fcn_cuda.ops); there is no
+autograd. Channel counts are read from the weights, so a reduced-width model
+(used by the tests and the bundled demo model) runs the same code as VGG16.
+Crop offsets are derived from the layer geometry (`Geometry`), not typed in.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _backend
+from . import _validate as V
+from . import ops
+from .bilinear import bilinear_weights
+
+VARIANTS = ("32s", "16s", "8s")
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+CONV1_PAD = 100  # makes every later crop valid for any input size
+
+
+def trunk_layer_names():
+    return [f"conv{b + 1}_{i + 1}" for b, block in enumerate(VGG16_BLOCKS) for i in range(len(block))]
+
+
+# The upsampling layers of each head: (name, kernel, stride).
+HEADS = {
+    "32s": (("upscore", 64, 32),),
+    "16s": (("upscore2", 4, 2), ("upscore16", 32, 16)),
+    "8s": (("upscore2", 4, 2), ("upscore_pool4", 4, 2), ("upscore8", 16, 8)),
+}
+SKIPS = {"32s": (), "16s": ("score_pool4",), "8s": ("score_pool4", "score_pool3")}
+AT_ONCE_SCALE = {"score_pool4": 0.01, "score_pool3": 0.0001}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a layer's cell x sits in input-image coordinates: scale * x + shift."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def conv(self, k, s=1, p=0):
+        # output x covers input s*x - p .. s*x - p + k - 1, centred at s*x - p + (k-1)/2
+        return Geometry(self.scale * s, self.shift + self.scale * ((k - 1) / 2 - p))
+
+    def deconv(self, k, s):
+        # output u gathers input x with u = s*x + (k-1)/2  ->  x = (u - (k-1)/2) / s
+        return Geometry(self.scale / s, self.shift - self.scale * (k - 1) / 2 / s)
+
+    def offset_into(self, other):
+        """Crop offset c with other(u + c) == self(u): both grids must have one scale."""
+        assert abs(self.scale - other.scale) < 1e-9, "crop between grids of different scale"
+        c = (self.shift - other.shift) / other.scale
+        assert abs(c - round(c)) < 1e-9 and c >= 0, f"crop offset {c} is not a whole cell"
+        return int(round(c))
+
+
+def head_geometry(variant, conv1_pad=CONV1_PAD):
+    """Crop offsets of a head, from the layer geometry: {layer: offset}."""
+    g = Geometry()
+    pools = {}
+    for b, block in enumerate(VGG16_BLOCKS):
+        for i in range(len(block)):
+            g = g.conv(3, 1, conv1_pad if b == i == 0 else 1)
+        g = g.conv(2, 2, 0)
+        pools[b + 1] = g
+    g = g.conv(7)  # fc6
+    offsets = {}
+    if variant == "32s":
+        offsets["upscore"] = Geometry().offset_into(g.deconv(64, 32))
+        return offsets
+    g = g.deconv(4, 2)
+    offsets["score_pool4"] = g.offset_into(pools[4])
+    if variant == "16s":
+        offsets["upscore16"] = Geometry().offset_into(g.deconv(32, 16))
+        return offsets
+    g = g.deconv(4, 2)
+    offsets["score_pool3"] = g.offset_into(pools[3])
+    offsets["upscore8"] = Geometry().offset_into(g.deconv(16, 8))
+    return offsets
+
+
+def param_shapes(variant, num_classes, widths=VGG16_BLOCKS, fc=4096):
+    """{name: shape} for a model of the given widths."""
+    shapes = {}
+    c = 3
+    for b, block in enumerate(widths):
+        for i, k in enumerate(block):
+            shapes[f"conv{b + 1}_{i + 1}.weight"] = (k, c, 3, 3)
+            shapes[f"conv{b + 1}_{i + 1}.bias"] = (k,)
+            c = k
+    pool3, pool4 = widths[2][-1], widths[3][-1]
+    shapes["fc6.weight"], shapes["fc6.bias"] = (fc, c, 7, 7), (fc,)
+    shapes["fc7.weight"], shapes["fc7.bias"] = (fc, fc, 1, 1), (fc,)
+    shapes["score_fr.weight"], shapes["score_fr.bias"] = (num_classes, fc, 1, 1), (num_classes,)
+    for name in SKIPS[variant]:
+        src = pool4 if name == "score_pool4" else pool3
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (num_classes, src, 1, 1), (num_classes,)
+    for name, k, _ in HEADS[variant]:
+        shapes[f"{name}.weight"] = (num_classes, num_classes, k, k)
+    return shapes
+
+
+def _is_per_channel(w):
+    """True when a C x C x k x k deconvolution weight is zero off the diagonal."""
+    diagonal = np.zeros_like(w)
+    idx = np.arange(min(w.shape[0], w.shape[1]))
+    diagonal[idx, idx] = w[idx, idx]
+    return w.shape[0] == w.shape[1] and np.array_equal(w, diagonal)
+
+
+class _SkipsOnly(dict):
+    """The activation store of a plain forward: keeps what the head reads
+    (pool3, pool4), so every other buffer is freed as soon as it is consumed."""
+
+    def __setitem__(self, name, value):
+        if name in ("pool3", "pool4"):
+            super().__setitem__(name, value)
+
+
+class FCN:
+    """An FCN with its parameters on the active backend.
+
+    FCN(variant='8s', num_classes=21) builds VGG16 width with a fresh
+    initialization: trunk He-normal, score layers zero, upsampling bilinear
+    (as the reference starts). `widths` / `fc` give a reduced-width model.
+    `at_once=True` scales pool4 by 0.01 and pool3 by 1e-4 (FCN-8s at-once).
+    """
+
+    def __init__(self, variant="8s", num_classes=21, *, widths=VGG16_BLOCKS, fc=4096, at_once=False, seed=0,
+                 state_dict=None):
+        V.choice(variant, "variant", VARIANTS)
+        num_classes = V.integer(num_classes, "num_classes", minimum=1)
+        self.variant = variant
+        self.num_classes = num_classes
+        self.at_once = bool(at_once)
+        self.conv1_pad = CONV1_PAD
+        self.params = {}
+        if state_dict is None:
+            state_dict = self._fresh(param_shapes(variant, num_classes, widths, fc), seed)
+        self.load_state_dict(state_dict)
+
+    # -------------------------------------------------------------- weights
+    @staticmethod
+    def _fresh(shapes, seed):
+        rng = np.random.default_rng(seed)
+        sd = {}
+        for name, shape in shapes.items():
+            layer = name.rsplit(".", 1)[0]
+            if name.endswith(".bias") or layer.startswith("score"):
+                sd[name] = np.zeros(shape, np.float32)
+            elif layer.startswith("upscore"):
+                sd[name] = bilinear_weights(shape[0], shape[2])
+            else:
+                fan_in = int(np.prod(shape[1:]))
+                sd[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        return sd
+
+    def expected_shapes(self, state_dict):
+        """The shapes this variant needs, with widths read from `state_dict`."""
+        def width(name):
+            w = state_dict.get(f"{name}.weight")
+            return None if w is None else int(np.shape(w)[0])
+
+        widths = []
+        for b, block in enumerate(VGG16_BLOCKS):
+            widths.append(tuple(width(f"conv{b + 1}_{i + 1}") or k for i, k in enumerate(block)))
+        fc = width("fc6") or 4096
+        return param_shapes(self.variant, self.num_classes, tuple(widths), fc)
+
+    def load_state_dict(self, state_dict):
+        """Replaces every parameter; one ValueError lists all missing, unknown and misshapen keys."""
+        from .weights import check_state_dict
+
+        arrays = check_state_dict(state_dict, self.expected_shapes(state_dict))
+        be = _backend.active()
+        self.params = {k: be.xp.asarray(v) for k, v in arrays.items()}
+        self._backend = be.name
+        # Decided once here, on the host copy: asking the op to detect
+        # per-channel weights would cost a device sync on every forward.
+        self.upsample_variant = {k.rsplit(".", 1)[0]: ("bilinear" if _is_per_channel(v) else "gather")
+                                 for k, v in arrays.items() if k.startswith("upscore")}
+
+    def state_dict(self):
+        """{name: float32 NumPy array}, in layer order."""
+        be = self._check_backend()
+        return {k: np.ascontiguousarray(be.to_numpy(v)) for k, v in self.params.items()}
+
+    def save(self, path):
+        """Writes the weights as safetensors, atomically (temp file + rename)."""
+        from .weights import save_safetensors
+
+        meta = {"format": "fcn_cuda", "variant": self.variant, "num_classes": str(self.num_classes),
+                "at_once": str(self.at_once)}
+        save_safetensors(path, self.state_dict(), meta)
+
+    def _check_backend(self):
+        be = _backend.active()
+        if be.name != self._backend:
+            # Parameters follow the active backend: move them once.
+            self.params = {k: be.xp.asarray(_backend._select(self._backend).to_numpy(v))
+                           for k, v in self.params.items()}
+            self._backend = be.name
+        return be
+
+    def offsets(self):
+        return head_geometry(self.variant, self.conv1_pad)
+
+    # -------------------------------------------------------------- forward
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x, keep=None):
+        """N x 3 x H x W preprocessed images -> N x C x H x W scores.
+
+        `keep`, a dict, receives the intermediate activations by name (for
+        the backward pass); without it each buffer is dropped as soon as no
+        later layer needs it.
+        """
+        be = self._check_backend()
+        x = V.array(x, "x", ndim=4, shape_hint="N x 3 x H x W", be=be)
+        if x.shape[1] != 3:
+            raise ValueError(f"x must have 3 channels (BGR, mean subtracted), got {x.shape[1]}")
+        store = keep if keep is not None else _SkipsOnly()
+        score = self.score_fr(x, store)
+        return self.head(score, store, x.shape[2], x.shape[3])
+
+    def score_fr(self, x, store):
+        """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`."""
+        p = self.params
+        h = x
+        for b, block in enumerate(VGG16_BLOCKS):
+            for i in range(len(block)):
+                name = f"conv{b + 1}_{i + 1}"
+                pad = self.conv1_pad if name == "conv1_1" else 1
+                h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], padding=pad, relu=True)
+                store[name] = h
+            h = ops.max_pool2d(h, 2, 2, ceil_mode=True)
+            store[f"pool{b + 1}"] = h
+        if h.shape[2] < 7 or h.shape[3] < 7:  # only when conv1_pad is lowered from 100
+            raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is too small for fc6's 7x7 window")
+        for name, relu in (("fc6", True), ("fc7", True), ("score_fr", False)):
+            h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], relu=relu)
+            store[name] = h
+        return h
+
+    def head(self, score, store, height, width):
+        """Upsampling and skip fusion from score_fr to the H x W score map."""
+        p = self.params
+        off = self.offsets()
+        layers = HEADS[self.variant]
+        for (name, _, stride), skip in zip(layers[:-1], SKIPS[self.variant]):
+            up = ops.conv_transpose2d(score, p[f"{name}.weight"], stride=stride,
+                                      variant=self.upsample_variant[name])
+            pool = store["pool4" if skip == "score_pool4" else "pool3"]
+            scale = AT_ONCE_SCALE[skip] if self.at_once else 1.0
+            score = ops.score_crop_add(up, pool, p[f"{skip}.weight"], p[f"{skip}.bias"], off[skip], scale=scale)
+            store[name] = up
+            store[f"fuse_{skip[len('score_'):]}"] = score
+        name, _, stride = layers[-1]
+        return ops.conv_transpose2d_window(score, p[f"{name}.weight"], stride, height, width, off[name],
+                                           variant=self.upsample_variant[name])
+
+    def num_params(self):
+        return int(sum(v.size for v in self.params.values()))
+
+    def __repr__(self):
+        return (f"FCN(variant={self.variant!r}, num_classes={self.num_classes}, "
+                f"params={self.num_params():,}, backend={self._backend!r})")

@@ -1,0 +1,235 @@
+"""The FCN model: geometry, parity with a PyTorch FCN, the FC -> conv
+transplant, weight formats and their error paths."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fcn_cuda
+from fcn_cuda import model as M
+from fcn_cuda import weights as Wt
+
+from _util import FP32, assert_close, to_numpy
+from torch_fcn import SMALL_FC, SMALL_WIDTHS, TorchFCN, random_fcn, state_dict_f32
+
+
+def test_offsets_come_from_the_geometry():
+    assert M.head_geometry("32s") == {"upscore": 19}
+    assert M.head_geometry("16s") == {"score_pool4": 5, "upscore16": 27}
+    assert M.head_geometry("8s") == {"score_pool4": 5, "score_pool3": 9, "upscore8": 31}
+
+
+def test_geometry_matches_the_reference_description():
+    g = M.Geometry()
+    for b, block in enumerate(M.VGG16_BLOCKS):
+        for i in range(len(block)):
+            g = g.conv(3, 1, 100 if b == i == 0 else 1)
+        g = g.conv(2, 2)
+    g = g.conv(7)
+    assert (g.scale, g.shift) == (32, 12.5)  # "a score_fr cell x sits at input coordinate 32x + 12.5"
+
+
+def run_ours(net, x, **kw):
+    model = fcn_cuda.load_model(state_dict_f32(net), **kw)
+    be = fcn_cuda._backend.active()
+    return to_numpy(model(be.xp.asarray(x.astype(np.float32))))
+
+
+def check_scores(ours, ref):
+    assert_close(ours, ref, FP32, what="scores")
+    labels, ref_labels = ours.argmax(1), ref.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 1e-4 * np.abs(ref).max()
+    assert (labels[decisive] == ref_labels[decisive]).all()
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (100, 64), (131, 97)])
+@pytest.mark.parametrize("bilinear", [True, False], ids=["bilinear", "general"])
+def test_parity_with_pytorch_fcn(be, variant, size, bilinear):
+    net = random_fcn(variant, seed=hash((variant, size)) % 1000, bilinear=bilinear)
+    x = np.random.default_rng(0).uniform(-120, 130, size=(1, 3, *size))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    check_scores(run_ours(net, x), ref)
+
+
+@pytest.mark.parametrize("variant", ["16s", "8s"])
+def test_parity_batch_and_at_once(be, variant):
+    net = random_fcn(variant, seed=3, at_once=True)
+    x = np.random.default_rng(1).uniform(-120, 130, size=(2, 3, 29, 41))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    check_scores(run_ours(net, x, at_once=True), ref)
+
+
+def test_fc_to_conv_transplant_gives_the_classifier_logits(be):
+    """A VGG16-style classifier (reduced width, random weights) on a 224x224
+    image; the convolutionalized trunk (conv1_1 pad 1) gives the same logits
+    at its single output cell."""
+    torch.manual_seed(0)
+    widths, fc, classes = SMALL_WIDTHS, SMALL_FC, 10
+    layers, c = [], 3
+    for block in widths:
+        for k in block:
+            layers += [torch.nn.Conv2d(c, k, 3, padding=1), torch.nn.ReLU()]
+            c = k
+        layers.append(torch.nn.MaxPool2d(2, 2))
+    features = torch.nn.Sequential(*layers).double()
+    classifier = torch.nn.Sequential(torch.nn.Linear(c * 49, fc), torch.nn.ReLU(), torch.nn.Dropout(),
+                                     torch.nn.Linear(fc, fc), torch.nn.ReLU(), torch.nn.Dropout(),
+                                     torch.nn.Linear(fc, classes)).double().eval()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64) * 50
+    with torch.no_grad():
+        logits = classifier(torch.flatten(features(x), 1)).numpy()[0]
+    sd = {f"features.{k}": v for k, v in features.state_dict().items()}
+    sd.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
+    sd = {k: v.float() for k, v in sd.items()}
+    model = fcn_cuda.load_model(sd, variant="32s", num_classes=classes)
+    w8 = sd["classifier.6.weight"].numpy()
+    model.params["score_fr.weight"] = be.xp.asarray(w8.reshape(classes, fc, 1, 1))
+    model.params["score_fr.bias"] = be.xp.asarray(sd["classifier.6.bias"].numpy())
+    model.conv1_pad = 1
+    score = to_numpy(model.score_fr(be.xp.asarray(x.numpy().astype(np.float32)), {}))
+    assert score.shape == (1, classes, 1, 1)
+    assert_close(score[0, :, 0, 0], logits, FP32, what="logits")
+
+
+# ------------------------------------------------------------------ weights
+def test_fresh_model_follows_the_reference_initialization():
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("8s", 5, widths=SMALL_WIDTHS, fc=SMALL_FC)
+    sd = m.state_dict()
+    assert not sd["score_fr.weight"].any() and not sd["score_pool3.weight"].any()
+    np.testing.assert_array_equal(sd["upscore8.weight"], fcn_cuda.bilinear_weights(5, 16))
+    assert list(sd)[0] == "conv1_1.weight" and sd["fc6.weight"].shape == (SMALL_FC, 16, 7, 7)
+    full = fcn_cuda.FCN("32s", 21).state_dict()
+    trunk = sum(v.size for k, v in full.items() if k.startswith(("conv", "fc")))
+    assert trunk == 134_260_544  # FCN_REFERENCE: the convolutionalized VGG16 has 134.3M parameters
+    assert full["upscore.weight"].shape == (21, 21, 64, 64)
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_own_file_round_trip(tmp_path, variant):
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN(variant, 4, widths=SMALL_WIDTHS, fc=SMALL_FC, seed=7, at_once=variant == "8s")
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    back = fcn_cuda.load_model(path)
+    assert back.variant == variant and back.num_classes == 4 and back.at_once == (variant == "8s")
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "a temporary file was left behind"
+
+
+def test_safetensors_interoperates_with_the_reference_library(tmp_path):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("16s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC, seed=1)
+    m.save(tmp_path / "ours.safetensors")
+    theirs = safetensors.load_file(str(tmp_path / "ours.safetensors"))
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(theirs[k], v)
+    safetensors.save_file(theirs, str(tmp_path / "theirs.safetensors"))
+    back = fcn_cuda.load_model(tmp_path / "theirs.safetensors")
+    np.testing.assert_array_equal(back.state_dict()["fc6.weight"], m.state_dict()["fc6.weight"])
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_pytorch_fcn_state_dicts_and_checkpoints(tmp_path, variant):
+    fcn_cuda.use_backend("host")
+    net = TorchFCN(variant, 21).float()
+    sd = net.state_dict()
+    torch.save(sd, tmp_path / "plain.pth")
+    torch.save({"epoch": 3, "iteration": 100, "model_state_dict": sd, "optim_state_dict": {}}, tmp_path / "ckpt.pth")
+    for src in (sd, tmp_path / "plain.pth", tmp_path / "ckpt.pth"):
+        m = fcn_cuda.load_model(src)
+        assert m.variant == variant
+        np.testing.assert_array_equal(m.state_dict()["score_fr.weight"], sd["score_fr.weight"].numpy())
+
+
+def test_torchvision_vgg16_import():
+    fcn_cuda.use_backend("host")
+    idx = Wt.VGG16_FEATURES
+    sd, c = {}, 3
+    widths = [k for block in SMALL_WIDTHS for k in block]
+    for i, k in zip(idx, widths):
+        sd[f"features.{i}.weight"] = torch.randn(k, c, 3, 3)
+        sd[f"features.{i}.bias"] = torch.randn(k)
+        c = k
+    sd["classifier.0.weight"], sd["classifier.0.bias"] = torch.randn(SMALL_FC, c * 49), torch.randn(SMALL_FC)
+    sd["classifier.3.weight"], sd["classifier.3.bias"] = torch.randn(SMALL_FC, SMALL_FC), torch.randn(SMALL_FC)
+    sd["classifier.6.weight"], sd["classifier.6.bias"] = torch.randn(1000, SMALL_FC), torch.randn(1000)
+    m = fcn_cuda.load_model(sd, variant="8s")
+    got = m.state_dict()
+    np.testing.assert_array_equal(got["fc6.weight"], sd["classifier.0.weight"].numpy().reshape(SMALL_FC, c, 7, 7))
+    np.testing.assert_array_equal(got["conv5_3.bias"], sd["features.28.bias"].numpy())
+    assert not got["score_fr.weight"].any() and not got["score_pool3.bias"].any()
+    np.testing.assert_array_equal(got["upscore2.weight"], fcn_cuda.bilinear_weights(21, 4))
+
+
+def test_state_dict_errors_list_every_problem():
+    fcn_cuda.use_backend("host")
+    sd = fcn_cuda.FCN("8s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC).state_dict()
+    del sd["fc7.bias"]
+    sd["conv2_1.weight"] = np.zeros((8, 5, 3, 3), np.float32)
+    sd["extra.weight"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError) as e:
+        fcn_cuda.load_model(sd)
+    msg = str(e.value)
+    assert "missing keys: ['fc7.bias']" in msg and "extra.weight" in msg and "conv2_1.weight" in msg
+
+
+def test_bad_weight_files(tmp_path):
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("32s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC)
+    good = tmp_path / "good.safetensors"
+    m.save(good)
+    raw = good.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(Wt.WeightFileError, match="outside the file|truncated"):
+        fcn_cuda.load_model(tmp_path / "trunc.safetensors")
+    (tmp_path / "tiny.safetensors").write_bytes(b"abc")
+    with pytest.raises(Wt.WeightFileError, match="too short"):
+        fcn_cuda.load_model(tmp_path / "tiny.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00notjson!")
+    with pytest.raises(Wt.WeightFileError, match="JSON"):
+        fcn_cuda.load_model(tmp_path / "junk.safetensors")
+    (tmp_path / "bad.pth").write_bytes(b"not a zip")
+    with pytest.raises(Wt.WeightFileError, match="torch.load"):
+        fcn_cuda.load_model(tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError):
+        fcn_cuda.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(TypeError, match="src"):
+        fcn_cuda.load_model(42)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("32s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Wt.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        fcn_cuda.FCN("32s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC, seed=9).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_model_validates_its_input():
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("32s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC)
+    with pytest.raises(ValueError, match="3 channels"):
+        m(np.zeros((1, 4, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="4-D"):
+        m(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        m(np.zeros((1, 3, 8, 8), np.float64))
+    with pytest.raises(ValueError, match="variant"):
+        fcn_cuda.FCN("4s")
