@@ -31,9 +31,9 @@ SOFTMAX_VARIANTS = ("scalar", "float4")
 def _score_map(x, variant, be):
     """Validated N x C x H x W scores and the variant that will run them."""
     V.choice(variant, "variant", ("auto",) + SOFTMAX_VARIANTS)
+    # V.array refuses an x beyond 32-bit indexing; no output is larger than x.
     x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
-    n, _, h, w = x.shape
-    V.fits_int32(x.size, "x")
+    h, w = x.shape[2:]
     # float4 moves four pixels per load: H*W must split into whole groups
     # and x must start on a 16-byte boundary (outputs are fresh, aligned
     # allocations of NumPy / CuPy).
@@ -59,8 +59,8 @@ def _softmax_argmax(x, variant, probs, labels):
 
 def softmax(x, variant="auto"):
     """Softmax over the channels (dim 1) of N x C x H x W float32 scores,
-    == torch.softmax(x, 1). variant: 'auto' (float4 where H*W % 4 == 0,
-    else scalar), 'scalar' or 'float4'. A NaN or +inf logit makes its
+    == torch.softmax(x, 1). variant: 'auto' (float4 where H*W % 4 == 0
+    and x is 16-byte aligned, else scalar), 'scalar' or 'float4'. A NaN or +inf logit makes its
     pixel's probabilities NaN, -inf logits get probability 0 (as torch)."""
     return _softmax_argmax(x, variant, True, False)[0]
 
@@ -73,7 +73,8 @@ def argmax(x, variant="auto"):
 
 
 def softmax_argmax(x, variant="auto"):
-    """(softmax(x), argmax(x)) from one pass over x (see those functions)."""
+    """(softmax(x), argmax(x)) from one launch: the labels come out of the
+    pass that finds each pixel's max and sum (see those functions)."""
     return _softmax_argmax(x, variant, True, True)
 
 
@@ -90,12 +91,11 @@ def preprocess(img):
     batch N x H x W x 3) -> float32 1 x 3 x H x W (N x 3 x H x W), channels
     in BGR order minus MEAN_BGR, values in 0..255 minus the mean."""
     be = _backend.active()
-    img = V.array(img, "img", dtype=np.uint8, be=be)
+    img = V.array(img, "img", dtype=np.uint8, be=be)  # also refuses > 2**31 - 1 bytes: out has as many floats
     if img.ndim not in (3, 4) or img.shape[-1] != 3:
         raise ValueError(f"img must be H x W x 3 or N x H x W x 3 (RGB, channels last), got shape {tuple(img.shape)}")
     batch = img if img.ndim == 4 else img[None]
     n, h, w, _ = batch.shape
-    V.fits_int32(batch.size, "img")
     out = be.empty((n, 3, h, w))
     be.ext.preprocess(be.ptr(batch), be.ptr(out), n, h * w, *MEAN_BGR, be.stream())
     return out

@@ -89,6 +89,12 @@ def test_unaligned_image(poisoned, rng):
     np.testing.assert_array_equal(to_numpy(ops.preprocess(img)), float32_reference(img))
 
 
+def test_accepts_torch_tensor(be, rng):
+    img = rng.integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    t = torch.from_numpy(img).to("cuda" if be.name == "cuda" else "cpu")
+    np.testing.assert_array_equal(to_numpy(ops.preprocess(t)), float32_reference(img))
+
+
 class _FakeGpuArray:
     __cuda_array_interface__ = {"shape": (2, 2, 3), "typestr": "|u1", "data": (0, False), "version": 3}
 

@@ -157,6 +157,16 @@ def test_misaligned_input_runs_scalar(poisoned, rng, variant):
     check(poisoned, x, variant)
 
 
+def test_accepts_torch_tensor(be, rng):
+    """A torch tensor on the backend's device is read in place, like its array."""
+    x = rng.standard_normal((2, 21, 3, 5)).astype(np.float32)
+    t = torch.from_numpy(x).to("cuda" if be.name == "cuda" else "cpu")
+    ref_p, ref_l = reference(x)
+    p, lab = ops.softmax_argmax(t)
+    assert_close(p, ref_p)
+    np.testing.assert_array_equal(to_numpy(lab), ref_l)
+
+
 OPS = {"softmax": ops.softmax, "argmax": ops.argmax, "softmax_argmax": ops.softmax_argmax}
 
 

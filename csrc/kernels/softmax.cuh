@@ -34,7 +34,7 @@ namespace fcn {
 constexpr int kSoftmaxThreads = 256;
 
 // The per-pixel running state of the online pass.
-struct ChannelMax {
+struct RunningMax {
     float max = -INFINITY;
     float sum = 0.f;  // sum of exp(x_c - max) over the channels seen so far
     int label = 0;
@@ -43,7 +43,7 @@ struct ChannelMax {
 // Folds channel c's value v into the state. kSum = false (argmax alone)
 // skips the exponentials.
 template <bool kSum>
-__device__ __forceinline__ void fold(ChannelMax& st, float v, int c) {
+__device__ __forceinline__ void fold_channel(RunningMax& st, float v, int c) {
     // Strictly greater keeps the lowest index on ties; the first NaN wins
     // and then stays, because nothing compares greater than NaN.
     if (v > st.max || (isnan(v) && !isnan(st.max))) {
@@ -61,20 +61,20 @@ __device__ __forceinline__ void fold(ChannelMax& st, float v, int c) {
 }
 
 // kPixels consecutive floats as one load or store (16 bytes for four).
-__device__ __forceinline__ void load(const float* p, float (&v)[1]) { v[0] = __ldg(p); }
-__device__ __forceinline__ void load(const float* p, float (&v)[4]) {
+__device__ __forceinline__ void load_pixels(const float* p, float (&v)[1]) { v[0] = __ldg(p); }
+__device__ __forceinline__ void load_pixels(const float* p, float (&v)[4]) {
     const float4 q = __ldg(reinterpret_cast<const float4*>(p));
     v[0] = q.x;
     v[1] = q.y;
     v[2] = q.z;
     v[3] = q.w;
 }
-__device__ __forceinline__ void store(float* p, const float (&v)[1]) { *p = v[0]; }
-__device__ __forceinline__ void store(float* p, const float (&v)[4]) {
+__device__ __forceinline__ void store_pixels(float* p, const float (&v)[1]) { *p = v[0]; }
+__device__ __forceinline__ void store_pixels(float* p, const float (&v)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
-__device__ __forceinline__ void store(int* p, const int (&v)[1]) { *p = v[0]; }
-__device__ __forceinline__ void store(int* p, const int (&v)[4]) {
+__device__ __forceinline__ void store_pixels(int* p, const int (&v)[1]) { *p = v[0]; }
+__device__ __forceinline__ void store_pixels(int* p, const int (&v)[4]) {
     *reinterpret_cast<int4*>(p) = make_int4(v[0], v[1], v[2], v[3]);
 }
 
@@ -93,22 +93,22 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
     const int p = (g - n * groups_per_image) * kPixels;
     const int base = n * C * HW + p;  // channel 0 of the first pixel; channel c is c * HW further
 
-    ChannelMax st[kPixels];
+    RunningMax st[kPixels];
     float v[kPixels];
     // The loads of consecutive channels are independent, so unrolling lets
     // several be in flight while the running state waits on each.
 #pragma unroll 4
     for (int c = 0; c < C; ++c) {
-        load(x + base + c * HW, v);
+        load_pixels(x + base + c * HW, v);
 #pragma unroll
-        for (int i = 0; i < kPixels; ++i) fold<kProbs>(st[i], v[i], c);
+        for (int i = 0; i < kPixels; ++i) fold_channel<kProbs>(st[i], v[i], c);
     }
 
     if (kLabels) {
         int label[kPixels];
 #pragma unroll
         for (int i = 0; i < kPixels; ++i) label[i] = st[i].label;
-        store(labels + n * HW + p, label);
+        store_pixels(labels + n * HW + p, label);
     }
     if (kProbs) {
         // A pixel of only -inf has max = -inf and exp(-inf - -inf) = NaN
@@ -120,10 +120,10 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
         // just filled with these bytes.
 #pragma unroll 4
         for (int c = 0; c < C; ++c) {
-            load(x + base + c * HW, v);
+            load_pixels(x + base + c * HW, v);
 #pragma unroll
             for (int i = 0; i < kPixels; ++i) v[i] = expf(v[i] - st[i].max) * inv_sum[i];
-            store(probs + base + c * HW, v);
+            store_pixels(probs + base + c * HW, v);
         }
     }
 }
