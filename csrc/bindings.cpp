@@ -115,6 +115,12 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- softmax
+    m.def("softmax_argmax", [](const std::string& variant, Addr x, Addr probs, Addr labels, int N, int C, int HW, Addr s) {
+        fcn::launch_softmax_argmax(variant.c_str(), P<const float>(x), P<float>(probs), P<int>(labels), N, C, HW, S(s));
+    }, nogil);
 
     // ---- preprocess
+    m.def("preprocess", [](Addr img, Addr out, int N, int HW, float mb, float mg, float mr, Addr s) {
+        fcn::launch_preprocess(P<const unsigned char>(img), P<float>(out), N, HW, mb, mg, mr, S(s));
+    }, nogil);
 }

@@ -68,7 +68,15 @@ void launch_score_crop_add(const float* up, const float* feat, const float* w, c
                            cudaStream_t stream);
 
 // ---- softmax.cu  (softmax, argmax)
+// variant: "scalar" or "float4" (H*W a multiple of 4, x 16-byte aligned).
+// probs (N x C x H x W) and labels (N x H x W) may each be null (not both):
+// softmax, argmax or both from one pass over x.
+void launch_softmax_argmax(const char* variant, const float* x, float* probs, int* labels, int N, int C, int HW,
+                           cudaStream_t stream);
 
 // ---- preprocess.cu
+// img: N x H x W x 3 uint8 RGB -> out: N x 3 x H x W float32 BGR minus the mean.
+void launch_preprocess(const unsigned char* img, float* out, int N, int HW, float mean_b, float mean_g,
+                       float mean_r, cudaStream_t stream);
 
 }  // namespace fcn
