@@ -10,7 +10,7 @@ from .bilinear import bilinear_weights
 from . import ops
 from .model import FCN
 from .weights import load_model
-from .infer import infer
+from .inference import infer
 
 __version__ = "0.1.0"
 

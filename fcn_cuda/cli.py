@@ -27,7 +27,7 @@ def cmd_infer(args):
 
     from ._progress import Progress
     from .colors import overlay, palette_image
-    from .infer import default_model, load_image
+    from .inference import default_model, load_image
     from .weights import atomic_write
 
     if args.backend:

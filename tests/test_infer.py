@@ -11,7 +11,7 @@ from PIL import Image
 import fcn_cuda
 from fcn_cuda import cli
 from fcn_cuda.colors import colorize, overlay, palette_image, voc_colormap
-from fcn_cuda.infer import load_image
+from fcn_cuda.inference import load_image
 
 from _util import to_numpy
 from torch_fcn import SMALL_FC, SMALL_WIDTHS, random_fcn, state_dict_f32
@@ -84,7 +84,7 @@ def test_infer_matches_pytorch_end_to_end(be):
 
 
 def test_infer_without_a_model_says_how_to_get_one(monkeypatch, tmp_path):
-    from fcn_cuda import infer as infer_module
+    from fcn_cuda import inference as infer_module
 
     monkeypatch.setattr(infer_module, "DEFAULT_WEIGHTS", tmp_path / "none.safetensors")
     monkeypatch.setattr(infer_module, "_default_model", None)
