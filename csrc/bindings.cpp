@@ -66,6 +66,7 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_barrier_rotate(P<const float>(x), P<float>(y), n, rounds, S(s));
     }, nogil);
     m.def("divergent_barrier", [](Addr y, Addr s) { fcn::launch_divergent_barrier(P<float>(y), S(s)); }, nogil);
+    m.def("early_exit_barrier", [](Addr y, Addr s) { fcn::launch_early_exit_barrier(P<float>(y), S(s)); }, nogil);
     m.def("missing_lane_shuffle", [](Addr y, Addr s) { fcn::launch_missing_lane_shuffle(P<float>(y), S(s)); }, nogil);
     m.def("atomics_probe", [](Addr v, int n, int bins, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
         fcn::launch_atomics_probe(P<const int>(v), n, bins, P<int>(counts), P<int>(maximum), P<int>(cas), P<float>(fsum), S(s));

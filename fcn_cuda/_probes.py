@@ -24,6 +24,13 @@ def divergent_barrier():
     return y
 
 
+def early_exit_barrier():
+    be = _be()
+    y = be.empty(32)
+    be.ext.early_exit_barrier(be.ptr(y), be.stream())
+    return y
+
+
 def missing_lane_shuffle():
     be = _be()
     y = be.empty(32)

@@ -11,7 +11,7 @@ from . import _validate as V
 __all__ = ["axpy", "block_sum", "warp_segment_sum", "warp_shuffle", "gemm", "GEMM_VARIANTS", "SHUFFLE_KINDS"]
 
 SHUFFLE_KINDS = {"idx": 0, "up": 1, "down": 2, "xor": 3}
-GEMM_VARIANTS = ("naive", "tiled", "wmma_tf32", "wmma_bf16")
+GEMM_VARIANTS = ("naive", "tiled", "wmma_tf32", "wmma_f16", "wmma_bf16")
 
 
 def axpy(a, x, y):

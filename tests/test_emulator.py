@@ -62,6 +62,12 @@ def test_divergent_barrier_in_a_subprocess_reports_the_kernel():
     assert "kernel divergent_barrier" in proc.stderr and "divergent __syncthreads" in proc.stderr
 
 
+def test_thread_exiting_while_others_wait_is_an_error():
+    fcn_cuda.use_backend("host")
+    with pytest.raises(RuntimeError, match=r"early_exit_barrier.*thread \(5,0,0\) exited while"):
+        _probes.early_exit_barrier()
+
+
 def test_shuffle_with_missing_lanes_is_an_error():
     fcn_cuda.use_backend("host")
     with pytest.raises(RuntimeError, match="missing_lane_shuffle.*exited"):
@@ -185,7 +191,7 @@ def test_invalid_launch_configuration_is_an_error():
 
 
 # -------------------------------------------------------------------- GEMMs
-GEMM_TOL = {"naive": FP32, "tiled": FP32, "wmma_tf32": TF32, "wmma_bf16": HALF}
+GEMM_TOL = {"naive": FP32, "tiled": FP32, "wmma_tf32": TF32, "wmma_f16": HALF, "wmma_bf16": HALF}
 
 
 @pytest.mark.parametrize("variant", basics.GEMM_VARIANTS)
@@ -266,7 +272,7 @@ def test_emulator_matches_hardware_shuffles_tf32_and_wmma(rng):
     np.testing.assert_array_equal(_on("host", _probes.tf32_round, big), _on("cuda", _probes.tf32_round, big))
     a = rng.standard_normal((45, 37)).astype(np.float32)
     b = rng.standard_normal((37, 51)).astype(np.float32)
-    for variant in ("wmma_tf32", "wmma_bf16"):
+    for variant in ("wmma_tf32", "wmma_f16", "wmma_bf16"):
         f = lambda p, q: basics.gemm(p, q, variant)  # noqa: E731
         host, gpu = _on("host", f, a, b), _on("cuda", f, a, b)
         # Products of TF32/bf16 inputs are exact; only the accumulation order differs.

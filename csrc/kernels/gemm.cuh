@@ -10,7 +10,8 @@
 //   gemm_wmma<T>: tensor cores through nvcuda::wmma: a 32 x 32 C tile per
 //                 block of 4 warps, each warp one 16 x 16 accumulator.
 //                 T = precision::tf32 (m16n16k8, inputs rounded with
-//                 __float_to_tf32) or __nv_bfloat16 (m16n16k16). Any M, N, K.
+//                 __float_to_tf32), __half or __nv_bfloat16 (m16n16k16).
+//                 Any M, N, K.
 #pragma once
 #include "common.cuh"
 
@@ -91,6 +92,12 @@ struct WmmaInput<nvcuda::wmma::precision::tf32> {
     using Stored = float;
     static constexpr int kK = 8;
     __device__ static float convert(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+template <>
+struct WmmaInput<__half> {
+    using Stored = __half;
+    static constexpr int kK = 16;
+    __device__ static __half convert(float v) { return __float2half(v); }
 };
 template <>
 struct WmmaInput<__nv_bfloat16> {

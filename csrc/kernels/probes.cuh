@@ -6,7 +6,8 @@
 // unchanged on a GPU, where the same tests compare the two builds.
 //   barrier_rotate: rotates a block's values through shared memory; wrong
 //     unless __syncthreads really waits.
-//   divergent_barrier / missing_lane_shuffle: must be reported, never hang.
+//   divergent_barrier / early_exit_barrier / missing_lane_shuffle: must be
+//     reported, never hang.
 //   atomics_probe: int add, max, CAS loop and float add from every thread.
 //   atomic_sum: one float accumulator hit by every thread; its rounding
 //     depends on the order, so it shows whether runs are deterministic.
@@ -38,6 +39,13 @@ __global__ void barrier_rotate(const float* __restrict__ x, float* __restrict__ 
 // Odd threads wait at a barrier that even threads never reach.
 __global__ void divergent_barrier(float* y) {
     if (threadIdx.x % 2 == 1) __syncthreads();
+    y[threadIdx.x] = 1.f;
+}
+
+// Thread 5 leaves while the others wait at a barrier.
+__global__ void early_exit_barrier(float* y) {
+    if (threadIdx.x == 5) return;
+    __syncthreads();
     y[threadIdx.x] = 1.f;
 }
 

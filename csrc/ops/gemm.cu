@@ -16,6 +16,9 @@ void launch_gemm(const char* variant, const float* A, const float* B, float* C, 
     } else if (!std::strcmp(variant, "wmma_tf32")) {
         launch("gemm_wmma<tf32>", gemm_wmma<nvcuda::wmma::precision::tf32>,
                dim3(ceil_div(N, kWmmaTile), ceil_div(M, kWmmaTile)), dim3(128), 0, stream, A, B, C, M, N, K);
+    } else if (!std::strcmp(variant, "wmma_f16")) {
+        launch("gemm_wmma<f16>", gemm_wmma<__half>, dim3(ceil_div(N, kWmmaTile), ceil_div(M, kWmmaTile)), dim3(128), 0,
+               stream, A, B, C, M, N, K);
     } else if (!std::strcmp(variant, "wmma_bf16")) {
         launch("gemm_wmma<bf16>", gemm_wmma<__nv_bfloat16>, dim3(ceil_div(N, kWmmaTile), ceil_div(M, kWmmaTile)),
                dim3(128), 0, stream, A, B, C, M, N, K);

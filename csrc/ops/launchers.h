@@ -24,13 +24,14 @@ void launch_block_sum(const float* x, float* partial, float* out, int n, cudaStr
 void launch_warp_segment_sum(const float* x, float* sums, int n, int kind, int width, cudaStream_t stream);
 void launch_warp_shuffle(const float* x, float* y, int n, int kind, int arg, int width, cudaStream_t stream);
 
-// ---- gemm.cu  (variant: "naive", "tiled", "wmma_tf32", "wmma_bf16")
+// ---- gemm.cu  (variant: "naive", "tiled", "wmma_tf32", "wmma_f16", "wmma_bf16")
 void launch_gemm(const char* variant, const float* A, const float* B, float* C, int M, int N, int K,
                  cudaStream_t stream);
 
 // ---- probes.cu
 void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStream_t stream);
 void launch_divergent_barrier(float* y, cudaStream_t stream);
+void launch_early_exit_barrier(float* y, cudaStream_t stream);
 void launch_missing_lane_shuffle(float* y, cudaStream_t stream);
 void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
                           cudaStream_t stream);

@@ -11,6 +11,10 @@ void launch_divergent_barrier(float* y, cudaStream_t stream) {
     launch("divergent_barrier", divergent_barrier, dim3(1), dim3(32), 0, stream, y);
 }
 
+void launch_early_exit_barrier(float* y, cudaStream_t stream) {
+    launch("early_exit_barrier", early_exit_barrier, dim3(1), dim3(32), 0, stream, y);
+}
+
 void launch_missing_lane_shuffle(float* y, cudaStream_t stream) {
     launch("missing_lane_shuffle", missing_lane_shuffle, dim3(1), dim3(32), 0, stream, y);
 }
