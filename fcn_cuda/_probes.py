@@ -17,25 +17,24 @@ def barrier_rotate(x, rounds):
     return y
 
 
-def divergent_barrier():
+def _one_warp(kernel):
+    """Launches a one-warp probe that only writes y (32 floats)."""
     be = _be()
     y = be.empty(32)
-    be.ext.divergent_barrier(be.ptr(y), be.stream())
+    getattr(be.ext, kernel)(be.ptr(y), be.stream())
     return y
+
+
+def divergent_barrier():
+    return _one_warp("divergent_barrier")
 
 
 def early_exit_barrier():
-    be = _be()
-    y = be.empty(32)
-    be.ext.early_exit_barrier(be.ptr(y), be.stream())
-    return y
+    return _one_warp("early_exit_barrier")
 
 
 def missing_lane_shuffle():
-    be = _be()
-    y = be.empty(32)
-    be.ext.missing_lane_shuffle(be.ptr(y), be.stream())
-    return y
+    return _one_warp("missing_lane_shuffle")
 
 
 def atomics(v, bins):
