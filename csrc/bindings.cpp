@@ -61,6 +61,11 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_gemm(variant.c_str(), P<const float>(a), P<const float>(b), P<float>(c), M, N, K, S(s));
     }, nogil);
 
+    // ---- metrics
+    m.def("confusion_matrix", [](Addr gt, Addr pred, int n, int C, Addr hist, Addr s) {
+        fcn::launch_confusion_matrix(P<const int>(gt), P<const int>(pred), n, C, P<unsigned long long>(hist), S(s));
+    }, nogil);
+
     // ---- probes
     m.def("barrier_rotate", [](Addr x, Addr y, int n, int rounds, Addr s) {
         fcn::launch_barrier_rotate(P<const float>(x), P<float>(y), n, rounds, S(s));

@@ -28,6 +28,10 @@ void launch_warp_shuffle(const float* x, float* y, int n, int kind, int arg, int
 void launch_gemm(const char* variant, const float* A, const float* B, float* C, int M, int N, int K,
                  cudaStream_t stream);
 
+// ---- metrics.cu  (hist: C x C, accumulated into; C <= 64)
+void launch_confusion_matrix(const int* gt, const int* pred, int n, int C, unsigned long long* hist,
+                             cudaStream_t stream);
+
 // ---- probes.cu
 void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStream_t stream);
 void launch_divergent_barrier(float* y, cudaStream_t stream);
