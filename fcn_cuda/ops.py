@@ -520,6 +520,9 @@ def _transpose_grad_args(x_or_shape, grad_y, r, s, stride, padding):
     sy, sx = V.pair(stride, "stride", minimum=1)
     py, px = V.pair(padding, "padding", minimum=0)
     h, wd = x_or_shape[2:]
+    if max((h - 1) * sy + r, (wd - 1) * sx + s) > V.INT32_LIMIT:
+        raise ValueError(f"stride {(sy, sx)} makes the full output {(h - 1) * sy + r} x {(wd - 1) * sx + s}; "
+                         f"the kernels index with 32-bit ints (at most {V.INT32_LIMIT})")
     full = ((h - 1) * sy + r - 2 * py, (wd - 1) * sx + s - 2 * px)
     if full != tuple(grad_y.shape[2:]):
         raise ValueError(f"grad_y is {tuple(grad_y.shape[2:])} but conv_transpose2d of a {h} x {wd} input with a "

@@ -11,11 +11,28 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fcn_cuda
-from fcn_cuda import ops
+from fcn_cuda import _backend, ops
 
 from _util import assert_close, to_numpy
 
 pytestmark = pytest.mark.kernels
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """The API allocates its outputs (and workspaces): poison every allocation
+    (NaN, or all bits set for integers) so an element a kernel fails to write shows up."""
+    plain = _backend.Backend.empty
+
+    def empty(self, shape, dtype=np.float32):
+        a = plain(self, shape, dtype)
+        if np.dtype(dtype).kind == "f":
+            a.fill(np.nan)
+        else:
+            a.view(np.uint8).fill(0xFF)
+        return a
+
+    monkeypatch.setattr(_backend.Backend, "empty", empty)
 
 
 def t64(a, grad=False):
@@ -475,6 +492,7 @@ def bad_cases(be, rng):
         (lambda: tw(kernel_size=(4, 0)), ValueError, "kernel_size"),
         (lambda: tw(grad_y=dgy[:1].copy()), ValueError, "batch size"),
         (lambda: tw(padding=-1), ValueError, "padding"),
+        (lambda: tw(stride=2**31 - 1, padding=2**30), ValueError, "stride .* makes the full output"),
         (lambda: pb(indices=pidx.astype(np.int64)), TypeError, "indices must be int32"),
         (lambda: pb(indices=pidx[:, :2].copy()), ValueError, "indices must have grad_y's shape"),
         (lambda: pb(x_shape=(2, 3, 9, 5)), ValueError, "grad_y is"),

@@ -11,7 +11,9 @@
 // bits on every run.
 // The kernel computes an Ho x Wo window of the full output starting at
 // (oy0, ox0): padding p is the window at offset p, and the final upsample of
-// FCN computes only the window its crop keeps.
+// FCN computes only the window its crop keeps. A window may reach past the
+// full output: outputs there have no taps and come out 0 (bias aside), which
+// conv2d's input gradient relies on for PyTorch's implied output_padding.
 //
 //   conv_transpose2d_gather<false> ("gather"): any weights; C_in x taps FMAs
 //     per output.
@@ -54,9 +56,8 @@ __device__ __forceinline__ Taps taps_of(int u, int s, int R, int H) {
 template <bool kDiagonal, bool kMasked = false>
 __global__ void __launch_bounds__(kUpsampleThreads)
 conv_transpose2d_gather(const float* __restrict__ x, const float* __restrict__ mask, const float* __restrict__ w,
-                        const float* __restrict__ bias,
-                        float* __restrict__ y, int total, int Cin, int H, int W, int Cout, int R, int S, int sy,
-                        int sx, int oy0, int ox0, int Ho, int Wo) {
+                        const float* __restrict__ bias, float* __restrict__ y, int total, int Cin, int H, int W,
+                        int Cout, int R, int S, int sy, int sx, int oy0, int ox0, int Ho, int Wo) {
     const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;  // unsigned: total may be close to INT_MAX
     if (t >= unsigned(total)) return;
     const int i = int(t);
