@@ -130,6 +130,16 @@ def test_conv2d_grad_weight_deterministic(be, rng, case):
         assert all(same_bits(a, b) for a, b in zip(first, serial))
 
 
+def test_split_rule_covers_both_paths(be):
+    """The cases above reach both kernel paths: one split writing grad_w
+    directly, and several through the workspace and split_sum."""
+    splits = be.ext.conv2d_grad_weight_splits
+    assert splits(2 * 5 * 6, 70, 64 * 9) == 1                       # few pixels, many tiles
+    assert splits(2 * 40 * 40, 8, 27) > 1                           # CONV_CASES[8]
+    assert splits(2 * 203 * 202, 4, 27) == 256                      # conv1_1, pad 100: capped
+    assert splits(698 * 698, 64, 64 * 9) * 64 * 64 * 9 < 2**31      # conv1_2 at 500 x 500: workspace fits
+
+
 # ---------------------------------------------------------------- conv_transpose2d
 
 # (N, C_in, C_out, H, W, R, S, stride, padding)
