@@ -136,7 +136,7 @@ def test_split_rule_covers_both_paths(be):
     splits = be.ext.conv2d_grad_weight_splits
     assert splits(2 * 5 * 6, 70, 64 * 9) == 1                       # few pixels, many tiles
     assert splits(2 * 40 * 40, 8, 27) > 1                           # CONV_CASES[8]
-    assert splits(2 * 203 * 202, 4, 27) == 256                      # conv1_1, pad 100: capped
+    assert 200 < splits(2 * 203 * 202, 4, 27) <= 256                # conv1_1, pad 100: near the cap
     assert splits(698 * 698, 64, 64 * 9) * 64 * 64 * 9 < 2**31      # conv1_2 at 500 x 500: workspace fits
 
 
