@@ -129,4 +129,51 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("preprocess", [](Addr img, Addr out, int N, int HW, float mb, float mg, float mr, Addr s) {
         fcn::launch_preprocess(P<const unsigned char>(img), P<float>(out), N, HW, mb, mg, mr, S(s));
     }, nogil);
+
+    // ---- backward
+    m.def("conv2d_grad_input", [](Addr dy, Addr w, Addr mask, Addr dx, int N, int K, int P_, int Q, int C, int H,
+                                  int W, int R, int S_, int sh, int sw, int ph, int pw, Addr s) {
+        fcn::launch_conv2d_grad_input(P<const float>(dy), P<const float>(w), P<const float>(mask), P<float>(dx), N, K,
+                                      P_, Q, C, H, W, R, S_, sh, sw, ph, pw, S(s));
+    }, nogil);
+    m.def("conv2d_grad_weight_splits", &fcn::conv2d_grad_weight_splits);
+    m.def("conv2d_grad_weight", [](Addr x, Addr dy, Addr mask, Addr dw, Addr ws, int N, int C, int H, int W, int K,
+                                   int R, int S_, int P_, int Q, int sh, int sw, int ph, int pw, float alpha, Addr s) {
+        fcn::launch_conv2d_grad_weight(P<const float>(x), P<const float>(dy), P<const float>(mask), P<float>(dw),
+                                       P<float>(ws), N, C, H, W, K, R, S_, P_, Q, sh, sw, ph, pw, alpha, S(s));
+    }, nogil);
+    m.def("bias_grad", [](Addr dy, Addr mask, Addr db, int N, int K, int PQ, Addr s) {
+        fcn::launch_bias_grad(P<const float>(dy), P<const float>(mask), P<float>(db), N, K, PQ, S(s));
+    }, nogil);
+    m.def("relu_backward", [](Addr dy, Addr y, Addr dx, int n, Addr s) {
+        fcn::launch_relu_backward(P<const float>(dy), P<const float>(y), P<float>(dx), n, S(s));
+    }, nogil);
+    m.def("max_pool2d_backward", [](Addr dy, Addr indices, Addr dx, int planes, int H, int W, int Ho, int Wo, int kh,
+                                    int kw, int sh, int sw, Addr s) {
+        fcn::launch_max_pool2d_backward(P<const float>(dy), P<const int>(indices), P<float>(dx), planes, H, W, Ho, Wo,
+                                        kh, kw, sh, sw, S(s));
+    }, nogil);
+    m.def("crop_backward", [](Addr g, Addr db, int planes, int H, int W, int Hb, int Wb, int oy, int ox, Addr s) {
+        fcn::launch_crop_backward(P<const float>(g), P<float>(db), planes, H, W, Hb, Wb, oy, ox, S(s));
+    }, nogil);
+    m.def("score_feat_grad", [](Addr g, Addr w, Addr dfeat, int N, int K, int C, int H, int W, int Hf, int Wf, int oy,
+                                int ox, float scale, Addr s) {
+        fcn::launch_score_feat_grad(P<const float>(g), P<const float>(w), P<float>(dfeat), N, K, C, H, W, Hf, Wf, oy,
+                                    ox, scale, S(s));
+    }, nogil);
+    m.def("softmax_xent_workspace", &fcn::softmax_xent_workspace);
+    m.def("softmax_xent", [](Addr scores, Addr labels, Addr grad, Addr ws, Addr loss, int N, int C, int HW, int ignore,
+                             float inv_divisor, Addr s) {
+        fcn::launch_softmax_xent(P<const float>(scores), P<const int>(labels), P<float>(grad), P<float>(ws),
+                                 P<float>(loss), N, C, HW, ignore, inv_divisor, S(s));
+    }, nogil);
+    m.def("dropout", [](Addr x, Addr y, int n, unsigned seed, unsigned step, unsigned threshold, float scale, Addr s) {
+        fcn::launch_dropout(P<const float>(x), P<float>(y), n, seed, step, threshold, scale, S(s));
+    }, nogil);
+    m.def("philox_probe", [](Addr in, Addr out, int n, Addr s) {
+        fcn::launch_philox_probe(P<const unsigned>(in), P<unsigned>(out), n, S(s));
+    }, nogil);
+    m.def("sgd_step", [](Addr w, Addr g, Addr v, int n, float lr, float momentum, float weight_decay, Addr s) {
+        fcn::launch_sgd_step(P<float>(w), P<const float>(g), P<float>(v), n, lr, momentum, weight_decay, S(s));
+    }, nogil);
 }

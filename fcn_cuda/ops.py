@@ -365,3 +365,402 @@ def preprocess(img):
 
 
 __all__ += ["preprocess", "MEAN_BGR"]
+
+# ---- backward
+
+__all__ += ["relu_backward", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d_grad_input",
+            "conv_transpose2d_grad_weight", "max_pool2d_backward", "crop_backward", "score_crop_add_backward",
+            "softmax_cross_entropy", "dropout", "dropout_backward", "philox4x32_10", "sgd_step"]
+
+_UINT32 = 2**32
+
+
+def _shape4(shape, name):
+    """A 4-tuple of positive ints (an array shape the caller describes)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {shape!r}")
+    return tuple(V.integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(shape))
+
+
+def _real(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _relu_mask(relu_y, grad_y, be):
+    """The forward ReLU output whose (y > 0) masks grad_y, validated; None passes through."""
+    if relu_y is None:
+        return None
+    relu_y = V.array(relu_y, "relu_y", ndim=4, be=be)
+    if relu_y.shape != grad_y.shape:
+        raise ValueError(f"relu_y must have grad_y's shape {tuple(grad_y.shape)}, got {tuple(relu_y.shape)}")
+    return relu_y
+
+
+def _conv_out(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+def relu_backward(grad_y, y):
+    """grad_y * (y > 0): the gradient through y = relu(...), from its output y."""
+    be = _backend.active()
+    grad_y = V.array(grad_y, "grad_y", be=be)
+    y = V.array(y, "y", be=be)
+    if y.shape != grad_y.shape:
+        raise ValueError(f"y must have grad_y's shape {tuple(grad_y.shape)}, got {tuple(y.shape)}")
+    V.fits_int32(grad_y.size + 255, "grad_x (rounded up to whole blocks)")
+    out = be.empty(grad_y.shape)
+    be.ext.relu_backward(be.ptr(grad_y), be.ptr(y), be.ptr(out), grad_y.size, be.stream())
+    return out
+
+
+def conv2d_grad_input(grad_y, w, x_shape, stride=1, padding=0, relu_y=None):
+    """The gradient of ``conv2d(x, w, b, stride, padding)`` with respect to x:
+    == torch.nn.grad.conv2d_input(x_shape, w, grad_y, stride, padding).
+
+    grad_y: N x K x P x Q, w: K x C x R x S, x_shape: (N, C, H, W); P, Q must
+    be conv2d's output size for x_shape. It is a transposed convolution of
+    grad_y (the gather kernel of ops.conv_transpose2d, no atomics); rows and
+    columns of x that no window covered ((H + 2p - R) % s != 0) get 0.
+    relu_y: the output y of the forward conv2d(..., relu=True) (grad_y's
+    shape): grad_y is then masked by (y > 0) as it is read, i.e. the result
+    is conv2d_grad_input(relu_backward(grad_y, relu_y), ...) in one pass.
+    """
+    be = _backend.active()
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x K x P x Q", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    n, c, h, wd = _shape4(x_shape, "x_shape")
+    k, cw, r, s = w.shape
+    if grad_y.shape[0] != n or grad_y.shape[1] != k:
+        raise ValueError(f"grad_y must be N x K x P x Q with N = {n} (x_shape) and K = {k} (w), "
+                         f"got shape {tuple(grad_y.shape)}")
+    if cw != c:
+        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x_shape has {c}")
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    if max(h + 2 * ph, wd + 2 * pw, sh, sw) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} / stride {(sh, sw)} exceed 32-bit indexing")
+    p, q = _conv_out(h, r, sh, ph), _conv_out(wd, s, sw, pw)
+    if (p, q) != tuple(grad_y.shape[2:]):
+        raise ValueError(f"grad_y is {tuple(grad_y.shape[2:])} but conv2d of an x of shape {(n, c, h, wd)} with "
+                         f"a {r} x {s} kernel, stride {(sh, sw)}, padding {(ph, pw)} gives {(p, q)}")
+    mask = _relu_mask(relu_y, grad_y, be)
+    V.fits_int32(n * c * h * wd, "grad_x")
+    dx = be.empty((n, c, h, wd))
+    be.ext.conv2d_grad_input(be.ptr(grad_y), be.ptr(w), be.ptr(mask) if mask is not None else 0, be.ptr(dx),
+                             n, k, p, q, c, h, wd, r, s, sh, sw, ph, pw, be.stream())
+    return dx
+
+
+def _grad_weight(be, x, dy, mask, k, r, s, stride, padding, alpha=1.0):
+    """dw (K x C x R x S) = alpha * sum over n, p, q of dy x im2col(x): the
+    split-depth kernel plus, when it splits, its workspace."""
+    n, c, h, wd = x.shape
+    p, q = dy.shape[2:]
+    if -(-k // 64) > 65535:
+        raise ValueError(f"at most {65535 * 64} output channels, got {k}")
+    crs = c * r * s
+    V.fits_int32(k * crs + 255, "the weight gradient (rounded up to whole blocks)")
+    splits = be.ext.conv2d_grad_weight_splits(n * p * q, k, crs)
+    V.fits_int32(splits * k * crs + 255, "the weight gradient's split workspace")
+    ws = be.empty((splits * k * crs,)) if splits > 1 else None
+    dw = be.empty((k, c, r, s))
+    be.ext.conv2d_grad_weight(be.ptr(x), be.ptr(dy), be.ptr(mask) if mask is not None else 0, be.ptr(dw),
+                              be.ptr(ws) if ws is not None else 0, n, c, h, wd, k, r, s, p, q,
+                              stride[0], stride[1], padding[0], padding[1], float(alpha), be.stream())
+    return dw
+
+
+def _bias_grad(be, dy, mask):
+    n, k, p, q = dy.shape
+    db = be.empty((k,))
+    be.ext.bias_grad(be.ptr(dy), be.ptr(mask) if mask is not None else 0, be.ptr(db), n, k, p * q, be.stream())
+    return db
+
+
+def conv2d_grad_weight(x, grad_y, kernel_size, stride=1, padding=0, relu_y=None):
+    """The gradients of ``conv2d(x, w, b, stride, padding)`` with respect to
+    w and b: (grad_w: K x C x R x S, grad_b: K), == torch.nn.grad.conv2d_weight
+    and grad_y.sum((0, 2, 3)).
+
+    x: N x C x H x W, grad_y: N x K x P x Q (conv2d's output size);
+    kernel_size: int or (R, S). An implicit GEMM over the N*P*Q pixels, split
+    into fixed chunks summed in a fixed order (no atomics): the same inputs
+    give the same bits on every run. relu_y: as in conv2d_grad_input, the
+    forward ReLU output; grad_y is masked by (relu_y > 0) as it is read.
+    """
+    be = _backend.active()
+    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x K x P x Q", be=be)
+    r, s = V.pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    n, c, h, wd = x.shape
+    if grad_y.shape[0] != n:
+        raise ValueError(f"grad_y must have x's batch size {n}, got shape {tuple(grad_y.shape)}")
+    if max(h + 2 * ph, wd + 2 * pw, sh, sw, r, s) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} / stride {(sh, sw)} / kernel_size {(r, s)} exceed 32-bit indexing")
+    p, q = _conv_out(h, r, sh, ph), _conv_out(wd, s, sw, pw)
+    if p < 1 or q < 1:
+        raise ValueError(f"kernel_size {(r, s)} is larger than x's {h} x {wd} image with padding {(ph, pw)}")
+    if (p, q) != tuple(grad_y.shape[2:]):
+        raise ValueError(f"grad_y is {tuple(grad_y.shape[2:])} but conv2d of x {tuple(x.shape)} with kernel_size "
+                         f"{(r, s)}, stride {(sh, sw)}, padding {(ph, pw)} gives {(p, q)}")
+    mask = _relu_mask(relu_y, grad_y, be)
+    k = grad_y.shape[1]
+    return (_grad_weight(be, x, grad_y, mask, k, r, s, (sh, sw), (ph, pw)), _bias_grad(be, grad_y, mask))
+
+
+def _transpose_grad_args(x_or_shape, grad_y, r, s, stride, padding):
+    """Checks grad_y's size against conv_transpose2d's (H - 1) * s - 2p + R."""
+    sy, sx = V.pair(stride, "stride", minimum=1)
+    py, px = V.pair(padding, "padding", minimum=0)
+    h, wd = x_or_shape[2:]
+    if max((h - 1) * sy + r, (wd - 1) * sx + s) > V.INT32_LIMIT:
+        raise ValueError(f"stride {(sy, sx)} makes the full output {(h - 1) * sy + r} x {(wd - 1) * sx + s}; "
+                         f"the kernels index with 32-bit ints (at most {V.INT32_LIMIT})")
+    full = ((h - 1) * sy + r - 2 * py, (wd - 1) * sx + s - 2 * px)
+    if full != tuple(grad_y.shape[2:]):
+        raise ValueError(f"grad_y is {tuple(grad_y.shape[2:])} but conv_transpose2d of a {h} x {wd} input with a "
+                         f"{r} x {s} kernel, stride {(sy, sx)}, padding {(py, px)} gives {full}")
+    return (sy, sx), (py, px)
+
+
+def conv_transpose2d_grad_input(grad_y, w, stride, padding, x_shape):
+    """The gradient of ``conv_transpose2d(x, w, b, stride, padding)`` with
+    respect to x: == F.conv2d(grad_y, w, None, stride, padding), and it runs
+    ops.conv2d's kernels. grad_y: N x C_out x Ho x Wo, w: C_in x C_out x R x S,
+    x_shape: (N, C_in, H, W) with Ho = (H - 1) * s - 2p + R.
+    """
+    be = _backend.active()
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x C_out x Ho x Wo", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="C_in x C_out x R x S", be=be)
+    n, cin, h, wd = _shape4(x_shape, "x_shape")
+    if w.shape[0] != cin:
+        raise ValueError(f"w must be C_in x C_out x R x S with C_in = {cin} (x_shape), got shape {tuple(w.shape)}")
+    if grad_y.shape[:2] != (n, w.shape[1]):
+        raise ValueError(f"grad_y must be N x C_out x Ho x Wo with N = {n}, C_out = {w.shape[1]}, "
+                         f"got shape {tuple(grad_y.shape)}")
+    if cin > 65535 * 64:
+        raise ValueError(f"w has {cin} input channels; at most {65535 * 64}")
+    r, s = w.shape[2:]
+    stride, padding = _transpose_grad_args((n, cin, h, wd), grad_y, r, s, stride, padding)
+    V.fits_int32(n * cin * h * wd + 255, "grad_x (rounded up to whole blocks)")
+    cout, ho, wo = grad_y.shape[1:]
+    dx = be.empty((n, cin, h, wd))
+    variant = _conv2d_default_variant(be, n * h * wd, cin, cout * r * s)
+    be.ext.conv2d(variant, be.ptr(grad_y), be.ptr(w), 0, be.ptr(dx), n, cout, ho, wo, cin, r, s, *stride, *padding,
+                  False, be.stream())
+    return dx
+
+
+def conv_transpose2d_grad_weight(x, grad_y, kernel_size, stride, padding):
+    """The gradient of ``conv_transpose2d(x, w, b, stride, padding)`` with
+    respect to w: C_in x C_out x R x S (the bias gradient, where there is one,
+    is grad_y.sum((0, 2, 3)); FCN's deconvolutions have none). x: N x C_in x
+    H x W, grad_y: N x C_out x Ho x Wo. conv2d_grad_weight's kernel with x and
+    grad_y in each other's place: deterministic, no atomics.
+    """
+    be = _backend.active()
+    x = V.array(x, "x", ndim=4, shape_hint="N x C_in x H x W", be=be)
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x C_out x Ho x Wo", be=be)
+    r, s = V.pair(kernel_size, "kernel_size", minimum=1)
+    if grad_y.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_y must have x's batch size {x.shape[0]}, got shape {tuple(grad_y.shape)}")
+    stride, padding = _transpose_grad_args(x.shape, grad_y, r, s, stride, padding)
+    return _grad_weight(be, grad_y, x, None, x.shape[1], r, s, stride, padding)
+
+
+def max_pool2d_backward(grad_y, indices, x_shape, kernel_size=2, stride=2):
+    """The gradient of ``max_pool2d(x, kernel_size, stride, ceil_mode)`` with
+    respect to x, from the int32 indices it returned (return_indices=True).
+
+    grad_y, indices: N x C x Ho x Wo; x_shape: (N, C, H, W); kernel_size and
+    stride as in max_pool2d (the gather form needs them to find the windows
+    that contain an input; Ho, Wo must be max_pool2d's size in ceil or floor
+    mode). Overlapping windows (kernel > stride) add up, in a fixed order, no
+    atomics. An index outside its own window matches nothing and is dropped.
+    """
+    be = _backend.active()
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x C x Ho x Wo", be=be)
+    indices = V.array(indices, "indices", ndim=4, dtype=np.int32, shape_hint="N x C x Ho x Wo", be=be)
+    n, c, h, w = _shape4(x_shape, "x_shape")
+    kh, kw = V.pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = (kh, kw) if stride is None else V.pair(stride, "stride", minimum=1)
+    if indices.shape != grad_y.shape:
+        raise ValueError(f"indices must have grad_y's shape {tuple(grad_y.shape)}, got {tuple(indices.shape)}")
+    ho, wo = grad_y.shape[2:]
+    sizes = {(_pool_size(h, kh, sh, m), _pool_size(w, kw, sw, m)) for m in (True, False)}
+    if grad_y.shape[:2] != (n, c) or (ho, wo) not in sizes:
+        raise ValueError(f"grad_y is {tuple(grad_y.shape)} but max_pool2d of x_shape {(n, c, h, w)} with "
+                         f"kernel_size {(kh, kw)}, stride {(sh, sw)} gives N x C x {' or '.join(map(str, sizes))}")
+    V.fits_int32(n * c * h * w + 255, "grad_x (rounded up to whole blocks)")
+    dx = be.empty((n, c, h, w))
+    be.ext.max_pool2d_backward(be.ptr(grad_y), be.ptr(indices), be.ptr(dx), n * c, h, w, ho, wo, kh, kw, sh, sw,
+                               be.stream())
+    return dx
+
+
+def crop_backward(grad, b_shape, offset):
+    """The gradient of ``crop_add(a, b, offset)`` with respect to b: grad
+    (N x C x H x W, a's shape) placed at offset in zeros of b_shape
+    (N, C, Hb, Wb). (The gradient for a is grad itself.)"""
+    be = _backend.active()
+    grad = V.array(grad, "grad", ndim=4, shape_hint="N x C x H x W", be=be)
+    n, c, hb, wb = _shape4(b_shape, "b_shape")
+    if grad.shape[:2] != (n, c):
+        raise ValueError(f"grad must have b_shape's N x C {(n, c)}, got shape {tuple(grad.shape)}")
+    h, w = grad.shape[2:]
+    oy, ox = _crop_offset(offset, h, w, hb, wb, "grad", "b_shape")
+    V.fits_int32(n * c * hb * wb + 255, "grad_b (rounded up to whole blocks)")
+    db = be.empty((n, c, hb, wb))
+    be.ext.crop_backward(be.ptr(grad), be.ptr(db), n * c, h, w, hb, wb, oy, ox, be.stream())
+    return db
+
+
+def score_crop_add_backward(grad_out, feat, w, offset, scale=1.0):
+    """The gradients of ``score_crop_add(up, feat, w, b, offset, scale)`` with
+    respect to feat, w and b: (grad_feat: feat's shape, grad_w: K x C x 1 x 1,
+    grad_b: K). The gradient for up is grad_out itself.
+
+    grad_feat = scale * w^T grad_out inside the window, 0 outside (one
+    kernel); grad_w = scale * sum over pixels of grad_out x feat's window
+    (conv2d_grad_weight's deterministic kernel, the offset as negative
+    padding); grad_b = grad_out summed over n, y, x.
+    """
+    be = _backend.active()
+    grad_out = V.array(grad_out, "grad_out", ndim=4, shape_hint="N x K x H x W", be=be)
+    feat = V.array(feat, "feat", ndim=4, shape_hint="N x C x Hf x Wf", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x 1 x 1", be=be)
+    n, k, h, wd = grad_out.shape
+    c, hf, wf = feat.shape[1:]
+    if feat.shape[0] != n:
+        raise ValueError(f"feat must have grad_out's batch size {n}, got {feat.shape[0]}")
+    if w.shape != (k, c, 1, 1):
+        raise ValueError(f"w must be K x C x 1 x 1 = {(k, c, 1, 1)} (K from grad_out, C from feat), got {w.shape}")
+    scale = _real(scale, "scale")
+    oy, ox = _crop_offset(offset, h, wd, hf, wf, "grad_out", "feat")
+    V.fits_int32(feat.size + 255, "grad_feat (rounded up to whole blocks)")
+    dfeat = be.empty(feat.shape)
+    be.ext.score_feat_grad(be.ptr(grad_out), be.ptr(w), be.ptr(dfeat), n, k, c, h, wd, hf, wf, oy, ox, scale,
+                           be.stream())
+    dw = _grad_weight(be, feat, grad_out, None, k, 1, 1, (1, 1), (-oy, -ox), alpha=scale)
+    return dfeat, dw, _bias_grad(be, grad_out, None)
+
+
+def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False):
+    """FCN's loss and its gradient: (loss: float, grad: scores' shape).
+
+    scores: N x C x H x W float32, labels: N x H x W int32 with 0 <= l < C or
+    l == ignore_index (anything else: ValueError). Per-pixel softmax
+    cross-entropy, SUMMED over the pixels whose label is not ignore_index and
+    divided by N (the reference's normalization), or, with normalize=True,
+    by the number of those pixels (0 pixels: loss 0.0 and a zero gradient).
+    grad is the gradient of that loss (0 at ignored pixels). One kernel (the
+    per-pixel pass, stable for logits of any magnitude) plus a fixed-order
+    sum of its per-block partials: the same bits every run.
+    """
+    be = _backend.active()
+    scores = V.array(scores, "scores", ndim=4, shape_hint="N x C x H x W", be=be)
+    labels = V.array(labels, "labels", ndim=3, dtype=np.int32, shape_hint="N x H x W", be=be)
+    n, c, h, w = scores.shape
+    if labels.shape != (n, h, w):
+        raise ValueError(f"labels must be N x H x W = {(n, h, w)} (from scores), got {tuple(labels.shape)}")
+    ignore_index = V.integer(ignore_index, "ignore_index", minimum=-2**31, maximum=2**31 - 1)
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    V.fits_int32(scores.size + 255, "scores (rounded up to whole blocks)")
+    xp = be.xp
+    ignored = labels == ignore_index
+    bad = ~ignored & ((labels < 0) | (labels >= c))
+    if bool(bad.any()):
+        first = int(labels.ravel()[int(xp.argmax(bad.ravel()))])
+        raise ValueError(f"labels must lie in [0, {c}) (C of scores) or equal ignore_index {ignore_index}, "
+                         f"found {first}")
+    count = int(labels.size - int(xp.count_nonzero(ignored)))
+    divisor = count if normalize else n
+    grad = be.empty(scores.shape)
+    ws = be.empty((be.ext.softmax_xent_workspace(n * h * w),))
+    total = be.empty((1,))
+    be.ext.softmax_xent(be.ptr(scores), be.ptr(labels), be.ptr(grad), be.ptr(ws), be.ptr(total), n, c, h * w,
+                        ignore_index, 1.0 / divisor if divisor else 0.0, be.stream())
+    return (float(be.to_numpy(total)[0]) / divisor if divisor else 0.0), grad
+
+
+def _dropout_args(p, seed, step):
+    p = _real(p, "p")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1), got {p}")
+    seed = V.integer(seed, "seed", minimum=0, maximum=_UINT32 - 1)
+    step = V.integer(step, "step", minimum=0, maximum=_UINT32 - 1)
+    return p, seed, step
+
+
+def _dropout(x, name, p, seed, step):
+    be = _backend.active()
+    x = V.array(x, name, be=be)
+    p, seed, step = _dropout_args(p, seed, step)
+    V.fits_int32(x.size + 4 * 256, f"{name} (rounded up to whole blocks)")
+    y = be.empty(x.shape)
+    threshold = int(p * _UINT32)  # P(word >= threshold) = 1 - p, to 2^-32
+    be.ext.dropout(be.ptr(x), be.ptr(y), x.size, seed, step, threshold, float(np.float32(1.0 / (1.0 - p))),
+                   be.stream())
+    return y
+
+
+def dropout(x, p, seed, step):
+    """Training-mode dropout: x / (1 - p) where kept, 0 where dropped, any
+    shape. The mask is Philox4x32-10 (philox4x32_10) keyed by (seed, step)
+    with counter (i // 4, 0, 0, 0) for element i (flat index), word i % 4;
+    element i is kept when that word >= floor(p * 2^32). Nothing is stored:
+    dropout_backward recomputes the mask from (p, seed, step). seed and step:
+    ints in [0, 2^32); p in [0, 1)."""
+    return _dropout(x, "x", p, seed, step)
+
+
+def dropout_backward(grad_y, p, seed, step):
+    """The gradient of dropout(x, p, seed, step): grad_y masked and scaled by
+    the same mask (recomputed, not stored)."""
+    return _dropout(grad_y, "grad_y", p, seed, step)
+
+
+def philox4x32_10(counters, keys):
+    """Random123's Philox4x32-10 as dropout computes it on the device:
+    counters: n x 4 uint32, keys: n x 2 uint32 -> n x 4 uint32."""
+    be = _backend.active()
+    counters = V.array(counters, "counters", ndim=2, dtype=np.uint32, be=be)
+    keys = V.array(keys, "keys", ndim=2, dtype=np.uint32, be=be)
+    if counters.shape[1] != 4 or keys.shape != (counters.shape[0], 2):
+        raise ValueError(f"counters must be n x 4 and keys n x 2, got {tuple(counters.shape)} and "
+                         f"{tuple(keys.shape)}")
+    V.fits_int32(counters.shape[0] * 6 + 255, "counters")
+    packed = be.xp.ascontiguousarray(be.xp.concatenate([counters, keys], axis=1))
+    out = be.empty(counters.shape, dtype=np.uint32)
+    be.ext.philox_probe(be.ptr(packed), be.ptr(out), counters.shape[0], be.stream())
+    return out
+
+
+def sgd_step(w, g, v, lr, momentum, weight_decay):
+    """The reference's SGD update, in place on w and v (same shape as g):
+    v = momentum * v + lr * (g + weight_decay * w); w -= v. Pass each
+    parameter's effective lr and weight_decay (FCN: biases 2x lr, no decay).
+    w and v must be arrays of the active backend (they are written); returns None."""
+    be = _backend.active()
+    for a, name in ((w, "w"), (v, "v")):
+        if not be.owns(a):
+            raise TypeError(f"{name} is updated in place, so it must be a {be.xp.__name__} array of the "
+                            f"'{be.name}' backend, got {type(a).__name__}")
+    w = V.array(w, "w", be=be)
+    v = V.array(v, "v", be=be)
+    g = V.array(g, "g", be=be)
+    if g.shape != w.shape or v.shape != w.shape:
+        raise ValueError(f"g and v must have w's shape {tuple(w.shape)}, got {tuple(g.shape)} and {tuple(v.shape)}")
+    if be.xp.shares_memory(w, v):
+        raise ValueError("w and v must not overlap")
+    lr, momentum, weight_decay = _real(lr, "lr"), _real(momentum, "momentum"), _real(weight_decay, "weight_decay")
+    V.fits_int32(w.size + 255, "w (rounded up to whole blocks)")
+    be.ext.sgd_step(be.ptr(w), be.ptr(g), be.ptr(v), w.size, lr, momentum, weight_decay, be.stream())

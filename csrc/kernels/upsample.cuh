@@ -11,7 +11,9 @@
 // bits on every run.
 // The kernel computes an Ho x Wo window of the full output starting at
 // (oy0, ox0): padding p is the window at offset p, and the final upsample of
-// FCN computes only the window its crop keeps.
+// FCN computes only the window its crop keeps. A window may reach past the
+// full output: outputs there have no taps and come out 0 (bias aside), which
+// conv2d's input gradient relies on for PyTorch's implied output_padding.
 //
 //   conv_transpose2d_gather<false> ("gather"): any weights; C_in x taps FMAs
 //     per output.
@@ -20,6 +22,11 @@
 //     upsampling: only ci = co contributes, 1/C of the work. Off-diagonal
 //     weights are never read, so a NaN/inf input does not spread to other
 //     channels through 0 * inf as in the dense operation.
+//
+// The same gather is conv2d's input gradient (conv2d_backward.cuh): with
+// kMasked, x is multiplied on the fly by (mask > 0) (the ReLU of the forward
+// convolution, mask = its output y, same shape as x), so the masked gradient
+// is never written. mask is ignored (may be null) without kMasked.
 #pragma once
 #include "common.cuh"
 
@@ -46,11 +53,11 @@ __device__ __forceinline__ Taps taps_of(int u, int s, int R, int H) {
 // grid = ceil(N * C_out * Ho * Wo / 256), block = 256; thread i owns output i
 // (ox fastest: a warp shares input rows and reads at most s distinct weights
 // per tap row, both cached). bias may be null.
-template <bool kDiagonal>
+template <bool kDiagonal, bool kMasked = false>
 __global__ void __launch_bounds__(kUpsampleThreads)
-conv_transpose2d_gather(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                        float* __restrict__ y, int total, int Cin, int H, int W, int Cout, int R, int S, int sy,
-                        int sx, int oy0, int ox0, int Ho, int Wo) {
+conv_transpose2d_gather(const float* __restrict__ x, const float* __restrict__ mask, const float* __restrict__ w,
+                        const float* __restrict__ bias, float* __restrict__ y, int total, int Cin, int H, int W,
+                        int Cout, int R, int S, int sy, int sx, int oy0, int ox0, int Ho, int Wo) {
     const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;  // unsigned: total may be close to INT_MAX
     if (t >= unsigned(total)) return;
     const int i = int(t);
@@ -63,12 +70,16 @@ conv_transpose2d_gather(const float* __restrict__ x, const float* __restrict__ w
     const int ci_begin = kDiagonal ? co : 0, ci_end = kDiagonal ? co + 1 : Cin;
     for (int ci = ci_begin; ci < ci_end; ++ci) {
         const float* xp = x + (n * Cin + ci) * H * W;
+        const float* mp = kMasked ? mask + (xp - x) : nullptr;
         const float* wp = w + (ci * Cout + co) * R * S;
         for (int jy = ty.lo; jy <= ty.hi; ++jy) {
-            const float* xrow = xp + (ty.in0 - jy) * W;
+            const int row = (ty.in0 - jy) * W;
             const float* wrow = wp + (ty.first + jy * sy) * S;
-            for (int jx = tx.lo; jx <= tx.hi; ++jx)
-                acc = fmaf(__ldg(xrow + tx.in0 - jx), __ldg(wrow + tx.first + jx * sx), acc);
+            for (int jx = tx.lo; jx <= tx.hi; ++jx) {
+                float v = __ldg(xp + row + tx.in0 - jx);
+                if (kMasked && !(__ldg(mp + row + tx.in0 - jx) > 0.f)) v = 0.f;
+                acc = fmaf(v, __ldg(wrow + tx.first + jx * sx), acc);
+            }
         }
     }
     y[i] = bias != nullptr ? acc + __ldg(bias + co) : acc;

@@ -84,4 +84,36 @@ void launch_softmax_argmax(const char* variant, const float* x, float* probs, in
 void launch_preprocess(const unsigned char* img, float* out, int N, int HW, float mean_b, float mean_g,
                        float mean_r, cudaStream_t stream);
 
+// ---- backward  (conv2d_backward.cu, pool_backward.cu, crop_backward.cu, loss.cu, dropout.cu, sgd.cu)
+// dx (N x C x H x W) = conv2d's input gradient from dy (N x K x P x Q): upsample.cuh's gather kernel on the
+// H x W window at (ph, pw). mask (the forward ReLU output, N x K x P x Q) may be null: dy * (mask > 0).
+void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, int N, int K, int P,
+                              int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph, int pw,
+                              cudaStream_t stream);
+// The number of depth splits of conv2d_grad_weight for M = N*P*Q pixels: workspace must hold
+// splits * K * C*R*S floats when splits > 1 (unused, may be null, when 1).
+int conv2d_grad_weight_splits(int M, int K, int CRS);
+// dw (K x C x R x S) = alpha * sum over n, p, q of dy x im2col(x); P, Q given; negative padding is an offset.
+void launch_conv2d_grad_weight(const float* x, const float* dy, const float* mask, float* dw, float* workspace,
+                               int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph,
+                               int pw, float alpha, cudaStream_t stream);
+// db (K) = sum of dy (N x K x PQ) over n and the pixels; mask may be null.
+void launch_bias_grad(const float* dy, const float* mask, float* db, int N, int K, int PQ, cudaStream_t stream);
+void launch_relu_backward(const float* dy, const float* y, float* dx, int n, cudaStream_t stream);
+void launch_max_pool2d_backward(const float* dy, const int* indices, float* dx, int planes, int H, int W, int Ho,
+                                int Wo, int kh, int kw, int sh, int sw, cudaStream_t stream);
+void launch_crop_backward(const float* g, float* db, int planes, int H, int W, int Hb, int Wb, int oy, int ox,
+                          cudaStream_t stream);
+void launch_score_feat_grad(const float* g, const float* w, float* dfeat, int N, int K, int C, int H, int W, int Hf,
+                            int Wf, int oy, int ox, float scale, cudaStream_t stream);
+// workspace: softmax_xent_workspace(N * HW) floats; loss: one float (the sum over valid pixels).
+int softmax_xent_workspace(int pixels);
+void launch_softmax_xent(const float* scores, const int* labels, float* grad, float* workspace, float* loss, int N,
+                         int C, int HW, int ignore, float inv_divisor, cudaStream_t stream);
+void launch_dropout(const float* x, float* y, int n, unsigned seed, unsigned step, unsigned threshold, float scale,
+                    cudaStream_t stream);
+void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t stream);
+void launch_sgd_step(float* w, const float* g, float* v, int n, float lr, float momentum, float weight_decay,
+                     cudaStream_t stream);
+
 }  // namespace fcn

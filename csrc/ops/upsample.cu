@@ -12,10 +12,10 @@ void launch_conv_transpose2d(const char* variant, const float* x, const float* w
     const dim3 grid(unsigned(ceil_div((long long)total, (long long)kUpsampleThreads)));
     if (!std::strcmp(variant, "gather")) {
         launch("conv_transpose2d_gather", conv_transpose2d_gather<false>, grid, dim3(kUpsampleThreads), 0, stream, x,
-               w, bias, y, total, Cin, H, W, Cout, R, S, sy, sx, oy0, ox0, Ho, Wo);
+               nullptr, w, bias, y, total, Cin, H, W, Cout, R, S, sy, sx, oy0, ox0, Ho, Wo);
     } else if (!std::strcmp(variant, "bilinear")) {
         launch("conv_transpose2d_bilinear", conv_transpose2d_gather<true>, grid, dim3(kUpsampleThreads), 0, stream,
-               x, w, bias, y, total, Cin, H, W, Cout, R, S, sy, sx, oy0, ox0, Ho, Wo);
+               x, nullptr, w, bias, y, total, Cin, H, W, Cout, R, S, sy, sx, oy0, ox0, Ho, Wo);
     } else {
         throw std::invalid_argument(std::string("conv_transpose2d: unknown variant ") + variant);
     }

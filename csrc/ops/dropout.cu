@@ -1,0 +1,17 @@
+#include "kernels/dropout.cuh"
+#include "ops/launchers.h"
+
+namespace fcn {
+
+void launch_dropout(const float* x, float* y, int n, unsigned seed, unsigned step, unsigned threshold, float scale,
+                    cudaStream_t stream) {
+    const int vectors = ceil_div(n, 4);
+    launch("dropout", dropout, dim3(ceil_div(vectors, kDropoutThreads)), dim3(kDropoutThreads), 0, stream, x, y, n,
+           seed, step, threshold, scale);
+}
+
+void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t stream) {
+    launch("philox_probe", philox_probe, dim3(ceil_div(n, 256)), dim3(256), 0, stream, in, out, n);
+}
+
+}  // namespace fcn
