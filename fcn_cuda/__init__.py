@@ -11,6 +11,7 @@ from . import ops
 from .model import FCN
 from .weights import load_model
 from .inference import infer
+from .train import loss_and_grads
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ __all__ = [
     "FCN",
     "load_model",
     "infer",
+    "loss_and_grads",
 ]

@@ -32,6 +32,13 @@ HEADS = {
 }
 SKIPS = {"32s": (), "16s": ("score_pool4",), "8s": ("score_pool4", "score_pool3")}
 AT_ONCE_SCALE = {"score_pool4": 0.01, "score_pool3": 0.0001}
+DROPOUT_P = 0.5
+
+
+def dropout_key(dropout, layer):
+    """(seed, step) of one dropout layer: fc6 and fc7 draw different masks."""
+    seed, step = dropout
+    return seed, (2 * step + layer) % 2**32
 
 
 @dataclass(frozen=True)
@@ -212,22 +219,26 @@ class FCN:
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x, keep=None):
+    def forward(self, x, keep=None, dropout=None):
         """N x 3 x H x W preprocessed images -> N x C x H x W scores.
 
-        `keep`, a dict, receives the intermediate activations by name (for
-        the backward pass); without it each buffer is dropped as soon as no
-        later layer needs it.
+        `keep`, a dict, receives every activation the backward pass needs
+        (fcn_cuda.train.backward): layer outputs by name, pool argmax indices
+        as "<pool>_idx". Without it only pool3 / pool4 are held, so every
+        other buffer is freed as soon as the next layer has read it.
+        `dropout`, a (seed, step) pair, applies the reference's training-time
+        dropout (p = 0.5) after fc6 and fc7; None is inference.
         """
         be = self._check_backend()
         x = V.array(x, "x", ndim=4, shape_hint="N x 3 x H x W", be=be)
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (BGR, mean subtracted), got {x.shape[1]}")
         store = keep if keep is not None else _SkipsOnly()
-        score = self.score_fr(x, store)
+        store["x"] = x
+        score = self.score_fr(x, store, indices=keep is not None, dropout=dropout)
         return self.head(score, store, x.shape[2], x.shape[3])
 
-    def score_fr(self, x, store):
+    def score_fr(self, x, store, indices=False, dropout=None):
         """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`."""
         p = self.params
         h = x
@@ -237,13 +248,19 @@ class FCN:
                 pad = self.conv1_pad if name == "conv1_1" else 1
                 h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], padding=pad, relu=True)
                 store[name] = h
-            h = ops.max_pool2d(h, 2, 2, ceil_mode=True)
+            if indices:
+                h, store[f"pool{b + 1}_idx"] = ops.max_pool2d(h, 2, 2, ceil_mode=True, return_indices=True)
+            else:
+                h = ops.max_pool2d(h, 2, 2, ceil_mode=True)
             store[f"pool{b + 1}"] = h
         if h.shape[2] < 7 or h.shape[3] < 7:  # only when conv1_pad is lowered from 100
             raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is too small for fc6's 7x7 window")
-        for name, relu in (("fc6", True), ("fc7", True), ("score_fr", False)):
+        for layer, (name, relu) in enumerate((("fc6", True), ("fc7", True), ("score_fr", False))):
             h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], relu=relu)
             store[name] = h
+            if dropout is not None and relu:
+                h = ops.dropout(h, DROPOUT_P, *dropout_key(dropout, layer))
+                store[f"{name}_drop"] = h
         return h
 
     def head(self, score, store, height, width):

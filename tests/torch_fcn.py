@@ -39,13 +39,26 @@ class TorchFCN(nn.Module):
             self.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, bias=False)
             self.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, 16, stride=8, bias=False)
 
+    pool_indices = None  # {block: N x C x Ho x Wo int indices} to route max-pooling by given argmaxes
+
+    def pool(self, h, b):
+        if self.pool_indices is None:
+            return F.max_pool2d(h, 2, 2, ceil_mode=True)
+        # The max is taken where the given indices say: the same function
+        # wherever the argmax is unique, and the gradient then follows the
+        # same discrete choice as the implementation under test, so an fp32
+        # near-tie cannot send it to another pixel than float64 would.
+        idx = torch.as_tensor(np.asarray(self.pool_indices[b]), dtype=torch.int64)
+        flat = h.flatten(2).gather(2, idx.flatten(2))
+        return flat.view(idx.shape)
+
     def trunk(self, x):
         pools = {}
         h = x
         for b, block in enumerate(self.blocks):
             for name in block:
                 h = F.relu(getattr(self, name)(h))
-            h = F.max_pool2d(h, 2, 2, ceil_mode=True)
+            h = self.pool(h, b + 1)
             pools[b + 1] = h
         h = F.relu(self.fc6(h))
         h = F.relu(self.fc7(h))
