@@ -11,7 +11,7 @@ from . import ops
 from .model import FCN
 from .weights import load_model
 from .inference import infer
-from .train import loss_and_grads
+from .engine import loss_and_grads
 
 __version__ = "0.1.0"
 
