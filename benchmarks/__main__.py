@@ -70,7 +70,7 @@ def build_result(ctx, peaks, rows, elapsed_s):
         versions["cudnn"] = torch.backends.cudnn.version()
         timing = (f"CUDA events on each side's stream, device idle and L2 flushed (256 MiB write) before every run, "
                   f"{ctx.cfg.warmup} warm-up runs, median of {ctx.cfg.repeats}, {ctx.cfg.sets} input sets rotated; "
-                  "cudnn.benchmark on")
+                  "cudnn.benchmark on; each timed call includes its side's Python and launch overhead (no CUDA graphs)")
         backend = "cuda"
     else:
         device = f"host emulation on {cpu_name()}"

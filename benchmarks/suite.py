@@ -111,7 +111,7 @@ class Context:
     def __init__(self, backend, cfg, only=(), log=print, threads=1):
         import torch
 
-        fcn_cuda.use_backend(backend)
+        self._previous_backend = fcn_cuda.use_backend(backend)
         self.be = _backend.active()
         self.gpu = self.be.name == "cuda"
         self.cfg = cfg
@@ -138,11 +138,14 @@ class Context:
             torch.set_num_threads(threads)
 
     def close(self):
-        """Puts back the thread settings the host run changed."""
+        """Puts back the backend and the thread settings the run changed."""
         if not self.gpu and getattr(self, "_restore", None):
             fcn_cuda.set_emulator_workers(self._restore[0])
             self.torch.set_num_threads(self._restore[1])
             self._restore = None
+        if self._previous_backend is not None:
+            fcn_cuda.use_backend(self._previous_backend)
+            self._previous_backend = None
 
     # ---- what runs
     def wants(self, name):
