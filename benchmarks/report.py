@@ -97,7 +97,10 @@ def markdown(result):
             f"- timing: {result['timing']}",
             f"- versions: {', '.join(f'{k} {v}' for k, v in result.get('versions', {}).items())}",
             "- ratio = ref ms / ours ms (> 1: fcn_cuda is faster); % peak = roofline fraction "
-            "max(flops / matmul peak, bytes / copy bandwidth) / time, against the peaks below",
+            "max(flops / matmul peak, bytes / copy bandwidth) / time, against the peaks below (ours: the fp32 "
+            "matmul; ref: the matmul of its precision); above 100% where an op beats the measured matmul or copy",
+            "- rate: useful flops (2 x MACs; skip scores on the cropped window only) or fewest bytes moved, over "
+            "the median time; err: ours vs ref outputs (relative L2, or the fraction of differing labels)",
             "", "## Measured peaks (same run)", ""] + _peaks_lines(result["peaks"]) + [""]
     header = ("| input | layer | ours | ref | ours ms | ref ms | ratio | ours rate | ref rate | ours % peak "
               "| ref % peak | err | shape |")
@@ -166,8 +169,13 @@ def readme_table(result, source):
                              f"{_ms(r['ref_ms'])} | {r['ratio']:.2f} | {_rate(r)} | {_pct(r['pct_of_peak'])} |")
     lines += ["", "ratio = ref ms / fcn_cuda ms (> 1: fcn_cuda is faster); % peak against the peaks measured in "
               "the same run: " + "; ".join(line[2:] for line in _peaks_lines(result["peaks"])[1:]) + "."]
-    if result["skipped"]:
-        lines.append("Not measured: " + "; ".join(f"`{s['name']}` ({s['reason']})" for s in result["skipped"]) + ".")
+    reasons = {}
+    for s in result["skipped"]:
+        reasons.setdefault(s["reason"], []).append(f"`{s['name']}`")
+    for reason, names in reasons.items():
+        lines.append(f"Not measured ({reason}): {', '.join(names)}.")
+    if result["failed"]:
+        lines.append("FAILED: " + ", ".join(f"`{f['name']}`" for f in result["failed"]) + " (see the .md).")
     return "\n".join(lines)
 
 

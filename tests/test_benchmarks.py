@@ -100,6 +100,8 @@ def test_smoke_train_step_is_a_named_hook_not_a_row(smoke):
     assert not [r for r in result["rows"] if r["kind"] == "train_step"]
     hooks = [s for s in result["skipped"] if "train_step" in s["name"]]
     assert len(hooks) == 2 and all("training" in s["reason"] for s in hooks)
+    compiled = {s["name"]: s["reason"] for s in result["skipped"] if "compile" in s["name"]}
+    assert "--quick" in compiled["1x48x48/forward/fcn_cuda/torch-cpu-compile"]
     assert result["failed"] == []
 
 
