@@ -97,6 +97,10 @@ class Case:
     note: str = ""
 
     @property
+    def ours_key(self):
+        return (self.config, self.layer, self.ours)
+
+    @property
     def ref_key(self):
         return (self.config, self.layer, self.ref)
 
@@ -650,19 +654,24 @@ def make_row(case, t_ours: Timing, t_ref: Timing, err, peaks):
 
 
 def run_group(ctx, cases, peaks, rows):
-    ref_cache = {}
+    """Times each wanted case; within a group each side is timed once per
+    (input, layer, variant) and shared by the rows that compare it."""
+    ours_cache, ref_cache = {}, {}
     for case in cases:
         if not ctx.wants(case.name):
             continue
         try:
-            t_ours = ctx.time_ours(case.ours_fns)
+            if case.ours_key not in ours_cache:
+                t_ours = ctx.time_ours(case.ours_fns)
+                ours_cache[case.ours_key] = (t_ours, ctx.ours_numpy(case.ours_fns[0]()))
             if case.ref_key not in ref_cache:
                 t_ref = ctx.time_ref(case.ref_fns, case.ref_precision)
                 with ctx.ref_mode(case.ref_precision):
                     ref_out = ctx.ref_numpy(case.ref_fns[0]())
                 ref_cache[case.ref_key] = (t_ref, ref_out)
+            t_ours, ours_out = ours_cache[case.ours_key]
             t_ref, ref_out = ref_cache[case.ref_key]
-            err = compare(ctx.ours_numpy(case.ours_fns[0]()), ref_out)
+            err = compare(ours_out, ref_out)
         except Exception as e:
             if "compile" in case.ref:  # a failing torch.compile is the reference's problem: noted, not fatal
                 ctx.skip(case.name, f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
