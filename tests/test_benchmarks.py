@@ -121,6 +121,7 @@ def test_roofline_fraction_uses_the_measured_peaks(smoke):
 def test_readme_table_between_markers(smoke, tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
+    readme.chmod(0o640)
     before = readme.read_text()
     assert report.main(["--readme", "--readme-path", str(readme), "--from", str(smoke["json"])]) == 0
     after = readme.read_text()
@@ -133,6 +134,8 @@ def test_readme_table_between_markers(smoke, tmp_path):
         if r["kind"] == "end_to_end":
             assert f"| {r['config']} | {r['layer']} | {r['ref']} |" in table
     assert "| conv1_1 | layer |" in table
+    assert readme.stat().st_mode & 0o777 == 0o640  # the rewrite keeps the file's mode
+    assert smoke["json"].stat().st_mode & 0o777 == 0o644
     # regenerating is idempotent
     report.main(["--readme", "--readme-path", str(readme), "--from", str(smoke["json"])])
     assert readme.read_text() == after
