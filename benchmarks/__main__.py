@@ -2,7 +2,10 @@
 
 On a GPU (backend 'cuda'): the full-width FCN-8s, batch 1 at 500x500 and
 batch 8 at 512x512, against cuDNN / PyTorch CUDA (TF32 off and on,
-torch.compile), CUDA events, L2 flushed before each run, median of 30.
+torch.compile), CUDA events, L2 flushed before each run, median of 25.
+Where one command may only run for a few minutes, run the inputs apart
+into one file: --only 1x500x500/, then --only 8x512x512/ --append (each run
+measures the peaks; the file lists every run's).
 On the host: the CUDA emulation against PyTorch on the CPU at reduced width
 and size, labeled as emulation in every output.
 
@@ -97,9 +100,11 @@ def main(argv=None):
                          "e.g. 1x500x500/conv1_1/igemm/cudnn-fp32)")
     ap.add_argument("--out", default=str(report.RESULTS_DIR), help="output folder (default benchmarks/results)")
     ap.add_argument("--backend", choices=("host", "cuda"), help="default: fcn_cuda's choice (cuda where a GPU is)")
-    ap.add_argument("--repeats", type=int, help="timed runs per side (GPU default 30; at least 20 on a GPU)")
+    ap.add_argument("--repeats", type=int, help="timed runs per side (GPU default 25; at least 20 on a GPU)")
     ap.add_argument("--threads", type=int, default=1,
                     help="host only: emulator workers and torch CPU threads, the same for both sides (default 1)")
+    ap.add_argument("--append", action="store_true",
+                    help="add these rows to today's result file for this device and config (a run split with --only)")
     ap.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
     args = ap.parse_args(argv)
 
@@ -121,6 +126,11 @@ def main(argv=None):
         result = build_result(ctx, peaks, rows, time.perf_counter() - t0)
     finally:
         ctx.close()
+    if args.append:
+        previous = Path(args.out) / f"{report.result_stem(result)}.json"
+        if previous.exists():
+            result = report.merge(report.load_result(previous), result)
+            print(f"appended to {previous} ({len(result['runs'])} runs, {len(result['rows'])} rows)")
     paths = report.write_all(result, args.out)
     print(f"{len(rows)} rows, {len(ctx.skipped)} not measured, {len(ctx.failed)} failed, "
           f"{result['elapsed_s']} s")

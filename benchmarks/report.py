@@ -55,6 +55,38 @@ def _atomic_text(path, text):
         raise
 
 
+def _run_summary(result):
+    return {k: result.get(k) for k in ("timestamp", "commit", "only", "elapsed_s", "peaks")}
+
+
+def merge(old, new):
+    """`new`'s rows added to `old` (same device and config; a row measured
+    again replaces the old one). Every row's % of peak is recomputed against
+    the newest run's peaks; each run's own peaks stay listed under `runs`."""
+    from .suite import pct_of_peak
+
+    for key in ("device", "backend"):
+        if old[key] != new[key]:
+            raise ValueError(f"cannot append a run on {new[key]!r} to a result from {old[key]!r}")
+    if old["config"]["name"] != new["config"]["name"]:
+        raise ValueError(f"cannot append config {new['config']['name']!r} to {old['config']['name']!r}")
+    names = {r["name"] for r in new["rows"]}
+    merged = dict(new)
+    merged["rows"] = [r for r in old["rows"] if r["name"] not in names] + new["rows"]
+    done = {r["name"] for r in merged["rows"]}
+    new_skips = {s["name"] for s in new["skipped"]}
+    merged["skipped"] = [s for s in old["skipped"] if s["name"] not in new_skips | done] + new["skipped"]
+    merged["failed"] = [f for f in old["failed"] + new["failed"] if f["name"] not in done]
+    merged["runs"] = old.get("runs", [_run_summary(old)]) + [_run_summary(new)]
+    merged["only"] = sorted(set(old.get("only") or []) | set(new.get("only") or []))
+    merged["elapsed_s"] = round(sum(r.get("elapsed_s") or 0 for r in merged["runs"]), 1)
+    merged["commit"] = new["commit"] if old["commit"] == new["commit"] else f"{old['commit']}..{new['commit']}"
+    for r in merged["rows"]:
+        r["pct_of_peak"] = pct_of_peak(r["ours_ms"], r["flops"], r["bytes"], new["peaks"], "fp32")
+        r["ref_pct_of_peak"] = pct_of_peak(r["ref_ms"], r["flops"], r["bytes"], new["peaks"], r["ref_precision"])
+    return merged
+
+
 # ---------------------------------------------------------------- formatting
 def _ms(v):
     return "" if v is None else (f"{v:.3f}" if v < 100 else f"{v:.1f}")
@@ -104,6 +136,11 @@ def markdown(result):
             "- rate: useful flops (2 x MACs; skip scores on the cropped window only) or fewest bytes moved, over "
             "the median time; err: ours vs ref outputs (relative L2, or the fraction of differing labels)",
             "", "## Measured peaks (same run)", ""] + _peaks_lines(result["peaks"]) + [""]
+    if result.get("runs"):
+        out += [f"Merged from {len(result['runs'])} runs (--append); % peak is against the last run's peaks:", ""]
+        out += [f"- {r['timestamp']}, commit `{r['commit']}`, --only {r['only']}: copy {r['peaks']['copy_gbps']:.1f} GB/s, "
+                f"fp32 matmul {r['peaks']['matmul_fp32_tflops']:.3g} TFLOP/s" for r in result["runs"]]
+        out.append("")
     header = ("| input | layer | ours | ref | ours ms | ref ms | ratio | ours rate | ref rate | ours % peak "
               "| ref % peak | err | shape |")
     rule = "|" + "---|" * 13
@@ -312,7 +349,12 @@ def write_all(result, out_dir, log=print):
     _atomic_text(paths["md"], markdown(result) + "\n")
     for key, plot in (("roofline", plot_roofline), ("ratios", plot_ratios)):
         p = out_dir / f"{stem}-{key}.png"
-        if plot(result, p):
+        try:
+            drawn = plot(result, p)
+        except Exception as e:  # a plot never costs the measurements, which are already written
+            log(f"note: {p.name} could not be drawn: {type(e).__name__}: {e}")
+            continue
+        if drawn:
             paths[key] = p
         else:
             log(f"note: matplotlib is not installed, so {p.name} was not drawn (pip install 'fcn_cuda[bench]')")

@@ -46,8 +46,8 @@ class Config:
     fc: int
     note: str
     classes: int = 21
-    repeats: int = 30
-    warmup: int = 5
+    repeats: int = 25
+    warmup: int = 3
     sets: int = 2             # input sets rotated between runs
     budget_s: Optional[float] = None  # host: stop repeating a side after this many seconds (>= 3 runs)
     peak_sizes: tuple = (1 << 28, 8192)  # copy elements per buffer, matmul size
@@ -61,7 +61,8 @@ def config_for(backend, quick):
                           "GPU quick check: quarter-width FCN-8s at 128x128 (not the reference input)",
                           repeats=20, warmup=3, peak_sizes=(1 << 26, 4096))
         return Config("gpu-full", ((1, 500, 500), (8, 512, 512)), VGG16_BLOCKS, 4096,
-                      "full-width FCN-8s (VGG16, fc 4096, 21 classes), batch 1 at 500x500 and batch 8 at 512x512")
+                      "full-width FCN-8s (VGG16, fc 4096, 21 classes), batch 1 at 500x500 and batch 8 at 512x512",
+                      repeats=25, warmup=3)
     if quick:
         return Config("host-quick", ((1, 48, 48), (2, 32, 32)), TINY_WIDTHS, 32,
                       "host emulation, quick: tiny-width FCN-8s (4..16 channels, fc 32) at 48x48 and 2 x 32x32",

@@ -6,6 +6,7 @@ Not marked `kernels`: these test the measuring, not the kernels. The GPU
 paths (CUDA events, cuDNN flags, torch.compile) only run on a GPU machine.
 """
 
+import importlib.util
 import json
 import math
 import shutil
@@ -56,6 +57,11 @@ def test_smoke_run_writes_labeled_emulation_files(smoke):
     for row in result["rows"]:
         assert f"| {row['config']} | {row['layer']} | {row['ours']} | {row['ref']} |" in md
     assert smoke["elapsed"] < 60
+    pngs = [smoke["json"].with_name(f"{smoke['json'].stem}-{k}.png") for k in ("roofline", "ratios")]
+    if importlib.util.find_spec("matplotlib"):
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    else:
+        assert not any(p.exists() for p in pngs) and "matplotlib is not installed" in smoke["stdout"]
 
 
 def test_smoke_json_schema(smoke):
@@ -185,6 +191,27 @@ def host():
     yield
     if previous:
         fcn_cuda.use_backend(previous)
+
+
+def test_append_merges_a_split_run(tmp_path):
+    args = ["--quick", "--backend", "host", "--out", str(tmp_path)]
+    assert bench_main.main(args + ["--only", "1x48x48/pool1/"]) == 0
+    assert bench_main.main(args + ["--only", "1x48x48/pool2/", "--only", "train_step", "--append"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    assert [r["layer"] for r in result["rows"]] == ["pool1", "pool2"]
+    assert len(result["runs"]) == 2 and result["only"] == ["1x48x48/pool1/", "1x48x48/pool2/", "train_step"]
+    assert result["peaks"] == result["runs"][1]["peaks"]
+    r = result["rows"][0]
+    assert r["pct_of_peak"] == pytest.approx(100 * r["bytes"] / (result["peaks"]["copy_gbps"] * 1e9)
+                                             / (r["ours_ms"] * 1e-3))
+    assert bench_main.main(args + ["--only", "1x48x48/pool1/", "--append"]) == 0  # measured again: replaced
+    result = json.loads(path.read_text())
+    assert [r["layer"] for r in result["rows"]] == ["pool2", "pool1"] and len(result["runs"]) == 3
+    assert "Merged from 3 runs" in path.with_suffix(".md").read_text()
+    other = dict(result, device="NVIDIA H100")
+    with pytest.raises(ValueError, match="append"):
+        report.merge(other, result)
 
 
 def test_layer_walk_matches_the_model(host):
