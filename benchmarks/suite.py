@@ -17,7 +17,7 @@ between the two outputs (relative L2, or the fraction of differing labels).
 
 import contextlib
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import numpy as np
