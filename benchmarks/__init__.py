@@ -1,0 +1,14 @@
+"""fcn_cuda's benchmarks against cuDNN / PyTorch.
+
+    python -m benchmarks [--quick] [--only SUBSTRING ...] [--out DIR]
+
+measures every FCN-8s layer, the surrounding kernels and the whole network
+against PyTorch in one run (suite.py, timing.py), writes
+benchmarks/results/<device>-<yyyymmdd>.json / .md and two plots (report.py)
+and regenerates the README's performance table. On the host backend the
+same runner times the CUDA emulation against PyTorch on the CPU, and says so
+in every output.
+
+emulator.py and emu_conv2d.py beside this package are standalone scripts
+about the emulator's own speed.
+"""
