@@ -187,6 +187,7 @@ class FCN:
         self._backend = be.name
         # Decided once here, on the host copy: asking the op to detect
         # per-channel weights would cost a device sync on every forward.
+        # (So upsampling weights change only through load_state_dict.)
         self.upsample_variant = {k.rsplit(".", 1)[0]: ("bilinear" if _is_per_channel(v) else "gather")
                                  for k, v in arrays.items() if k.startswith("upscore")}
 
@@ -270,7 +271,7 @@ class FCN:
         layers = HEADS[self.variant]
         for (name, _, stride), skip in zip(layers[:-1], SKIPS[self.variant]):
             up = ops.conv_transpose2d(score, p[f"{name}.weight"], stride=stride,
-                                      variant=self.upsample_variant[name])
+                                      variant=self.upsample_variant[name], trusted=True)
             pool = store["pool4" if skip == "score_pool4" else "pool3"]
             scale = AT_ONCE_SCALE[skip] if self.at_once else 1.0
             score = ops.score_crop_add(up, pool, p[f"{skip}.weight"], p[f"{skip}.bias"], off[skip], scale=scale)
@@ -278,7 +279,7 @@ class FCN:
             store[f"fuse_{skip[len('score_'):]}"] = score
         name, _, stride = layers[-1]
         return ops.conv_transpose2d_window(score, p[f"{name}.weight"], stride, height, width, off[name],
-                                           variant=self.upsample_variant[name])
+                                           variant=self.upsample_variant[name], trusted=True)
 
     def num_params(self):
         return int(sum(v.size for v in self.params.values()))

@@ -168,12 +168,16 @@ def _transpose_args(x, w, b, stride, variant, be):
     return x, w, b, (sy, sx), full
 
 
-def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w):
+def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w, trusted):
     """Resolves the variant (last: the diagonal check is the one that reads w) and launches."""
     n, cin, h, wd = x.shape
     cout, r, s = w.shape[1:]
     V.fits_int32(n * cout * out_h * out_w, "the output")
-    diagonal = variant in (None, "bilinear") and _is_diagonal(be, w)
+    if not isinstance(trusted, bool):
+        raise TypeError(f"trusted must be a bool, got {type(trusted).__name__}")
+    if trusted and variant is None:
+        raise ValueError("trusted=True needs an explicit variant")
+    diagonal = variant in (None, "bilinear") and (trusted or _is_diagonal(be, w))
     if variant is None:
         variant = "bilinear" if diagonal else "gather"
     elif variant == "bilinear" and not diagonal:
@@ -186,7 +190,7 @@ def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w):
     return y
 
 
-def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None):
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None, *, trusted=False):
     """== F.conv_transpose2d(x, w, b, stride, padding) (groups 1, no
     output_padding or dilation); w: C_in x C_out x R x S; stride and padding:
     int or (vertical, horizontal). Output (H - 1) * s - 2p + R.
@@ -194,8 +198,10 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None):
     Gather form: each output sums its own taps, no atomics. variant:
     'gather' (any weights) or 'bilinear' (per-channel weights, w[i, j] == 0
     for i != j: 1/C of the work; FCN's bilinear upsampling). None picks
-    'bilinear' when w is per-channel (one check on the device), else 'gather';
-    pass the variant to skip that check. 'bilinear' never reads the zero
+    'bilinear' when w is per-channel, else 'gather'. That check (and the one
+    that refuses 'bilinear' for weights that are not per-channel) reads w on
+    the device, a host sync on a GPU; trusted=True skips it for a caller that
+    has verified w already (the FCN model does, once per load). 'bilinear' never reads the zero
     off-diagonal weights, so unlike the dense op an inf/NaN input stays in its
     own channel instead of becoming 0 * inf = NaN in the others.
     """
@@ -205,14 +211,14 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None):
     out_h, out_w = full[0] - 2 * py, full[1] - 2 * px
     if out_h < 1 or out_w < 1:
         raise ValueError(f"padding {(py, px)} leaves no output: the full output is {full[0]} x {full[1]}")
-    return _launch_transpose(be, x, w, b, stride, variant, (py, px), out_h, out_w)
+    return _launch_transpose(be, x, w, b, stride, variant, (py, px), out_h, out_w, trusted)
 
 
-def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=None):
+def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=None, *, trusted=False):
     """== F.conv_transpose2d(x, w, b, stride)[:, :, oy:oy+out_h, ox:ox+out_w],
     computing only that window (FCN's final upsample computes only what the
     final crop keeps). offset: int or (oy, ox); the window must lie within the
-    full (H - 1) * s + R output. Variants as conv_transpose2d.
+    full (H - 1) * s + R output. Variants and `trusted` as conv_transpose2d.
     """
     be = _backend.active()
     x, w, b, stride, full = _transpose_args(x, w, b, stride, variant, be)
@@ -222,7 +228,7 @@ def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=
     if oy + out_h > full[0] or ox + out_w > full[1]:
         raise ValueError(f"offset {(oy, ox)} with out_h x out_w = {out_h} x {out_w} leaves the full output "
                          f"{full[0]} x {full[1]}")
-    return _launch_transpose(be, x, w, b, stride, variant, (oy, ox), out_h, out_w)
+    return _launch_transpose(be, x, w, b, stride, variant, (oy, ox), out_h, out_w, trusted)
 
 
 # ---- crop_add and the fused score head

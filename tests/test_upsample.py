@@ -300,3 +300,22 @@ def test_window_bad_inputs(be):
         win(xp.zeros((1, 3, 3, 3), np.float32), w, 2, 1, 1, 0)
     with pytest.raises(ValueError, match="the output would have"):
         win(xp.ones((1, 1, 2, 2), np.float32), xp.ones((1, 1, 1, 1), np.float32), 50000, 50001, 50001, 0)
+
+
+def test_trusted_skips_the_per_channel_check_only_when_asked(monkeypatch):
+    from fcn_cuda import ops as O
+
+    fcn_cuda.use_backend("host")
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    w = fcn_cuda.bilinear_weights(3, 4)
+    calls = []
+    real = O._is_diagonal
+    monkeypatch.setattr(O, "_is_diagonal", lambda be, a: calls.append(1) or real(be, a))
+    y = O.conv_transpose2d(x, w, stride=2, variant="bilinear", trusted=True)
+    assert calls == []
+    np.testing.assert_array_equal(y, O.conv_transpose2d(x, w, stride=2, variant="bilinear"))
+    assert calls == [1]
+    with pytest.raises(ValueError, match="explicit variant"):
+        O.conv_transpose2d(x, w, stride=2, trusted=True)
+    with pytest.raises(TypeError, match="trusted"):
+        O.conv_transpose2d_window(x, w, 2, 3, 3, 1, variant="gather", trusted=1)
