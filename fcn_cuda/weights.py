@@ -60,6 +60,8 @@ def atomic_write(path, chunks):
                 f.write(c)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private: keep the replaced file's mode, or the usual 0644.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -121,6 +121,7 @@ def test_own_file_round_trip(tmp_path, variant):
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(back.state_dict()[k], v)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "a temporary file was left behind"
+    assert path.stat().st_mode & 0o777 == 0o644, "the temp file's private mode leaked into the result"
 
 
 def test_safetensors_interoperates_with_the_reference_library(tmp_path):

@@ -45,6 +45,17 @@ __host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, lo
     return a / b + (a % b != 0);
 }
 
+// Every size of one convolution, as a launcher derived them (conv2d.cuh and
+// conv2d_backward.cuh). Padding may be negative in the backward kernels: an
+// offset into x (the cropped 1x1 score convolution).
+struct ConvShape {
+    int N, C, H, W;  // x
+    int K, R, S;     // w (K x C x R x S)
+    int P, Q;        // y's spatial size
+    int sh, sw;      // stride
+    int ph, pw;      // padding
+};
+
 // Butterfly reductions: after the loop every lane of the warp holds the
 // result, so no broadcast is needed. All 32 lanes must be present.
 __device__ __forceinline__ float warp_sum(float v) {

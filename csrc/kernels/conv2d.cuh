@@ -40,15 +40,6 @@
 
 namespace fcn {
 
-// Every size of one convolution, as the launcher derived them.
-struct ConvShape {
-    int N, C, H, W;  // x
-    int K, R, S;     // w
-    int P, Q;        // y's spatial size
-    int sh, sw;      // stride
-    int ph, pw;      // padding
-};
-
 // ---------------------------------------------------------------- direct
 
 // grid = ceil(N*K*P*Q / 256), block = 256.

@@ -36,16 +36,11 @@
 
 namespace fcn {
 
-// Every size of one weight gradient. P, Q are given, not derived, so the same
-// kernel serves conv_transpose2d's weight gradient (x and dy swap roles) and
-// the crop-offset 1x1 score convolution (negative padding = crop offset).
-struct ConvGradShape {
-    int N, C, H, W;  // x
-    int K, R, S;     // dw
-    int P, Q;        // dy's spatial size
-    int sh, sw;      // stride
-    int ph, pw;      // padding (negative: an offset into x)
-};
+// Every size of one weight gradient (common.cuh's ConvShape; K x C x R x S
+// is dw's shape). P, Q are given, not derived, so the same kernel serves
+// conv_transpose2d's weight gradient (x and dy swap roles) and the
+// crop-offset 1x1 score convolution (negative padding = crop offset).
+using ConvGradShape = ConvShape;
 
 constexpr int kGradTileK = 64;    // output channels per block (GEMM rows)
 constexpr int kGradTileT = 64;    // filter taps per block (GEMM columns)
