@@ -12,6 +12,7 @@ from .model import FCN
 from .weights import load_model
 from .inference import infer
 from .engine import loss_and_grads
+from .training import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,7 @@ __all__ = [
     "load_model",
     "infer",
     "loss_and_grads",
+    "train",
+    "evaluate",
+    "TrainConfig",
 ]

@@ -1,0 +1,270 @@
+"""The training loop: the reference's SGD recipe over the hand-written
+backward pass, with validation, atomic checkpoints and exact resume.
+
+Every step is kernels: forward (training mode), the loss kernel, the
+backward pass (fcn_cuda.engine), one SGD kernel per parameter. Given a seed,
+the image order (a permutation per epoch) and the dropout masks (Philox,
+keyed by seed and step) are functions of the step alone, so a run resumed
+from a checkpoint computes exactly the losses an unbroken run would.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import _backend, metrics, ops
+from .engine import backward
+from .weights import WeightFileError, load_safetensors, save_safetensors
+
+REFERENCE_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14}
+
+
+@dataclass
+class TrainConfig:
+    """The reference recipe by default (FCN_REFERENCE.md: 'Training recipe')."""
+
+    iterations: int = 100_000
+    lr: float = None  # None: the reference's per-variant rate
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 2.0  # biases: 2x lr, no decay
+    train_upsampling: bool = False  # the reference freezes the bilinear deconvolutions
+    normalize: bool = False  # the reference sums the loss over pixels (divides by the batch only)
+    dropout: bool = True
+    batch_size: int = 1
+    val_every: int = 4000
+    checkpoint_every: int = 4000
+    seed: int = 0
+
+    def resolved_lr(self, variant):
+        return REFERENCE_LR[variant] if self.lr is None else self.lr
+
+
+@dataclass
+class History:
+    step: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    pixel_acc: list = field(default_factory=list)
+    val_step: list = field(default_factory=list)
+    val: list = field(default_factory=list)  # dicts of the four scores
+
+
+def _order(n, seed, epoch):
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n, batch_size, seed, step):
+    """Dataset indices of batch `step`: epochs are seeded permutations."""
+    first = step * batch_size
+    out = []
+    for j in range(first, first + batch_size):
+        epoch, pos = divmod(j, n)
+        out.append(int(_order(n, seed, epoch)[pos]))
+    return out
+
+
+def make_batch(dataset, indices, be):
+    """(x, labels) on the device: preprocessed images and int32 labels (same size within a batch)."""
+    imgs, lbls = zip(*(dataset[i] for i in indices))
+    if len({im.shape for im in imgs}) != 1:
+        raise ValueError("images of one batch must share a size; use batch_size=1 for mixed sizes")
+    x = ops.preprocess(be.xp.asarray(np.stack(imgs)))
+    return x, be.xp.asarray(np.stack(lbls).astype(np.int32))
+
+
+def evaluate(model, dataset, num_classes=None, progress=None):
+    """The four reference scores over a whole dataset (one confusion matrix)."""
+    be = _backend.active()
+    c = num_classes or model.num_classes
+    hist = None
+    for i in range(len(dataset)):
+        img, lbl = dataset[i]
+        x = ops.preprocess(be.xp.asarray(img))
+        pred = ops.argmax(model(x))
+        hist = metrics.confusion_matrix(be.xp.asarray(lbl.astype(np.int32))[None], pred, c, hist)
+        if progress:
+            progress.update(1)
+    return metrics.scores(hist)
+
+
+class Trainer:
+    """Holds the model, the momentum buffers and the history of one run."""
+
+    def __init__(self, model, config=None, out=None):
+        self.model = model
+        self.config = config or TrainConfig()
+        self.out = Path(out) if out else None
+        self.step = 0
+        self.history = History()
+        be = _backend.active()
+        self.velocity = {k: be.xp.zeros_like(v) for k, v in model.params.items()}
+
+    # ------------------------------------------------------------ update
+    def trainable(self, name):
+        return self.config.train_upsampling or not name.startswith("upscore")
+
+    def sgd(self, grads):
+        cfg = self.config
+        lr = cfg.resolved_lr(self.model.variant)
+        for name, g in grads.items():
+            if not self.trainable(name):
+                continue
+            bias = name.endswith(".bias")
+            ops.sgd_step(self.model.params[name], g, self.velocity[name],
+                         lr * (cfg.bias_lr_mult if bias else 1.0), cfg.momentum, 0.0 if bias else cfg.weight_decay)
+        if cfg.train_upsampling:  # a trained deconvolution may no longer be per-channel
+            self.model.load_state_dict(self.model.state_dict())
+
+    def train_step(self, x, labels):
+        """One SGD step on one batch; returns (loss, pixel accuracy of the batch)."""
+        cfg = self.config
+        key = (cfg.seed, self.step) if cfg.dropout else None
+        keep = {}
+        scores = self.model.forward(x, keep=keep, dropout=key)
+        loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=cfg.normalize)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at step {self.step}; training stopped"
+                                     + (f", the last good checkpoint is {self.checkpoint_path()}" if self.out else ""))
+        pred = ops.argmax(scores)
+        valid = labels != 255
+        correct = int(((pred == labels) & valid).sum())
+        total = int(valid.sum())
+        del scores
+        self.sgd(backward(self.model, keep, grad, dropout=key))
+        self.step += 1
+        return loss, correct / total if total else float("nan")
+
+    # ------------------------------------------------------------ the loop
+    def fit(self, dataset, val_dataset=None, progress=True):
+        """Runs until config.iterations; validates and checkpoints on schedule."""
+        from ._progress import Progress
+
+        cfg = self.config
+        be = _backend.active()
+        bar = Progress(cfg.iterations, "train") if progress else None
+        if bar:
+            bar.n = self.step
+        started, first_step = time.perf_counter(), self.step
+        while self.step < cfg.iterations:
+            x, labels = make_batch(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, self.step), be)
+            loss, acc = self.train_step(x, labels)
+            h = self.history
+            h.step.append(self.step)
+            h.loss.append(loss)
+            h.pixel_acc.append(acc)
+            if bar:
+                rate = (self.step - first_step) * cfg.batch_size / (time.perf_counter() - started)
+                bar.update(1, f"loss {loss:.4g} acc {acc:.3f} {rate:.2f} img/s")
+            if val_dataset is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                h.val_step.append(self.step)
+                h.val.append(evaluate(self.model, val_dataset))
+                if bar:
+                    bar.stream.write(f"\nstep {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in h.val[-1].items()) + "\n")
+            if self.out and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        if self.out:
+            self.save_checkpoint()
+            self.model.save(self.out / "final.safetensors")
+            plot_history(self.history, self.out / "curves.png")
+        return self.history
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_path(self):
+        return self.out / "checkpoint.safetensors"
+
+    def save_checkpoint(self):
+        """Weights, momentum, step, history and config in one file, written atomically."""
+        be = _backend.active()
+        tensors = dict(self.model.state_dict())
+        tensors.update({f"momentum.{k}": be.to_numpy(v) for k, v in self.velocity.items()})
+        meta = {"format": "fcn_cuda-checkpoint", "variant": self.model.variant,
+                "num_classes": str(self.model.num_classes), "at_once": str(self.model.at_once),
+                "step": str(self.step), "history": json.dumps(asdict(self.history)),
+                "config": json.dumps(asdict(self.config))}
+        save_safetensors(self.checkpoint_path(), tensors, meta)
+
+    @classmethod
+    def resume(cls, path, out=None, config=None):
+        """A Trainer in the state a checkpoint recorded (model on the active backend)."""
+        from .model import FCN
+
+        tensors, meta = load_safetensors(path)
+        if meta.get("format") != "fcn_cuda-checkpoint":
+            raise WeightFileError(f"{path} is not an fcn_cuda training checkpoint")
+        weights = {k: v for k, v in tensors.items() if not k.startswith("momentum.")}
+        model = FCN(meta["variant"], int(meta["num_classes"]), at_once=meta["at_once"] == "True", state_dict=weights)
+        saved = TrainConfig(**json.loads(meta["config"]))
+        if config is not None:  # a longer run: only the schedule may change
+            saved.iterations, saved.val_every, saved.checkpoint_every = (config.iterations, config.val_every,
+                                                                         config.checkpoint_every)
+        trainer = cls(model, saved, out or Path(path).parent)
+        be = _backend.active()
+        trainer.velocity = {k: be.xp.asarray(tensors[f"momentum.{k}"]) for k in model.params}
+        trainer.step = int(meta["step"])
+        trainer.history = History(**json.loads(meta["history"]))
+        return trainer
+
+
+def plot_history(history, path):
+    """Loss and accuracy curves as a PNG (drawn with Pillow, no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    from .weights import atomic_write
+
+    w, h, pad = 640, 360, 40
+    img = Image.new("RGB", (w, 2 * h), "white")
+    draw = ImageDraw.Draw(img)
+    panels = [("training loss", history.step, history.loss, (200, 30, 30)),
+              ("pixel accuracy (train: grey, validation mean IU: blue)", history.step, history.pixel_acc, (120, 120, 120))]
+    for row, (title, xs, ys, color) in enumerate(panels):
+        top = row * h
+        draw.text((pad, top + 8), title, fill="black")
+        draw.rectangle([pad, top + pad, w - pad, top + h - pad], outline="black")
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        series = [(pts, color)]
+        if row == 1:
+            series.append(([(s, v["mean_iu"]) for s, v in zip(history.val_step, history.val)], (30, 60, 200)))
+        all_pts = [p for s, _ in series for p in s]
+        if not all_pts:
+            continue
+        x0, x1 = min(p[0] for p in all_pts), max(p[0] for p in all_pts)
+        y0, y1 = min(p[1] for p in all_pts), max(p[1] for p in all_pts)
+        if row == 1:
+            y0, y1 = 0.0, 1.0
+        sx = (w - 2 * pad) / max(x1 - x0, 1)
+        sy = (h - 2 * pad) / (y1 - y0 if y1 > y0 else 1)
+        draw.text((pad, top + h - pad + 4), f"step {x0} .. {x1}", fill="black")
+        draw.text((w - pad - 120, top + 8), f"{y0:.3g} .. {y1:.3g}", fill="black")
+        for s, col in series:
+            xy = [(pad + (x - x0) * sx, top + h - pad - (y - y0) * sy) for x, y in s]
+            if len(xy) > 1:
+                draw.line(xy, fill=col, width=2)
+            for p in xy[-1:]:
+                draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=col)
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write(path, [buf.getvalue()])
+
+
+def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, **overrides):
+    """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
+    returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
+    checkpoints go to out/checkpoint.safetensors and, if one is there and
+    resume=True, training continues from it exactly."""
+    config = config or TrainConfig()
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise TypeError(f"unknown training option {k!r}")
+        setattr(config, k, v)
+    if out and resume and (Path(out) / "checkpoint.safetensors").exists():
+        trainer = Trainer.resume(Path(out) / "checkpoint.safetensors", out, config)
+    else:
+        trainer = Trainer(model, config, out)
+    trainer.fit(dataset, val_dataset, progress=progress)
+    return trainer

@@ -1,0 +1,104 @@
+"""The training loop: SGD recipe, exact resume, NaN stop, validation, curves."""
+
+import numpy as np
+import pytest
+
+import fcn_cuda
+from fcn_cuda import ops
+from fcn_cuda.data import SyntheticShapes
+from fcn_cuda.training import Trainer, TrainConfig, batch_indices
+
+WIDTHS = ((4, 4), (4, 4), (8, 8, 8), (8, 8, 8), (8, 8, 8))
+
+
+def small_model(seed=0):
+    fcn_cuda.use_backend("host")
+    m = fcn_cuda.FCN("8s", 4, widths=WIDTHS, fc=16, seed=seed)
+    # Non-zero score layers so every parameter moves from the first step.
+    sd = m.state_dict()
+    rng = np.random.default_rng(seed)
+    for k in sd:
+        if k.startswith("score"):
+            sd[k] = (rng.standard_normal(sd[k].shape) * 0.01).astype(np.float32)
+    m.load_state_dict(sd)
+    return m
+
+
+def config(**kw):
+    base = dict(iterations=4, lr=1e-4, momentum=0.9, normalize=True, val_every=2, checkpoint_every=2, seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_batches_walk_seeded_permutations():
+    seen = [batch_indices(5, 2, 3, s) for s in range(5)]
+    flat = sum(seen, [])
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert seen == [batch_indices(5, 2, 3, s) for s in range(5)]
+
+
+def test_sgd_follows_the_recipe():
+    m = small_model()
+    t = Trainer(m, config(lr=0.5, momentum=0.9, weight_decay=0.1))
+    before = {k: v.copy() for k, v in m.params.items()}
+    grads = {k: np.full_like(v, 0.25) for k, v in m.params.items()}
+    t.sgd(grads)
+    w, b = "conv1_1.weight", "conv1_1.bias"
+    np.testing.assert_allclose(m.params[w], before[w] - 0.5 * (0.25 + 0.1 * before[w]), rtol=1e-6)
+    np.testing.assert_allclose(m.params[b], before[b] - 2 * 0.5 * 0.25, rtol=1e-6)  # 2x lr, no decay
+    np.testing.assert_array_equal(m.params["upscore8.weight"], before["upscore8.weight"])  # frozen
+
+
+def test_training_resumes_exactly(tmp_path):
+    data = SyntheticShapes(6, size=24, seed=1)
+    val = SyntheticShapes(2, size=24, seed=2)
+    unbroken = Trainer(small_model(), config(iterations=6))
+    unbroken.fit(data, val, progress=False)
+
+    out = tmp_path / "run"
+    first = fcn_cuda.train(small_model(), data, val, out=out, config=config(iterations=3), progress=False)
+    assert (out / "checkpoint.safetensors").exists() and (out / "curves.png").exists()
+    resumed = fcn_cuda.train(None, data, val, out=out, config=config(iterations=6), progress=False)
+    assert resumed.step == 6
+    assert resumed.history.loss == unbroken.history.loss  # bit-identical after the resume
+    for k, v in unbroken.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
+    assert first.history.val_step == [2] and resumed.history.val_step == [2, 4, 6]
+    assert set(resumed.history.val[-1]) == {"pixel_acc", "mean_acc", "mean_iu", "fw_iu"}
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    data = SyntheticShapes(4, size=24, seed=1)
+    out = tmp_path / "run"
+    trainer = Trainer(small_model(), config(iterations=2, checkpoint_every=1), out)
+    trainer.fit(data, progress=False)
+    good = (out / "checkpoint.safetensors").read_bytes()
+    trainer.config.iterations = 50
+    trainer.config.lr = 1e30
+    with pytest.raises(FloatingPointError, match="checkpoint"):
+        trainer.fit(data, progress=False)
+    kept = Trainer.resume(out / "checkpoint.safetensors")
+    assert all(np.isfinite(v).all() for v in kept.model.state_dict().values())
+    assert kept.step >= 2 and (out / "checkpoint.safetensors").read_bytes() != b""
+    assert good  # the first good checkpoint existed before the run blew up
+
+
+def test_evaluate_scores_a_dataset():
+    m = small_model()
+    scores = fcn_cuda.evaluate(m, SyntheticShapes(3, size=24, seed=0))
+    assert set(scores) == {"pixel_acc", "mean_acc", "mean_iu", "fw_iu"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_train_rejects_unknown_options():
+    with pytest.raises(TypeError, match="unknown training option"):
+        fcn_cuda.train(small_model(), SyntheticShapes(2, size=24), learning_rate=1.0)
+
+
+def test_training_learns():
+    data = SyntheticShapes(8, size=24, seed=3)
+    t = Trainer(small_model(1), config(iterations=40, lr=1e-3, momentum=0.9, val_every=0, checkpoint_every=0,
+                                       dropout=False))
+    t.fit(data, progress=False)
+    loss = t.history.loss
+    assert np.mean(loss[-8:]) < 0.8 * np.mean(loss[:8]), loss
