@@ -1,9 +1,12 @@
 """The `fcn-cuda` command line.
 
     fcn-cuda infer IMAGE... [--weights W] [--out DIR] [--backend host|cuda]
-
-writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png for
-each image and prints how many pixels each class got.
+        writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
+        for each image and prints how many pixels each class got;
+    fcn-cuda train --data DIR|synthetic --variant 8s [--init W] --out DIR ...
+        trains (the reference recipe by default), resumable;
+    fcn-cuda eval --data DIR|synthetic --weights W
+        prints pixel accuracy, mean accuracy, mean IU and frequency-weighted IU.
 """
 
 import argparse
@@ -59,6 +62,97 @@ def cmd_infer(args):
     return 0
 
 
+def _dataset(spec, split, size, count, seed):
+    """'synthetic' (the shapes set; --size / --count) or a PASCAL VOC folder."""
+    from .data import SyntheticShapes, VOCSegmentation
+
+    if spec == "synthetic":
+        return SyntheticShapes(count, size=size, seed=seed)
+    return VOCSegmentation(spec, split)
+
+
+def cmd_train(args):
+    import fcn_cuda
+
+    from .model import FCN
+    from .training import TrainConfig, Trainer
+
+    if args.backend:
+        fcn_cuda.use_backend(args.backend)
+    # Validation data never overlaps training data: another split, or another seed.
+    train_set = _dataset(args.data, "train", args.size, args.count, args.seed)
+    val_set = _dataset(args.data, "val", args.size, args.val_count, args.seed + 1_000_003) if args.val_every else None
+    num_classes = len(train_set.classes)
+    config = TrainConfig(iterations=args.iterations, lr=args.lr, momentum=args.momentum,
+                         weight_decay=args.weight_decay, normalize=args.normalize, dropout=not args.no_dropout,
+                         batch_size=args.batch_size, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+                         seed=args.seed)
+    out = Path(args.out)
+    if (out / "checkpoint.safetensors").exists() and not args.restart:
+        trainer = Trainer.resume(out / "checkpoint.safetensors", out, config)
+        print(f"resuming from {out / 'checkpoint.safetensors'} at step {trainer.step}")
+    else:
+        if args.init:
+            model = _load_init(args.init, args.variant, num_classes)
+        else:
+            widths = tuple(tuple(max(1, c // args.width_divisor) for c in block) for block in
+                           fcn_cuda.model.VGG16_BLOCKS)
+            model = FCN(args.variant, num_classes, widths=widths, fc=max(1, 4096 // args.width_divisor),
+                        seed=args.seed)
+        trainer = Trainer(model, config, out)
+    trainer.fit(train_set, val_set)
+    print(f"weights: {out / 'final.safetensors'}  curves: {out / 'curves.png'}")
+    if trainer.history.val:
+        print("  ".join(f"{k} {v:.4f}" for k, v in trainer.history.val[-1].items()))
+    return 0
+
+
+def _load_init(path, variant, num_classes):
+    """Initial weights: VGG16 (transplanted into `variant`) or a trained FCN of
+    any variant (staged: its layers carried over, the new ones fresh)."""
+    import fcn_cuda
+
+    from .weights import read
+
+    _, _, layout = read(path)
+    if layout == "vgg16":
+        return fcn_cuda.load_model(path, variant=variant, num_classes=num_classes)
+    model = fcn_cuda.load_model(path)
+    if model.num_classes != num_classes:
+        raise ValueError(f"{path} has {model.num_classes} classes but the data has {num_classes}")
+    return model if model.variant == variant else _stage(model, variant)
+
+
+def _stage(model, variant):
+    """A `variant` FCN starting from a coarser one's weights: new score layers
+    zero, new upsampling bilinear (the reference's staged training)."""
+    from .model import FCN, VGG16_BLOCKS
+
+    sd = model.state_dict()
+    widths = tuple(tuple(sd[f"conv{b + 1}_{i + 1}.weight"].shape[0] for i in range(len(block)))
+                   for b, block in enumerate(VGG16_BLOCKS))
+    fresh = FCN(variant, model.num_classes, widths=widths, fc=sd["fc6.weight"].shape[0], at_once=model.at_once)
+    new = fresh.state_dict()
+    new.update({k: v for k, v in sd.items() if k in new and v.shape == new[k].shape})
+    fresh.load_state_dict(new)
+    return fresh
+
+
+def cmd_eval(args):
+    import fcn_cuda
+
+    from ._progress import Progress
+
+    if args.backend:
+        fcn_cuda.use_backend(args.backend)
+    model = fcn_cuda.load_model(args.weights)
+    data = _dataset(args.data, args.split, args.size, args.count, args.seed)
+    scores = fcn_cuda.evaluate(model, data, progress=Progress(len(data), "eval"))
+    for k, v in scores.items():
+        print(f"{k:>10s} {100 * v:6.2f}")
+    return 0
+
+
 def _png_bytes(img):
     import io
 
@@ -76,6 +170,39 @@ def build_parser():
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--backend", choices=("host", "cuda"), help="default: cuda when a GPU is present, else host")
     p.set_defaults(func=cmd_infer)
+
+    t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")
+    t.add_argument("--data", required=True, help="'synthetic' or a PASCAL VOC folder")
+    t.add_argument("--variant", default="8s", choices=("32s", "16s", "8s"))
+    t.add_argument("--init", help="initial weights: VGG16 .pth, or a coarser FCN (staged 32s -> 16s -> 8s)")
+    t.add_argument("--out", required=True, help="run folder: checkpoint, final weights, curves")
+    t.add_argument("--iterations", type=int, default=100_000)
+    t.add_argument("--lr", type=float, help="default: the reference's (1e-10 / 1e-12 / 1e-14)")
+    t.add_argument("--momentum", type=float, default=0.99)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--normalize", action="store_true", help="divide the loss by the valid pixels, not the batch")
+    t.add_argument("--no-dropout", action="store_true")
+    t.add_argument("--val-every", type=int, default=4000)
+    t.add_argument("--checkpoint-every", type=int, default=4000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.add_argument("--width-divisor", type=int, default=1, help="without --init: VGG16 channels / this")
+    t.add_argument("--size", type=int, default=64, help="synthetic image side")
+    t.add_argument("--count", type=int, default=2000, help="synthetic training images")
+    t.add_argument("--val-count", type=int, default=50, help="synthetic validation images")
+    t.add_argument("--backend", choices=("host", "cuda"))
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="the four reference scores of a model on a dataset")
+    e.add_argument("--data", required=True, help="'synthetic' or a PASCAL VOC folder")
+    e.add_argument("--weights", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--size", type=int, default=64)
+    e.add_argument("--count", type=int, default=100)
+    e.add_argument("--seed", type=int, default=12345, help="synthetic: a seed no training run used")
+    e.add_argument("--backend", choices=("host", "cuda"))
+    e.set_defaults(func=cmd_eval)
     return ap
 
 
@@ -83,7 +210,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError, ImportError) as e:
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError, ImportError, FloatingPointError) as e:
         print(f"fcn-cuda {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -102,3 +102,29 @@ def test_training_learns():
     t.fit(data, progress=False)
     loss = t.history.loss
     assert np.mean(loss[-8:]) < 0.8 * np.mean(loss[:8]), loss
+
+
+def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
+    from fcn_cuda import cli
+
+    run = tmp_path / "run32"
+    common = ["--data", "synthetic", "--size", "24", "--count", "6", "--val-count", "2", "--width-divisor", "16",
+              "--lr", "1e-4", "--momentum", "0.9", "--normalize", "--val-every", "2", "--checkpoint-every", "2",
+              "--backend", "host"]
+    assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "2", *common]) == 0
+    assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "4", *common]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "mean_iu" in out
+    assert (run / "final.safetensors").exists() and (run / "curves.png").exists()
+    staged = tmp_path / "run16"
+    assert cli.main(["train", "--variant", "16s", "--init", str(run / "final.safetensors"), "--out", str(staged),
+                     "--iterations", "1", *common]) == 0
+    m32, m16 = fcn_cuda.load_model(run / "final.safetensors"), fcn_cuda.load_model(staged / "final.safetensors")
+    assert m16.variant == "16s" and m16.num_classes == 4
+    # The trunk carried over from 32s and moved by one small step; the new skip layer started at zero.
+    w32, w16 = m32.state_dict()["conv2_1.weight"], m16.state_dict()["conv2_1.weight"]
+    assert np.abs(w16 - w32).max() < 1e-2 * np.abs(w32).max()
+    assert np.abs(m16.state_dict()["score_pool4.weight"]).max() < 1e-2
+    assert cli.main(["eval", "--data", "synthetic", "--size", "24", "--count", "3", "--weights",
+                     str(staged / "final.safetensors"), "--backend", "host"]) == 0
+    assert "mean_iu" in capsys.readouterr().out
