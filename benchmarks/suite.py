@@ -579,18 +579,61 @@ def end_to_end_cases(ctx, tag, n, h, w, layers):
     return cases
 
 
-def train_step_cases(ctx, tag):
-    """HOOK (issue 6): the training-step rows, one forward + backward + SGD
-    update of fcn_cuda (fcn_cuda.loss_and_grads, then p -= lr * g) against
-    PyTorch's (loss.backward(); optimizer.step()) on the same weights and
-    batch, kind 'train_step'. Training does not exist yet, so no row is
-    measured: the run records why in `skipped`. Fill this in when it lands."""
-    name = row_name(tag, "train_step", "fcn_cuda", "torch")
-    if ctx.wants(name):
-        why = ("training does not exist yet (no fcn_cuda.loss_and_grads)" if not hasattr(fcn_cuda, "loss_and_grads")
-               else "training exists but this hook is not written yet (benchmarks.suite.train_step_cases)")
-        ctx.skip(name, why)
-    return []
+def train_step_cases(ctx, tag, n, h, w, layers):
+    """One training step of FCN-8s, forward + loss + backward + SGD update:
+    fcn_cuda's Trainer.train_step (every step a kernel, fcn_cuda.engine)
+    against PyTorch's (cross_entropy summed / N, loss.backward(),
+    optimizer.step()) on the same weights and batch. The reference recipe's
+    FCN-8s rate (1e-14) leaves the weights effectively where they were, so
+    the rows compare the losses of repeated steps; dropout is off on both
+    sides so the two compute the same function."""
+    from fcn_cuda.training import Trainer, TrainConfig
+
+    from .torch_fcn8s import TorchFCN8s
+
+    torch = ctx.torch
+    cfg = ctx.cfg
+    ref = plain_ref(ctx)
+    name = row_name(tag, "train_step", "fcn_cuda", ref)
+    if not ctx.wants(name):
+        return []
+    sd = random_state_dict(cfg)
+    model = fcn_cuda.FCN("8s", cfg.classes, state_dict=sd)
+    net = TorchFCN8s(sd, cfg.classes).to(ctx.device).train()
+    del sd
+    lr = 1e-14
+    trainer = Trainer(model, TrainConfig(lr=lr, dropout=False))
+    decay = [p for k, p in net.named_parameters() if not k.endswith("bias") and not k.startswith("upscore")]
+    biases = [p for k, p in net.named_parameters() if k.endswith("bias")]
+    for k, p in net.named_parameters():
+        p.requires_grad_(not k.startswith("upscore"))  # frozen, as in the reference and in Trainer
+    opt = torch.optim.SGD([{"params": decay, "lr": lr, "weight_decay": 5e-4},
+                           {"params": biases, "lr": 2 * lr, "weight_decay": 0.0}], lr=lr, momentum=0.99)
+    be = ctx.be
+    batches = []
+    for _ in range(cfg.sets):
+        x = ctx.rng.uniform(-120, 130, (n, 3, h, w)).astype(np.float32)
+        labels = ctx.rng.integers(0, cfg.classes, (n, h, w)).astype(np.int32)
+        labels[ctx.rng.random((n, h, w)) < 0.1] = 255
+        batches.append((be.xp.asarray(x), be.xp.asarray(labels), torch.from_numpy(x).to(ctx.device),
+                        torch.from_numpy(labels.astype(np.int64)).to(ctx.device)))
+
+    def ours(x, labels):
+        return np.array([trainer.train_step(x, labels)[0]])
+
+    def theirs(xt, lt):
+        with torch.inference_mode(False), torch.enable_grad():  # the runner times references without autograd
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(xt), lt, ignore_index=255, reduction="sum") / n
+            loss.backward()
+            opt.step()
+        return loss.detach().reshape(1)
+
+    flops = 3.0 * float(conv_flops(layers))  # forward + input gradient + weight gradient
+    return [Case(name, "train_step", "train", tag, "train_step", "fcn_cuda", ref,
+                 f"FCN-8s x {n}x3x{h}x{w}, loss summed / N, SGD momentum 0.99 (upsampling frozen)",
+                 [lambda b=b: ours(b[0], b[1]) for b in batches], [lambda b=b: theirs(b[2], b[3]) for b in batches],
+                 "fp32", flops, None, "output compared: the loss")]
 
 
 def case_groups(ctx, shape):
@@ -606,7 +649,7 @@ def case_groups(ctx, shape):
     yield lambda: softmax_cases(ctx, tag, n, cfg.classes, h, w)
     yield lambda: preprocess_cases(ctx, tag, n, h, w)
     yield lambda: end_to_end_cases(ctx, tag, n, h, w, layers)
-    yield lambda: train_step_cases(ctx, tag)
+    yield lambda: train_step_cases(ctx, tag, n, h, w, layers)
 
 
 # ------------------------------------------------------------------ comparing

@@ -91,7 +91,7 @@ def test_smoke_json_schema(smoke):
             assert r["err"]["label_mismatch"] < 1e-3, r["name"]
         assert "nonfinite" not in r["err"]
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"layer", "kernel", "end_to_end"}
+    assert kinds == {"layer", "kernel", "end_to_end", "train_step"}
     layers = {(r["config"], r["layer"], r["ours"]) for r in rows}
     for v in fcn_cuda.ops.CONV2D_VARIANTS:
         assert ("1x48x48", "conv1_1", v) in layers
@@ -101,11 +101,13 @@ def test_smoke_json_schema(smoke):
     assert ("2x32x32", "infer", "fcn_cuda") in layers
 
 
-def test_smoke_train_step_is_a_named_hook_not_a_row(smoke):
+def test_smoke_train_step_rows(smoke):
     result = smoke["result"]
-    assert not [r for r in result["rows"] if r["kind"] == "train_step"]
-    hooks = [s for s in result["skipped"] if "train_step" in s["name"]]
-    assert len(hooks) == 2 and all("training" in s["reason"] for s in hooks)
+    steps = [r for r in result["rows"] if r["kind"] == "train_step"]
+    assert {r["config"] for r in steps} == {"1x48x48", "2x32x32"}
+    for r in steps:
+        assert r["ours"] == "fcn_cuda" and r["ratio"] == pytest.approx(r["ref_ms"] / r["ours_ms"])
+        assert r["err"]["rel_l2"] < 1e-4  # the two steps compute the same loss
     compiled = {s["name"]: s["reason"] for s in result["skipped"] if "compile" in s["name"]}
     assert "--quick" in compiled["1x48x48/forward/fcn_cuda/torch-cpu-compile"]
     assert result["failed"] == []
@@ -199,7 +201,7 @@ def test_append_merges_a_split_run(tmp_path):
     assert bench_main.main(args + ["--only", "1x48x48/pool2/", "--only", "train_step", "--append"]) == 0
     (path,) = tmp_path.glob("*.json")
     result = json.loads(path.read_text())
-    assert [r["layer"] for r in result["rows"]] == ["pool1", "pool2"]
+    assert [r["layer"] for r in result["rows"]] == ["pool1", "pool2", "train_step", "train_step"]
     assert len(result["runs"]) == 2 and result["only"] == ["1x48x48/pool1/", "1x48x48/pool2/", "train_step"]
     assert result["peaks"] == result["runs"][1]["peaks"]
     r = result["rows"][0]
@@ -207,7 +209,8 @@ def test_append_merges_a_split_run(tmp_path):
                                              / (r["ours_ms"] * 1e-3))
     assert bench_main.main(args + ["--only", "1x48x48/pool1/", "--append"]) == 0  # measured again: replaced
     result = json.loads(path.read_text())
-    assert [r["layer"] for r in result["rows"]] == ["pool2", "pool1"] and len(result["runs"]) == 3
+    assert [r["layer"] for r in result["rows"]] == ["pool2", "train_step", "train_step", "pool1"]
+    assert len(result["runs"]) == 3
     assert "Merged from 3 runs" in path.with_suffix(".md").read_text()
     other = dict(result, device="NVIDIA H100")
     with pytest.raises(ValueError, match="append"):
