@@ -583,9 +583,10 @@ def train_step_cases(ctx, tag, n, h, w, layers):
     """One training step of FCN-8s, forward + loss + backward + SGD update:
     fcn_cuda's Trainer.train_step (every step a kernel, fcn_cuda.engine)
     against PyTorch's (cross_entropy summed / N, loss.backward(),
-    optimizer.step()) on the same weights and batch. The reference recipe's
-    FCN-8s rate (1e-14) leaves the weights effectively where they were, so
-    the rows compare the losses of repeated steps; dropout is off on both
+    optimizer.step()) on the same weights and batch. The learning rate is 0:
+    the update runs in full on both sides (the same arithmetic) but leaves
+    the weights where they were, so the losses of steps repeated a different
+    number of times on each side stay comparable; dropout is off on both
     sides so the two compute the same function."""
     from fcn_cuda.training import Trainer, TrainConfig
 
@@ -601,7 +602,7 @@ def train_step_cases(ctx, tag, n, h, w, layers):
     model = fcn_cuda.FCN("8s", cfg.classes, state_dict=sd)
     net = TorchFCN8s(sd, cfg.classes).to(ctx.device).train()
     del sd
-    lr = 1e-14
+    lr = 0.0
     trainer = Trainer(model, TrainConfig(lr=lr, dropout=False))
     decay = [p for k, p in net.named_parameters() if not k.endswith("bias") and not k.startswith("upscore")]
     biases = [p for k, p in net.named_parameters() if k.endswith("bias")]
@@ -631,7 +632,7 @@ def train_step_cases(ctx, tag, n, h, w, layers):
 
     flops = 3.0 * float(conv_flops(layers))  # forward + input gradient + weight gradient
     return [Case(name, "train_step", "train", tag, "train_step", "fcn_cuda", ref,
-                 f"FCN-8s x {n}x3x{h}x{w}, loss summed / N, SGD momentum 0.99 (upsampling frozen)",
+                 f"FCN-8s x {n}x3x{h}x{w}, loss summed / N, SGD momentum 0.99 at lr 0 (upsampling frozen)",
                  [lambda b=b: ours(b[0], b[1]) for b in batches], [lambda b=b: theirs(b[2], b[3]) for b in batches],
                  "fp32", flops, None, "output compared: the loss")]
 
