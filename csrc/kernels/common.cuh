@@ -70,6 +70,23 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Sum of one float per thread over a block of kThreads (a power of two)
+// threads, through the kThreads-float shared array s: a fixed-shape tree, so
+// the result has the same bits every run. Every thread of the block must call
+// it; the sum is returned to thread 0 (other threads get partial sums).
+template <int kThreads>
+__device__ __forceinline__ float block_tree_sum(float* s, float v) {
+    s[threadIdx.x] = v;
+    __syncthreads();
+    // Halve the active range each step; the barrier makes the partner's
+    // value of the previous step visible.
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        __syncthreads();
+    }
+    return s[threadIdx.x];
+}
+
 // The one launch helper. `name` is what an error message calls the kernel.
 // Under nvcc: the triple-chevron launch plus a check of the launch status;
 // an error becomes std::runtime_error, which pybind11 turns into RuntimeError.

@@ -54,13 +54,8 @@ softmax_xent(const float* __restrict__ scores, const int* __restrict__ labels, f
             loss = logf(sum) + (m - __ldg(x + label * HW));
         }
     }
-    s[threadIdx.x] = loss;
-    __syncthreads();
-    for (int stride = kXentThreads / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+    const float sum = block_tree_sum<kXentThreads>(s, loss);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 }  // namespace fcn

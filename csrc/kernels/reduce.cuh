@@ -26,15 +26,8 @@ __global__ void block_sum(const float* __restrict__ x, float* __restrict__ parti
     __shared__ float s[kBlockSumThreads];
     float v = 0.f;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) v += x[i];
-    s[threadIdx.x] = v;
-    __syncthreads();
-    // Halve the active range each step; the barrier makes the partner's
-    // value of the previous step visible.
-    for (int stride = kBlockSumThreads / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+    const float sum = block_tree_sum<kBlockSumThreads>(s, v);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 __device__ __forceinline__ float shuffle(ShuffleKind kind, float v, int arg, int width) {
