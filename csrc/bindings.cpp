@@ -95,6 +95,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                            H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
     }, nogil);
 
+    // ---- head
+
     // ---- pool
     m.def("max_pool2d", [](Addr x, Addr y, Addr indices, int planes, int H, int W, int Ho, int Wo, int kh, int kw,
                            int sh, int sw, Addr s) {

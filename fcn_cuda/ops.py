@@ -88,6 +88,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
                   n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     return y
 
+# ---- fused final upsample + crop + softmax/argmax
+
 # ---- max_pool2d
 
 __all__ += ["max_pool2d"]

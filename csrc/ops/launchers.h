@@ -52,6 +52,8 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream);
 
+// ---- head.cu  (fused final upsample + crop + softmax/argmax)
+
 // ---- pool.cu
 // indices may be null (no argmax wanted).
 void launch_max_pool2d(const float* x, float* y, int* indices, int planes, int H, int W, int Ho, int Wo, int kh,
