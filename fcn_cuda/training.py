@@ -39,6 +39,7 @@ class TrainConfig:
     val_every: int = 4000
     checkpoint_every: int = 4000
     seed: int = 0
+    target_mean_iu: float = None  # stop early once a validation reaches this mean IU
 
     def resolved_lr(self, variant):
         return REFERENCE_LR[variant] if self.lr is None else self.lr
@@ -139,8 +140,11 @@ class Trainer:
         return loss, correct / total if total else float("nan")
 
     # ------------------------------------------------------------ the loop
-    def fit(self, dataset, val_dataset=None, progress=True):
-        """Runs until config.iterations; validates and checkpoints on schedule."""
+    def fit(self, dataset, val_dataset=None, progress=True, max_seconds=None):
+        """Runs until config.iterations (or a validation reaches
+        config.target_mean_iu); validates and checkpoints on schedule. With
+        max_seconds, stops after that much wall time with a checkpoint, to be
+        resumed later (for machines lent by the slice)."""
         from ._progress import Progress
 
         cfg = self.config
@@ -149,7 +153,7 @@ class Trainer:
         if bar:
             bar.n = self.step
         started, first_step = time.perf_counter(), self.step
-        while self.step < cfg.iterations:
+        while not self.finished:
             x, labels = make_batch(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, self.step), be)
             loss, acc = self.train_step(x, labels)
             h = self.history
@@ -166,11 +170,26 @@ class Trainer:
                     bar.stream.write(f"\nstep {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in h.val[-1].items()) + "\n")
             if self.out and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self.reached_target():
+                break
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                if self.out:
+                    self.save_checkpoint()
+                return self.history
         if self.out:
             self.save_checkpoint()
             self.model.save(self.out / "final.safetensors")
             plot_history(self.history, self.out / "curves.png")
         return self.history
+
+    def reached_target(self):
+        """Whether the latest validation, taken at this very step, met config.target_mean_iu."""
+        t, h = self.config.target_mean_iu, self.history
+        return t is not None and bool(h.val) and h.val_step[-1] == self.step and h.val[-1]["mean_iu"] >= t
+
+    @property
+    def finished(self):
+        return self.step >= self.config.iterations or self.reached_target()
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_path(self):
@@ -199,8 +218,8 @@ class Trainer:
         model = FCN(meta["variant"], int(meta["num_classes"]), at_once=meta["at_once"] == "True", state_dict=weights)
         saved = TrainConfig(**json.loads(meta["config"]))
         if config is not None:  # a longer run: only the schedule may change
-            saved.iterations, saved.val_every, saved.checkpoint_every = (config.iterations, config.val_every,
-                                                                         config.checkpoint_every)
+            for k in ("iterations", "val_every", "checkpoint_every", "target_mean_iu"):
+                setattr(saved, k, getattr(config, k))
         trainer = cls(model, saved, out or Path(path).parent)
         be = _backend.active()
         trainer.velocity = {k: be.xp.asarray(tensors[f"momentum.{k}"]) for k in model.params}
@@ -252,7 +271,8 @@ def plot_history(history, path):
     atomic_write(path, [buf.getvalue()])
 
 
-def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, **overrides):
+def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, max_seconds=None,
+          **overrides):
     """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
     returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
     checkpoints go to out/checkpoint.safetensors and, if one is there and
@@ -266,5 +286,5 @@ def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, 
         trainer = Trainer.resume(Path(out) / "checkpoint.safetensors", out, config)
     else:
         trainer = Trainer(model, config, out)
-    trainer.fit(dataset, val_dataset, progress=progress)
+    trainer.fit(dataset, val_dataset, progress=progress, max_seconds=max_seconds)
     return trainer

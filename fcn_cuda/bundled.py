@@ -1,0 +1,206 @@
+"""The bundled default model: how it is trained, scored and shipped.
+
+    python -m fcn_cuda.bundled train --out runs/shapes      # resumable; --backend cuda on a GPU
+    python -m fcn_cuda.bundled score runs/shapes/final.safetensors
+    python -m fcn_cuda.bundled ship runs/shapes/final.safetensors
+
+`train` runs RECIPE with fcn_cuda's own engine (no PyTorch anywhere): a
+reduced-width FCN-8s on the synthetic shapes set. `score` gives the four
+reference scores on a freshly generated held-out set (a seed that no
+training or validation set uses). `ship` scores the weights, refuses them
+below TARGET_MEAN_IU, then writes the package's default model
+(fcn_cuda/data/fcn8s_shapes.safetensors, with the recipe, the score and
+where it was trained in its metadata), the bundled sample image and the
+overlay picture the README shows.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PACKAGE_DATA = Path(__file__).parent / "data"
+DEFAULT_WEIGHTS = PACKAGE_DATA / "fcn8s_shapes.safetensors"
+SAMPLE_IMAGE = PACKAGE_DATA / "shapes_sample.png"
+README_PICTURE = Path(__file__).parent.parent / "docs" / "shapes_sample_overlay.png"
+
+TARGET_MEAN_IU = 0.85
+HELD_OUT_SEED = 20261124  # training uses RECIPE["seed"], validation that + 1_000_003
+HELD_OUT_COUNT = 200
+SAMPLE_INDEX = 3  # the held-out image shipped as the sample (several shapes, all three classes)
+
+# Reduced width: VGG16's channels / 8, fc6/fc7 128 wide (2.6 MB of weights).
+RECIPE = dict(
+    variant="8s",
+    width_divisor=8,
+    fc=128,
+    size=128,            # synthetic image side
+    count=20_000,        # training images
+    batch_size=8,
+    iterations=20_000,
+    lr=1e-2,             # SGD, per-pixel-normalised loss; biases 2x, no decay on them
+    momentum=0.9,
+    weight_decay=5e-4,
+    normalize=True,
+    dropout=False,
+    val_every=1000,
+    val_count=50,
+    target_mean_iu=0.88,  # stop at this validation mean IU: a margin over TARGET_MEAN_IU
+    checkpoint_every=500,
+    seed=0,
+)
+
+
+def _widths(divisor):
+    from .model import VGG16_BLOCKS
+
+    return tuple(tuple(max(1, c // divisor) for c in block) for block in VGG16_BLOCKS)
+
+
+def fresh_model(recipe=RECIPE):
+    """The untrained model of the recipe."""
+    from .model import FCN
+    from .data import SHAPE_CLASSES
+
+    return FCN(recipe["variant"], len(SHAPE_CLASSES), widths=_widths(recipe["width_divisor"]), fc=recipe["fc"],
+               seed=recipe["seed"])
+
+
+def train(out, recipe=RECIPE, progress=True, max_seconds=None, **overrides):
+    """Runs the recipe (overrides change single fields, e.g. iterations for a
+    smoke run); resumes from out/checkpoint.safetensors when there is one.
+    With max_seconds it stops after that long with a checkpoint (run it again
+    to go on)."""
+    from .data import SyntheticShapes
+    from .training import TrainConfig, train as run
+
+    recipe = {**recipe, **overrides}
+    unknown = set(overrides) - set(RECIPE)
+    if unknown:
+        raise TypeError(f"unknown recipe fields: {sorted(unknown)}")
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in recipe.items() if k in fields})
+    train_set = SyntheticShapes(recipe["count"], recipe["size"], seed=recipe["seed"])
+    val_set = SyntheticShapes(recipe["val_count"], recipe["size"], seed=recipe["seed"] + 1_000_003)
+    return run(fresh_model(recipe), train_set, val_set, out=out, config=config, progress=progress,
+               max_seconds=max_seconds)
+
+
+def held_out(count=HELD_OUT_COUNT, size=RECIPE["size"]):
+    from .data import SyntheticShapes
+
+    return SyntheticShapes(count, size, seed=HELD_OUT_SEED)
+
+
+def score(weights, count=HELD_OUT_COUNT, progress=True):
+    """The four reference scores of `weights` on the held-out synthetic set."""
+    import fcn_cuda
+
+    from ._progress import Progress
+
+    model = fcn_cuda.load_model(weights)
+    data = held_out(count)
+    return fcn_cuda.evaluate(model, data, progress=Progress(len(data), "score") if progress else None)
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICTURE, trained_on="unknown",
+         count=HELD_OUT_COUNT):
+    """Scores `weights`; at TARGET_MEAN_IU or better writes the default model,
+    the sample image and the README picture (all atomically); returns the scores."""
+    import fcn_cuda
+    from PIL import Image
+
+    from .colors import overlay
+    from .weights import atomic_write, load_safetensors, save_safetensors
+
+    scores = score(weights, count)
+    if not scores["mean_iu"] >= TARGET_MEAN_IU:
+        raise ValueError(f"{weights}: mean IU {scores['mean_iu']:.4f} on {count} held-out images is below the "
+                         f"target {TARGET_MEAN_IU}; not shipped")
+    tensors, meta = load_safetensors(weights)
+    meta = {"format": meta.get("format", "fcn_cuda"), **{k: v for k, v in meta.items() if k != "format"},
+            "recipe": json.dumps(RECIPE), "held_out": json.dumps({"seed": HELD_OUT_SEED, "count": count, **scores}),
+            "trained_on": trained_on, "commit": _commit(), "shipped": time.strftime("%Y-%m-%d")}
+    save_safetensors(dest, tensors, meta)
+
+    rgb, _ = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
+    labels = fcn_cuda.infer(rgb, fcn_cuda.load_model(dest))
+    for path, img in ((sample, Image.fromarray(rgb)), (picture, _side_by_side(rgb, overlay(rgb, labels)))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, [_png(img)])
+    return scores
+
+
+def _side_by_side(rgb, over):
+    from PIL import Image
+
+    gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
+    pair = Image.fromarray(np.concatenate([rgb, gap, over], axis=1))
+    return pair.resize((pair.width * 2, pair.height * 2), Image.NEAREST)
+
+
+def _png(img):
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m fcn_cuda.bundled", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", choices=("host", "cuda"))
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the recipe (resumable)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--iterations", type=int, help=f"default: the recipe's {RECIPE['iterations']}")
+    t.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long; run again to go on")
+    s = sub.add_parser("score", help="scores on the held-out synthetic set")
+    s.add_argument("weights")
+    s.add_argument("--count", type=int, default=HELD_OUT_COUNT)
+    p = sub.add_parser("ship", help="score, then install as the package's default model")
+    p.add_argument("weights")
+    p.add_argument("--trained-on", default="unknown", help="backend and device the weights were trained on")
+    args = ap.parse_args(argv)
+
+    import fcn_cuda
+
+    try:
+        if args.backend:
+            fcn_cuda.use_backend(args.backend)
+        if args.command == "train":
+            overrides = {"iterations": args.iterations} if args.iterations else {}
+            limit = args.max_minutes * 60 if args.max_minutes else None
+            trainer = train(args.out, max_seconds=limit, **overrides)
+            if not trainer.finished:
+                print(f"stopped at step {trainer.step} after {args.max_minutes} min; run the same command to go on")
+            else:
+                print(f"weights: {Path(args.out) / 'final.safetensors'}")
+            if trainer.history.val:
+                print("  ".join(f"{k} {v:.4f}" for k, v in trainer.history.val[-1].items()))
+        elif args.command == "score":
+            for k, v in score(args.weights, args.count).items():
+                print(f"{k:>10s} {100 * v:6.2f}")
+        else:
+            scores = ship(args.weights, trained_on=args.trained_on)
+            print(f"shipped {DEFAULT_WEIGHTS} (mean IU {scores['mean_iu']:.4f}), {SAMPLE_IMAGE}, {README_PICTURE}")
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError, FloatingPointError) as e:
+        print(f"python -m fcn_cuda.bundled {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
