@@ -38,19 +38,19 @@ RECIPE = dict(
     variant="8s",
     width_divisor=8,
     fc=128,
-    size=128,            # synthetic image side
+    size=96,             # synthetic image side: shapes of 10 to 38 pixels
     count=20_000,        # training images
-    batch_size=8,
-    iterations=20_000,
-    lr=1e-2,             # SGD, per-pixel-normalised loss; biases 2x, no decay on them
+    batch_size=4,
+    iterations=30_000,
+    lr=1e-2,             # SGD on the per-pixel-normalised loss; biases 2x, no decay on them
     momentum=0.9,
     weight_decay=5e-4,
     normalize=True,
     dropout=False,
-    val_every=1000,
+    val_every=500,
     val_count=50,
     target_mean_iu=0.88,  # stop at this validation mean IU: a margin over TARGET_MEAN_IU
-    checkpoint_every=500,
+    checkpoint_every=100,
     seed=0,
 )
 

@@ -33,6 +33,11 @@ HEADS = {
 SKIPS = {"32s": (), "16s": ("score_pool4",), "8s": ("score_pool4", "score_pool3")}
 AT_ONCE_SCALE = {"score_pool4": 0.01, "score_pool3": 0.0001}
 DROPOUT_P = 0.5
+# The spread of preprocessed pixels (0..255 minus the mean; about 60 on
+# photographs and on the synthetic set): fresh conv1_1 weights are scaled
+# down by it so that He initialisation, which assumes unit-variance inputs,
+# keeps every later activation near unit scale.
+PIXEL_STD = 60.0
 
 
 def dropout_key(dropout, layer):
@@ -162,7 +167,8 @@ class FCN:
                 sd[name] = bilinear_weights(shape[0], shape[2])
             else:
                 fan_in = int(np.prod(shape[1:]))
-                sd[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+                std = np.sqrt(2.0 / fan_in) / (PIXEL_STD if layer == "conv1_1" else 1.0)
+                sd[name] = (rng.standard_normal(shape) * std).astype(np.float32)
         return sd
 
     def expected_shapes(self, state_dict):
