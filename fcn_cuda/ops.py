@@ -126,8 +126,8 @@ def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=
     if probs:
         V.fits_int32(n * c * out_h * out_w, "probs")
     if not (trusted or _is_diagonal(be, w)):
-        raise ValueError(f"upsample_argmax needs per-channel weights w (C_in == C_out and w[i, j] == 0 for "
-                         f"i != j); got w of shape {tuple(w.shape)} that is not; use conv_transpose2d_window "
+        raise ValueError(f"w must be per-channel for upsample_argmax (C_in == C_out and w[i, j] == 0 for "
+                         f"i != j), got w of shape {tuple(w.shape)} that is not; use conv_transpose2d_window "
                          f"and argmax")
     labels = be.empty((n, out_h, out_w), dtype=np.int32)
     p = be.empty((n, c, out_h, out_w)) if probs else None
