@@ -36,8 +36,9 @@ namespace fcn {
 constexpr int kHeadThreads = 256;
 
 // grid = ceil(N * Ho * Wo / 256), block = 256; thread i owns output pixel i
-// (ox fastest: a warp's 32 pixels share at most 32 / s + 2 coarse columns per
-// tap row, and its label / probability stores are coalesced). probs may be
+// (ox fastest: per channel a warp's 32 pixels read a handful of neighbouring
+// coarse values, 32 / s + ceil(S / s) + 1 at most per tap row, shared through
+// the cache, and its label / probability stores are coalesced). probs may be
 // null when kProbs is false.
 template <bool kProbs>
 __global__ void __launch_bounds__(kHeadThreads)
