@@ -96,6 +96,11 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- head
+    m.def("upsample_argmax", [](Addr x, Addr w, Addr labels, Addr probs, int N, int C, int H, int W, int R, int S_,
+                                int sy, int sx, int oy0, int ox0, int Ho, int Wo, Addr s) {
+        fcn::launch_upsample_argmax(P<const float>(x), P<const float>(w), P<int>(labels), P<float>(probs), N, C, H, W,
+                                    R, S_, sy, sx, oy0, ox0, Ho, Wo, S(s));
+    }, nogil);
 
     // ---- pool
     m.def("max_pool2d", [](Addr x, Addr y, Addr indices, int planes, int H, int W, int Ho, int Wo, int kh, int kw,

@@ -58,13 +58,14 @@ def default_model():
 
 def infer(img, model=None, return_scores=False):
     """H x W integer label map (NumPy) for one image; with return_scores also
-    the C x H x W float32 class scores."""
+    the C x H x W float32 class scores. The labels are the same either way;
+    without scores the last upsample and the argmax are one kernel
+    (FCN.labels) and the full-resolution scores are never stored."""
     rgb = load_image(img)
     model = model if model is not None else default_model()
     be = _backend.active()
     x = ops.preprocess(be.xp.asarray(rgb))
+    if not return_scores:
+        return be.to_numpy(model.labels(x)[0])
     scores = model(x)
-    labels = be.to_numpy(ops.argmax(scores)[0])
-    if return_scores:
-        return labels, be.to_numpy(scores[0])
-    return labels
+    return be.to_numpy(ops.argmax(scores)[0]), be.to_numpy(scores[0])

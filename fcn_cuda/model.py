@@ -237,13 +237,42 @@ class FCN:
         dropout (p = 0.5) after fc6 and fc7; None is inference.
         """
         be = self._check_backend()
-        x = V.array(x, "x", ndim=4, shape_hint="N x 3 x H x W", be=be)
-        if x.shape[1] != 3:
-            raise ValueError(f"x must have 3 channels (BGR, mean subtracted), got {x.shape[1]}")
+        x = self._images(x, be)
         store = keep if keep is not None else _SkipsOnly()
         store["x"] = x
         score = self.score_fr(x, store, indices=keep is not None, dropout=dropout)
         return self.head(score, store, x.shape[2], x.shape[3])
+
+    def labels(self, x, probs=False):
+        """N x 3 x H x W preprocessed images -> N x H x W int32 label map,
+        equal to ops.argmax(self(x)) exactly; probs=True returns (labels,
+        softmax(self(x)) over the classes).
+
+        The last upsample, its crop and the argmax (and softmax) run as one
+        kernel, ops.upsample_argmax, so the N x C x H x W scores are never
+        stored. Upsampling weights that are not per-channel (a model loaded
+        with trained upscore8) take the unfused sequence instead.
+        """
+        be = self._check_backend()
+        x = self._images(x, be)
+        store = _SkipsOnly()
+        score = self.fuse_skips(self.score_fr(x, store), store)
+        w, stride, offset, variant = self._last_upsample()
+        args = (score, w, stride, x.shape[2], x.shape[3], offset)
+        if variant == "bilinear":
+            return ops.upsample_argmax(*args, probs=probs, trusted=True)
+        scores = ops.conv_transpose2d_window(*args, variant=variant, trusted=True)
+        if probs:
+            p, lab = ops.softmax_argmax(scores)
+            return lab, p
+        return ops.argmax(scores)
+
+    @staticmethod
+    def _images(x, be):
+        x = V.array(x, "x", ndim=4, shape_hint="N x 3 x H x W", be=be)
+        if x.shape[1] != 3:
+            raise ValueError(f"x must have 3 channels (BGR, mean subtracted), got {x.shape[1]}")
+        return x
 
     def score_fr(self, x, store, indices=False, dropout=None):
         """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`."""
@@ -272,6 +301,19 @@ class FCN:
 
     def head(self, score, store, height, width):
         """Upsampling and skip fusion from score_fr to the H x W score map."""
+        w, stride, offset, variant = self._last_upsample()
+        return ops.conv_transpose2d_window(self.fuse_skips(score, store), w, stride, height, width, offset,
+                                           variant=variant, trusted=True)
+
+    def _last_upsample(self):
+        """(weight, stride, crop offset, variant) of the head's last upsample."""
+        name, _, stride = HEADS[self.variant][-1]
+        return self.params[f"{name}.weight"], stride, self.offsets()[name], self.upsample_variant[name]
+
+    def fuse_skips(self, score, store):
+        """The head up to its last upsample: score_fr upsampled by 2 and
+        summed with the scored pool4 (16s, 8s), again with pool3 (8s). The
+        coarse score map (score_fr itself for 32s)."""
         p = self.params
         off = self.offsets()
         layers = HEADS[self.variant]
@@ -283,9 +325,7 @@ class FCN:
             score = ops.score_crop_add(up, pool, p[f"{skip}.weight"], p[f"{skip}.bias"], off[skip], scale=scale)
             store[name] = up
             store[f"fuse_{skip[len('score_'):]}"] = score
-        name, _, stride = layers[-1]
-        return ops.conv_transpose2d_window(score, p[f"{name}.weight"], stride, height, width, off[name],
-                                           variant=self.upsample_variant[name], trusted=True)
+        return score
 
     def num_params(self):
         return int(sum(v.size for v in self.params.values()))

@@ -90,6 +90,51 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
 
 # ---- fused final upsample + crop + softmax/argmax
 
+__all__ += ["upsample_argmax"]
+
+
+def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=False):
+    """FCN's last stage in one kernel (csrc/kernels/head.cuh): the labels
+    ``argmax(softmax(conv_transpose2d_window(x, w, stride, out_h, out_w, offset)))``,
+    an N x out_h x out_w int32 map, computed without ever storing the
+    N x C x out_h x out_w upsampled scores. probs=True returns (labels,
+    probabilities), the softmax over channels (N x C x out_h x out_w).
+
+    x: N x C x H x W coarse scores; w: C x C x R x S per-channel weights
+    (w[i, j] == 0 for i != j: FCN's bilinear upsampling); stride and offset:
+    int or (vertical, horizontal); the window must lie within the full
+    (H - 1) * s + R output. w is checked on the device (a host sync on a GPU)
+    unless trusted=True, as for conv_transpose2d's 'bilinear' variant. The
+    upsampled values are those of conv_transpose2d_window bit for bit, so the
+    labels equal ops.argmax of the unfused sequence exactly: ties go to the
+    lowest channel, the first NaN wins.
+    """
+    be = _backend.active()
+    x, w, _, stride, full = _transpose_args(x, w, None, stride, None, be)
+    out_h = V.integer(out_h, "out_h", minimum=1)
+    out_w = V.integer(out_w, "out_w", minimum=1)
+    oy, ox = V.pair(offset, "offset", minimum=0)
+    if oy + out_h > full[0] or ox + out_w > full[1]:
+        raise ValueError(f"offset {(oy, ox)} with out_h x out_w = {out_h} x {out_w} leaves the full output "
+                         f"{full[0]} x {full[1]}")
+    if not isinstance(probs, (bool, np.bool_)):
+        raise TypeError(f"probs must be a bool, got {type(probs).__name__}")
+    if not isinstance(trusted, bool):
+        raise TypeError(f"trusted must be a bool, got {type(trusted).__name__}")
+    n, c, h, wd = x.shape
+    V.fits_int32(n * out_h * out_w, "the labels")
+    if probs:
+        V.fits_int32(n * c * out_h * out_w, "probs")
+    if not (trusted or _is_diagonal(be, w)):
+        raise ValueError(f"w must be per-channel for upsample_argmax (C_in == C_out and w[i, j] == 0 for "
+                         f"i != j), got w of shape {tuple(w.shape)} that is not; use conv_transpose2d_window "
+                         f"and argmax")
+    labels = be.empty((n, out_h, out_w), dtype=np.int32)
+    p = be.empty((n, c, out_h, out_w)) if probs else None
+    be.ext.upsample_argmax(be.ptr(x), be.ptr(w), be.ptr(labels), be.ptr(p) if probs else 0, n, c, h, wd,
+                           w.shape[2], w.shape[3], stride[0], stride[1], oy, ox, out_h, out_w, be.stream())
+    return (labels, p) if probs else labels
+
 # ---- max_pool2d
 
 __all__ += ["max_pool2d"]

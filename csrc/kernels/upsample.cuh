@@ -23,6 +23,10 @@
 //     weights are never read, so a NaN/inf input does not spread to other
 //     channels through 0 * inf as in the dense operation.
 //
+// head.cuh runs the "bilinear" gather (taps_of, accumulate_taps) fused with
+// the softmax / argmax over channels: FCN's last stage, without storing the
+// full-resolution scores.
+//
 // The same gather is conv2d's input gradient (conv2d_backward.cuh): with
 // kMasked, x is multiplied on the fly by (mask > 0) (the ReLU of the forward
 // convolution, mask = its output y, same shape as x), so the masked gradient
@@ -50,6 +54,26 @@ __device__ __forceinline__ Taps taps_of(int u, int s, int R, int H) {
     return t;
 }
 
+// acc plus the taps (ty, tx) of one input plane xp (H x W, row length W) with
+// one R x S filter wp, in a fixed order (rows, then columns, one fmaf each):
+// every kernel that gathers through it (head.cuh too) gets the same bits for
+// the same output. kMasked: x taken as 0 where mp (x's shape) is not > 0.
+template <bool kMasked>
+__device__ __forceinline__ float accumulate_taps(float acc, const float* __restrict__ xp,
+                                                 const float* __restrict__ mp, const float* __restrict__ wp,
+                                                 const Taps& ty, const Taps& tx, int W, int S, int sy, int sx) {
+    for (int jy = ty.lo; jy <= ty.hi; ++jy) {
+        const int row = (ty.in0 - jy) * W;
+        const float* wrow = wp + (ty.first + jy * sy) * S;
+        for (int jx = tx.lo; jx <= tx.hi; ++jx) {
+            float v = __ldg(xp + row + tx.in0 - jx);
+            if (kMasked && !(__ldg(mp + row + tx.in0 - jx) > 0.f)) v = 0.f;
+            acc = fmaf(v, __ldg(wrow + tx.first + jx * sx), acc);
+        }
+    }
+    return acc;
+}
+
 // grid = ceil(N * C_out * Ho * Wo / 256), block = 256; thread i owns output i
 // (ox fastest: a warp shares input rows and reads at most s distinct weights
 // per tap row, both cached). bias may be null.
@@ -70,17 +94,8 @@ conv_transpose2d_gather(const float* __restrict__ x, const float* __restrict__ m
     const int ci_begin = kDiagonal ? co : 0, ci_end = kDiagonal ? co + 1 : Cin;
     for (int ci = ci_begin; ci < ci_end; ++ci) {
         const float* xp = x + (n * Cin + ci) * H * W;
-        const float* mp = kMasked ? mask + (xp - x) : nullptr;
-        const float* wp = w + (ci * Cout + co) * R * S;
-        for (int jy = ty.lo; jy <= ty.hi; ++jy) {
-            const int row = (ty.in0 - jy) * W;
-            const float* wrow = wp + (ty.first + jy * sy) * S;
-            for (int jx = tx.lo; jx <= tx.hi; ++jx) {
-                float v = __ldg(xp + row + tx.in0 - jx);
-                if (kMasked && !(__ldg(mp + row + tx.in0 - jx) > 0.f)) v = 0.f;
-                acc = fmaf(v, __ldg(wrow + tx.first + jx * sx), acc);
-            }
-        }
+        acc = accumulate_taps<kMasked>(acc, xp, kMasked ? mask + (xp - x) : nullptr, w + (ci * Cout + co) * R * S,
+                                       ty, tx, W, S, sy, sx);
     }
     y[i] = bias != nullptr ? acc + __ldg(bias + co) : acc;
 }

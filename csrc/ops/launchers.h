@@ -53,6 +53,11 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                    cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
+// x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
+// argmax over c of the Ho x Wo window at (oy0, ox0) of conv_transpose2d(x, w, (sy, sx)); probs
+// (N x C x Ho x Wo, may be null) its softmax over c.
+void launch_upsample_argmax(const float* x, const float* w, int* labels, float* probs, int N, int C, int H, int W,
+                            int R, int S, int sy, int sx, int oy0, int ox0, int Ho, int Wo, cudaStream_t stream);
 
 // ---- pool.cu
 // indices may be null (no argmax wanted).
