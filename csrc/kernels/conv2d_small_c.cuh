@@ -61,7 +61,8 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     const int k0 = blockIdx.y * kSmallCGroup, group = min(kSmallCGroup, g.K - k0);
 
     // Stage the group's filters, zero past C*R*S and past K, so the unrolled
-    // tap loop and the last quad of channels need no tests. Consecutive
+    // tap loop needs no tests and a partial last quad of channels reads
+    // zeros (only its stores are guarded). Consecutive
     // threads read consecutive taps of one filter row of w (coalesced).
     for (int e = t; e < kSmallCGroup * kTaps; e += kSmallCThreads) {
         const int kl = e / kTaps, i = e % kTaps;
@@ -74,7 +75,7 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     if (m >= M) return;
     const int n = m / PQ, pq = m % PQ, p = pq / g.Q, q = pq % g.Q;
     const int ih0 = p * g.sh - g.ph, iw0 = q * g.sw - g.pw;
-    float* yp = y + (n * g.K + k0) * PQ + pq;  // channel k0 + kl is at yp[kl * PQ]
+    float* yp = y + (n * g.K + k0) * PQ + pq;  // channel k0 + kl of this pixel: yp[kl * PQ]
 
     // A window wholly in the padding: no taps to load, the sum is the bias.
     if (ih0 >= g.H || ih0 + g.R <= 0 || iw0 >= g.W || iw0 + g.S <= 0) {
@@ -103,8 +104,10 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     }
 
     // Four channels at a time: four independent accumulation chains, and each
-    // float4 read of ws feeds four FMAs.
-    for (int kl = 0; kl < group; kl += kSmallCStep) {
+    // float4 read of ws feeds four FMAs. yp walks along with kl: indexing
+    // yp[(kl + j) * PQ] instead cost conv1_1's kTaps = 32 instance a spill at
+    // ptxas's chosen 64 registers (sm_90).
+    for (int kl = 0; kl < group; kl += kSmallCStep, yp += kSmallCStep * PQ) {
         float acc[kSmallCStep];
 #pragma unroll
         for (int j = 0; j < kSmallCStep; ++j) acc[j] = bs[kl + j];
@@ -121,7 +124,7 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
         }
 #pragma unroll
         for (int j = 0; j < kSmallCStep; ++j)
-            if (kl + j < group) yp[(kl + j) * PQ] = relu ? fmaxf(acc[j], 0.f) : acc[j];
+            if (kl + j < group) yp[j * PQ] = relu ? fmaxf(acc[j], 0.f) : acc[j];
     }
 }
 
