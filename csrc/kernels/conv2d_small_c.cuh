@@ -26,11 +26,11 @@
 //
 // Prediction (not a measurement; no GPU numbers exist for this kernel): on an
 // H100, conv1_1 at 500 x 500 (N = 1) writes 64 x 698 x 698 floats = 125 MB,
-// about 40 us at ~3 TB/s, while its useful arithmetic, about 0.45 GFLOP of
-// 32-padded FMAs over the ~53% of pixels that see the image, is under 10 us
-// at fp32 peak; so the kernel should be bound by the output stores, and
-// faster than conv2d_igemm, which multiplies all 487k pixels through its
-// staged pipeline.
+// about 40 us at ~3 TB/s, while its arithmetic, 32 padded taps x 64 channels
+// for the 502 x 502 of 698 x 698 pixels (52%) that see the image, is about
+// 1.0 GFLOP, under 20 us at fp32 peak; so the kernel should be bound by the
+// output stores, and faster than conv2d_igemm, which multiplies all 487k
+// pixels through its staged pipeline.
 #pragma once
 #include "common.cuh"
 
