@@ -17,7 +17,7 @@ __all__ = []
 
 # ---- conv2d
 
-CONV2D_VARIANTS = ("direct", "igemm")
+CONV2D_VARIANTS = ("direct", "igemm", "small_c")
 __all__ += ["conv2d", "CONV2D_VARIANTS"]
 
 
@@ -57,6 +57,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     if cw != c:
         raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
                          f"(shape {tuple(x.shape)})")
+    if variant == "small_c" and c * r * s > 64:  # its taps live in registers
+        raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
+                         f"supports at most 64")
     if k > 65535 * 64:  # igemm puts 64-channel tiles on grid.y
         raise ValueError(f"w has {k} output channels; conv2d supports at most {65535 * 64}")
     if b is not None:

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/conv2d.cuh"
+#include "kernels/conv2d_small_c.cuh"
 #include "ops/launchers.h"
 
 namespace fcn {
@@ -18,6 +19,14 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
         // Pixel tiles on x (up to 2^31 - 1 blocks), channel tiles on y (at most 65535).
         launch("conv2d_igemm", conv2d_igemm, dim3(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN)),
                dim3(kConvThreads), 0, stream, x, w, b, y, g, int(relu));
+    } else if (!std::strcmp(variant, "small_c")) {
+        // The taps of a pixel live in registers: their count must be a compile-time bound.
+        const int crs = C * R * S;
+        if (crs > kSmallCMaxTaps) throw std::invalid_argument("conv2d small_c: C*R*S of w exceeds 64");
+        auto kernel = crs <= 8 ? conv2d_small_c<8> : crs <= 16 ? conv2d_small_c<16>
+                    : crs <= 32 ? conv2d_small_c<32> : conv2d_small_c<kSmallCMaxTaps>;
+        launch("conv2d_small_c", kernel, dim3(ceil_div(N * g.P * g.Q, kSmallCThreads), ceil_div(K, kSmallCGroup)),
+               dim3(kSmallCThreads), 0, stream, x, w, b, y, g, int(relu));
     } else {
         throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
     }
