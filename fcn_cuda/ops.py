@@ -17,7 +17,7 @@ __all__ = []
 
 # ---- conv2d
 
-CONV2D_VARIANTS = ("direct", "igemm")
+CONV2D_VARIANTS = ("direct", "igemm", "igemm_tf32", "igemm_bf16")
 __all__ += ["conv2d", "CONV2D_VARIANTS"]
 
 
