@@ -255,7 +255,8 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
 
 // ---------------------------------------------------------------- igemm_wmma
 
-constexpr int kConvWarpTileN = 32;  // a warp's 16 x 32 strip: two 16 x 16 accumulators
+constexpr int kConvWarpTileN = 32;                // a warp's 16 x 32 strip of the C tile ...
+constexpr int kConvWarpFrags = kConvWarpTileN / 16;  // ... as two 16 x 16 accumulators
 // Cs rows (one per channel) padded like Bs: 16-byte multiples for wmma's
 // store, and the column-major fragment stores spread over the banks.
 constexpr int kConvLdC = kConvTileM + 4;
@@ -281,7 +282,9 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     using S = typename In::Stored;
     constexpr int kK = In::kK;
     // wmma fragment pointers must be 32-byte aligned: every fragment corner
-    // below is a multiple of 16 elements along a row and of kK rows.
+    // below is 16 elements along a row and kK or 16 rows down, and the row
+    // pitches (64 and kConvLdB<S> of S, kConvLdC floats) keep those 32-byte
+    // multiples.
     __shared__ __align__(32) S As[2][kConvTileK][kConvTileM];
     __shared__ __align__(32) S Bs[2][kConvTileK][kConvLdB<S>];
     __shared__ __align__(32) float Cs[kConvTileN][kConvLdC];
@@ -289,18 +292,19 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     const int PQ = g.P * g.Q, M = g.N * PQ;
     const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
     const int wm = (warp % (kConvTileM / 16)) * 16, wn = (warp / (kConvTileM / 16)) * kConvWarpTileN;
-    static_assert(kConvTileM / 16 * (kConvTileN / kConvWarpTileN) * kWarpSize == kConvThreads, "8 warps cover the tile");
+    static_assert(kConvTileM / 16 * (kConvTileN / kConvWarpTileN) * kWarpSize == kConvThreads,
+                  "8 warps cover the tile");
 
-    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[2];
-    wmma::fill_fragment(acc[0], 0.f);
-    wmma::fill_fragment(acc[1], 0.f);
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kConvWarpFrags];
+#pragma unroll
+    for (int j = 0; j < kConvWarpFrags; ++j) wmma::fill_fragment(acc[j], 0.f);
     conv2d_igemm_stages<In>(x, w, g, m0, k0, As, Bs, [&](int stage) {
 #pragma unroll
         for (int kk = 0; kk < kConvTileK; kk += kK) {
             wmma::fragment<wmma::matrix_a, 16, 16, kK, T, wmma::col_major> a;
             wmma::load_matrix_sync(a, &As[stage][kk][wm], kConvTileM);
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < kConvWarpFrags; ++j) {
                 wmma::fragment<wmma::matrix_b, 16, 16, kK, T, wmma::row_major> bf;
                 wmma::load_matrix_sync(bf, &Bs[stage][kk][wn + 16 * j], kConvLdB<S>);
                 wmma::mma_sync(acc[j], a, bf, acc[j]);
@@ -309,7 +313,8 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     });
 
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::store_matrix_sync(&Cs[wn + 16 * j][wm], acc[j], kConvLdC, wmma::mem_col_major);
+    for (int j = 0; j < kConvWarpFrags; ++j)
+        wmma::store_matrix_sync(&Cs[wn + 16 * j][wm], acc[j], kConvLdC, wmma::mem_col_major);
     __syncthreads();  // the whole C tile is in Cs
     const int ml = t % kConvTileM, m = m0 + ml;
     if (m >= M) return;
