@@ -54,7 +54,7 @@ def bench(shape, runs, rng):
           f"igemm tile use {use:.2f}, default {ops._conv2d_default_variant(fcn_cuda._backend.active(), n * p * q, k, c * r * s)}")
     for variant in ops.conv2d_variants(wt.shape):
         t = median_seconds(lambda: ops.conv2d(x, wt, b, stride, pad, relu=True, variant=variant), runs)
-        print(f"  {variant:8s} {t * 1e3:9.2f} ms  {flop / t / 1e9:7.3f} GFLOP/s")
+        print(f"  {variant:10s} {t * 1e3:9.2f} ms  {flop / t / 1e9:7.3f} GFLOP/s")
 
 
 def main():

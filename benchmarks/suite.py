@@ -348,10 +348,14 @@ def _fmt(shape):
 
 
 # ------------------------------------------------------------------ the rows
-def conv_refs(ctx):
-    if ctx.gpu:
-        return (("cudnn-fp32", "fp32"), ("cudnn-tf32", "tf32"))
-    return (("torch-cpu", "fp32"),)
+def conv_refs(ctx, precision="fp32"):
+    """(reference name, its math) for a variant of the given precision: an
+    fp32 variant against cuDNN with TF32 off and on, a tensor-core one
+    against cuDNN doing the same math."""
+    if not ctx.gpu:
+        return (("torch-cpu", "fp32"),)
+    return {"fp32": (("cudnn-fp32", "fp32"), ("cudnn-tf32", "tf32")), "tf32": (("cudnn-tf32", "tf32"),),
+            "bf16": (("cudnn-bf16", "bf16"),)}[precision]
 
 
 def plain_ref(ctx):
@@ -360,9 +364,8 @@ def plain_ref(ctx):
 
 def conv_cases(ctx, tag, L):
     F = ctx.torch.nn.functional
-    refs = conv_refs(ctx)
-    variants = ops.conv2d_variants(L["w"])
-    names = [row_name(tag, L["name"], v, r) for v in variants for r, _ in refs]
+    variants = {v: conv_refs(ctx, ops.CONV2D_PRECISION[v]) for v in ops.conv2d_variants(L["w"])}
+    names = [row_name(tag, L["name"], v, r) for v, refs in variants.items() for r, _ in refs]
     if not any(map(ctx.wants, names)):
         return []
     n, c, h, w = L["x"]
@@ -373,20 +376,24 @@ def conv_cases(ctx, tag, L):
     wo, wt = ctx.pair(ctx.randn(L["w"], np.sqrt(2.0 / (c * r * s))))
     bo, bt = ctx.pair(ctx.randn((k,), 0.1))
 
-    def ref(xt):
+    def ref(xt, wt, bt):
         y = F.conv2d(xt, wt, bt, padding=pad)
         return F.relu(y, inplace=True) if relu else y
 
-    ref_fns = [lambda xt=xt: ref(xt) for _, xt in xs]
+    # cuDNN's bf16 path takes bf16 tensors: converted once, outside the timing.
+    ref_fns = {prec: [lambda xt=xt, wt=wt, bt=bt: ref(xt, wt, bt) for _, xt in xs] for prec in ("fp32", "tf32")}
+    if ctx.gpu:
+        wb, bb = wt.bfloat16(), bt.bfloat16()
+        ref_fns["bf16"] = [lambda xt=xt.bfloat16(): ref(xt, wb, bb) for _, xt in xs]
     flops = 2.0 * n * k * p * q * c * r * s
     nbytes = 4.0 * (n * c * h * w + k * c * r * s + k + n * k * p * q)
     desc = f"x {_fmt(L['x'])} w {_fmt(L['w'])} pad {pad}{' relu' if relu else ''}"
     cases = []
-    for v in variants:
+    for v, refs in variants.items():
         ours_fns = [lambda xo=xo, v=v: ops.conv2d(xo, wo, bo, 1, pad, relu, variant=v) for xo, _ in xs]
         for ref_name, prec in refs:
             cases.append(Case(row_name(tag, L["name"], v, ref_name), "layer", "conv", tag, L["name"], v, ref_name,
-                              desc, ours_fns, ref_fns, prec, flops, nbytes))
+                              desc, ours_fns, ref_fns[prec], prec, flops, nbytes))
     return cases
 
 

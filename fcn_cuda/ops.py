@@ -17,15 +17,18 @@ __all__ = []
 
 # ---- conv2d
 
-CONV2D_VARIANTS = ("direct", "igemm", "small_c")
+CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16")
+# The math each variant does (DESIGN.md section 3 gives each its tolerance).
+CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16"}
 SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
-__all__ += ["conv2d", "CONV2D_VARIANTS", "conv2d_variants"]
+__all__ += ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "conv2d_variants"]
 
 
-def conv2d_variants(w_shape):
-    """The variants that take filters of shape K x C x R x S."""
+def conv2d_variants(w_shape, precision=None):
+    """The variants that take filters of shape K x C x R x S (of one precision, if given)."""
     _, c, r, s = w_shape
-    return tuple(v for v in CONV2D_VARIANTS if v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
+    return tuple(v for v in CONV2D_VARIANTS if (v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
+                 and precision in (None, CONV2D_PRECISION[v]))
 
 
 def _conv2d_tile_use(m, k, crs):

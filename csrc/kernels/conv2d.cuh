@@ -25,18 +25,27 @@
 //     into registers while the current ones are multiplied (double-buffered
 //     shared memory, one barrier per step); bias and ReLU fused in the
 //     epilogue. Any shape; fp32 on CUDA cores; K <= 65535 * 64.
-//
-// Ready for tensor cores: the staged tiles are As[kk][m] (pixels contiguous:
-// a 64 x 16 column-major A tile, leading dimension 64) and Bs[kk][k]
-// (channels contiguous: a 16 x 64 row-major B tile, leading dimension 68),
-// both multiples of 16 bytes, which is what wmma::load_matrix_sync wants for
-// matrix_a/col_major and matrix_b/row_major. A conv2d_igemm_tf32 variant keeps
-// the gather, the prefetch and the pipeline as they are and only swaps the
-// 4 x 4 FMA block for 8 warps each owning two 16 x 16 accumulators of the
-// 64 x 64 tile (two m16n16k8 steps per 16-deep stage), storing them to shared
-// memory before the same bias/ReLU epilogue.
+//   conv2d_igemm_wmma<T>: variants igemm_tf32 (T = precision::tf32) and
+//     igemm_bf16 (T = __nv_bfloat16): conv2d_igemm's gather, prefetch and
+//     double-buffered pipeline as they are (conv2d_igemm_stages), with the
+//     4 x 4 FMA block swapped for tensor cores through nvcuda::wmma: the
+//     staged tiles are As[kk][m] (a 64 x 16 column-major A tile) and Bs[kk][k]
+//     (a 16 x 64 row-major B tile), so 8 warps each own two 16 x 16 float
+//     accumulators of the 64 x 64 tile, fed straight from the stage (two
+//     m16n16k8 steps per 16-deep stage in tf32, one m16n16k16 in bf16); the
+//     accumulators go through shared memory to the same bias/ReLU epilogue.
+//     Operands are rounded once, when staged: tf32 keeps 10 mantissa bits
+//     (relative error ~3e-4 on random data, contract 2e-3), bf16 keeps 7
+//     (~2e-3, contract 1e-2) but fp32's range; accumulation is fp32. Any
+//     shape; K <= 65535 * 64; 34 KB (tf32) / 26 KB (bf16) of shared memory.
+//     Prediction, not a measurement: the tensor cores take the 256 FMAs per
+//     thread per stage off the critical path, leaving the scalar gather and
+//     the per-stage barrier as the bound, so about 2x conv2d_igemm on VGG's
+//     3x3 layers and far below tensor-core peak; closing that gap needs
+//     deeper stages, cp.async and larger warp tiles.
 #pragma once
 #include "common.cuh"
+#include "wmma_input.cuh"
 
 namespace fcn {
 
@@ -72,13 +81,14 @@ conv2d_direct(const float* __restrict__ x, const float* __restrict__ w, const fl
 constexpr int kConvTileM = 64;  // output pixels per block (GEMM rows)
 constexpr int kConvTileN = 64;  // output channels per block (GEMM columns)
 constexpr int kConvTileK = 16;  // filter taps per shared-memory stage (GEMM depth)
-constexpr int kConvThreadM = 4, kConvThreadN = 4;
-constexpr int kConvThreads = (kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN);  // 256
-// Bs rows are padded by 4 floats: the transposing store below writes 16
-// consecutive taps of one channel per half-warp, which without padding would
-// all land in one bank; with 68 they spread over 8 banks x 2 channels (2-way
-// at worst), and rows stay 16-byte aligned for float4 / wmma loads.
-constexpr int kConvLdB = kConvTileN + 4;
+constexpr int kConvThreads = 256;
+// Bs rows are padded by 16 bytes (4 floats, 8 bf16): the transposing store
+// below writes 16 consecutive taps of one channel per half-warp, which
+// without padding would all land in one bank; with 68 floats per row they
+// spread over 8 banks x 2 channels (2-way at worst), and every row stays a
+// multiple of 16 bytes, as float4 loads and wmma's ldm want.
+template <typename S>
+constexpr int kConvLdB = kConvTileN + 16 / int(sizeof(S));
 
 // A filter tap kk = (c, r, s) kept as its three coordinates, so walking along
 // the GEMM depth costs two compares instead of two integer divisions.
@@ -102,12 +112,18 @@ __device__ __forceinline__ Tap tap_add(Tap t, Tap step, int R, int S) {
     return t;
 }
 
-// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256.
-// The block computes the C tile of pixels m0 .. m0+63 x channels k0 .. k0+63.
-// Compute: thread t owns pixels m0 + tm*4 .. +3 and channels k0 + tn*4 .. +3
-//   (tm = t % 16, tn = t / 16): per tap, one float4 of As and one of Bs feed
-//   16 FMAs.
-// Loads of one 16-deep stage (4 values of A and 4 of B per thread):
+// conv2d_igemm stages plain floats (wmma_input.cuh's interface, no rounding).
+struct Fp32Input {
+    using Stored = float;
+    __device__ static float convert(float v) { return v; }
+};
+
+// The pipeline every igemm variant shares: it walks the GEMM depth of the
+// block's C tile (pixels m0 .. m0+63 x channels k0 .. k0+63) in 16-deep
+// stages, and calls math(stage) once As[stage] (tap x pixel) and Bs[stage]
+// (tap x channel) hold the stage, converted by In::convert. All 256 threads
+// of the block must call it.
+// Loads of one stage (4 values of A and 4 of B per thread):
 //   A: thread t gathers pixel m0 + t % 64 for taps t / 64 + {0, 4, 8, 12}:
 //      a warp reads 32 consecutive output pixels of one tap, i.e. consecutive
 //      (strided by sw) columns of one row of x: coalesced. Each thread keeps
@@ -115,14 +131,15 @@ __device__ __forceinline__ Tap tap_add(Tap t, Tap step, int R, int S) {
 //   B: thread t reads tap t % 16 of channels t / 16 + {0, 16, 32, 48}: a
 //      half-warp reads 16 consecutive floats of one filter row of w
 //      (coalesced), stored transposed to Bs[tap][channel].
-__global__ void __launch_bounds__(kConvThreads)
-conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-             float* __restrict__ y, ConvShape g, int relu) {
-    __shared__ __align__(16) float As[2][kConvTileK][kConvTileM];
-    __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB];
+// The next stage is prefetched into registers while math runs on the
+// current one; with two shared buffers one barrier per stage suffices.
+template <typename In, typename Math>
+__device__ __forceinline__ void conv2d_igemm_stages(
+    const float* __restrict__ x, const float* __restrict__ w, const ConvShape& g, int m0, int k0,
+    typename In::Stored (&As)[2][kConvTileK][kConvTileM],
+    typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored>], Math&& math) {
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
-    const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
 
     // A loader: this thread's pixel, its receptive field's corner, and its taps.
     const int am = m0 + t % kConvTileM;
@@ -159,24 +176,47 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
         }
     };
 
-    const int tm = t % (kConvTileM / kConvThreadM), tn = t / (kConvTileM / kConvThreadM);
-    float acc[kConvThreadM][kConvThreadN] = {};
     fetch(0);
     for (int kk0 = 0, stage = 0; kk0 < CRS; kk0 += kConvTileK, stage ^= 1) {
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier, so it can be overwritten without waiting.
 #pragma unroll
         for (int i = 0; i < kSlots; ++i) {
-            As[stage][t / kConvTileM + i * kSlotStride][t % kConvTileM] = a_next[i];
-            Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = b_next[i];
+            As[stage][t / kConvTileM + i * kSlotStride][t % kConvTileM] = In::convert(a_next[i]);
+            Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = In::convert(b_next[i]);
         }
         __syncthreads();  // the stage is complete before anyone reads it
         if (kk0 + kConvTileK < CRS) {
             // Issue the next stage's global loads now; their latency hides
-            // behind the 256 FMAs below.
+            // behind the math below.
             tap = tap_add(tap, stage_step, g.R, g.S);
             fetch(kk0 + kConvTileK);
         }
+        math(stage);
+    }
+}
+
+constexpr int kConvThreadM = 4, kConvThreadN = 4;
+static_assert((kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN) == kConvThreads, "one 4 x 4 block per thread");
+
+// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256.
+// The block computes the C tile of pixels m0 .. m0+63 x channels k0 .. k0+63
+// through conv2d_igemm_stages.
+// Compute: thread t owns pixels m0 + tm*4 .. +3 and channels k0 + tn*4 .. +3
+//   (tm = t % 16, tn = t / 16): per tap, one float4 of As and one of Bs feed
+//   16 FMAs, 256 per stage.
+__global__ void __launch_bounds__(kConvThreads)
+conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+             float* __restrict__ y, ConvShape g, int relu) {
+    __shared__ __align__(16) float As[2][kConvTileK][kConvTileM];
+    __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB<float>];
+    const int t = threadIdx.x;
+    const int PQ = g.P * g.Q, M = g.N * PQ;
+    const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
+    const int tm = t % (kConvTileM / kConvThreadM), tn = t / (kConvTileM / kConvThreadM);
+
+    float acc[kConvThreadM][kConvThreadN] = {};
+    conv2d_igemm_stages<Fp32Input>(x, w, g, m0, k0, As, Bs, [&](int stage) {
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
             const float4 a = *reinterpret_cast<const float4*>(&As[stage][k][tm * kConvThreadM]);
@@ -188,7 +228,7 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
 #pragma unroll
                 for (int j = 0; j < kConvThreadN; ++j) acc[i][j] = fmaf(av[i], bw[j], acc[i][j]);
         }
-    }
+    });
 
     // Epilogue: C[m][k] goes to y[n][k][p][q] = y[n*K*PQ + k*PQ + pq], with
     // the bias added and the ReLU applied on the way out.
@@ -210,6 +250,79 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
             const float v = acc[i][j] + bias[j];
             y[out + k * PQ] = relu ? fmaxf(v, 0.f) : v;
         }
+    }
+}
+
+// ---------------------------------------------------------------- igemm_wmma
+
+constexpr int kConvWarpTileN = 32;                // a warp's 16 x 32 strip of the C tile ...
+constexpr int kConvWarpFrags = kConvWarpTileN / 16;  // ... as two 16 x 16 accumulators
+// Cs rows (one per channel) padded like Bs: 16-byte multiples for wmma's
+// store, and the column-major fragment stores spread over the banks.
+constexpr int kConvLdC = kConvTileM + 4;
+
+// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256 (8 warps).
+// T = precision::tf32 or __nv_bfloat16 (wmma_input.cuh). The block computes
+// the same C tile as conv2d_igemm, through the same conv2d_igemm_stages, with
+// As and Bs held in T's storage type (rounded once, when staged).
+// Compute: warp v owns pixels m0 + (v % 4) * 16 .. +15 x channels
+//   k0 + (v / 4) * 32 .. +31, two 16 x 16 float accumulators; per stage it
+//   loads one A fragment (As is column-major A, ldm 64) and two B fragments
+//   (Bs is row-major B) per 8-deep (tf32) or 16-deep (bf16) mma step.
+// Epilogue: the accumulators go to Cs[channel][pixel] in shared memory (a
+//   fragment's lane layout is unspecified), then thread t writes pixel
+//   m0 + t % 64 of channels t / 64 + 4i with bias and ReLU: a warp stores 32
+//   consecutive pixels of one channel.
+template <typename T>
+__global__ void __launch_bounds__(kConvThreads)
+conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                  float* __restrict__ y, ConvShape g, int relu) {
+    using namespace nvcuda;
+    using In = WmmaInput<T>;
+    using S = typename In::Stored;
+    constexpr int kK = In::kK;
+    // wmma fragment pointers must be 32-byte aligned: every fragment corner
+    // below is 16 elements along a row and kK or 16 rows down, and the row
+    // pitches (64 and kConvLdB<S> of S, kConvLdC floats) keep those 32-byte
+    // multiples.
+    __shared__ __align__(32) S As[2][kConvTileK][kConvTileM];
+    __shared__ __align__(32) S Bs[2][kConvTileK][kConvLdB<S>];
+    __shared__ __align__(32) float Cs[kConvTileN][kConvLdC];
+    const int t = threadIdx.x, warp = t / kWarpSize;
+    const int PQ = g.P * g.Q, M = g.N * PQ;
+    const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
+    const int wm = (warp % (kConvTileM / 16)) * 16, wn = (warp / (kConvTileM / 16)) * kConvWarpTileN;
+    static_assert(kConvTileM / 16 * (kConvTileN / kConvWarpTileN) * kWarpSize == kConvThreads,
+                  "8 warps cover the tile");
+
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kConvWarpFrags];
+#pragma unroll
+    for (int j = 0; j < kConvWarpFrags; ++j) wmma::fill_fragment(acc[j], 0.f);
+    conv2d_igemm_stages<In>(x, w, g, m0, k0, As, Bs, [&](int stage) {
+#pragma unroll
+        for (int kk = 0; kk < kConvTileK; kk += kK) {
+            wmma::fragment<wmma::matrix_a, 16, 16, kK, T, wmma::col_major> a;
+            wmma::load_matrix_sync(a, &As[stage][kk][wm], kConvTileM);
+#pragma unroll
+            for (int j = 0; j < kConvWarpFrags; ++j) {
+                wmma::fragment<wmma::matrix_b, 16, 16, kK, T, wmma::row_major> bf;
+                wmma::load_matrix_sync(bf, &Bs[stage][kk][wn + 16 * j], kConvLdB<S>);
+                wmma::mma_sync(acc[j], a, bf, acc[j]);
+            }
+        }
+    });
+
+#pragma unroll
+    for (int j = 0; j < kConvWarpFrags; ++j)
+        wmma::store_matrix_sync(&Cs[wn + 16 * j][wm], acc[j], kConvLdC, wmma::mem_col_major);
+    __syncthreads();  // the whole C tile is in Cs
+    const int ml = t % kConvTileM, m = m0 + ml;
+    if (m >= M) return;
+    const int out = (m / PQ) * g.K * PQ + m % PQ;  // y[n][0][p][q]
+    for (int kl = t / kConvTileM; kl < kConvTileN && k0 + kl < g.K; kl += kConvThreads / kConvTileM) {
+        const int k = k0 + kl;
+        const float v = Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f);
+        y[out + k * PQ] = relu ? fmaxf(v, 0.f) : v;
     }
 }
 

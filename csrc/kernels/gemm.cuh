@@ -14,6 +14,7 @@
 //                 Any M, N, K.
 #pragma once
 #include "common.cuh"
+#include "wmma_input.cuh"
 
 namespace fcn {
 
@@ -83,28 +84,6 @@ sgemm_tiled(const float* __restrict__ A, const float* __restrict__ B, float* __r
         }
     }
 }
-
-// What the tensor cores read for each input type.
-template <typename T>
-struct WmmaInput;
-template <>
-struct WmmaInput<nvcuda::wmma::precision::tf32> {
-    using Stored = float;
-    static constexpr int kK = 8;
-    __device__ static float convert(float v) { return nvcuda::wmma::__float_to_tf32(v); }
-};
-template <>
-struct WmmaInput<__half> {
-    using Stored = __half;
-    static constexpr int kK = 16;
-    __device__ static __half convert(float v) { return __float2half(v); }
-};
-template <>
-struct WmmaInput<__nv_bfloat16> {
-    using Stored = __nv_bfloat16;
-    static constexpr int kK = 16;
-    __device__ static __nv_bfloat16 convert(float v) { return __float2bfloat16(v); }
-};
 
 constexpr int kWmmaTile = 32;  // block tile: 2 x 2 warps of 16 x 16
 

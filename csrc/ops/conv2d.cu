@@ -12,13 +12,13 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream) {
     ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    // The igemm variants' grid: pixel tiles on x (up to 2^31 - 1 blocks), channel tiles on y (at most 65535).
+    const dim3 tiles(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN));
     if (!std::strcmp(variant, "direct")) {
         launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
                b, y, g, int(relu));
     } else if (!std::strcmp(variant, "igemm")) {
-        // Pixel tiles on x (up to 2^31 - 1 blocks), channel tiles on y (at most 65535).
-        launch("conv2d_igemm", conv2d_igemm, dim3(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN)),
-               dim3(kConvThreads), 0, stream, x, w, b, y, g, int(relu));
+        launch("conv2d_igemm", conv2d_igemm, tiles, dim3(kConvThreads), 0, stream, x, w, b, y, g, int(relu));
     } else if (!std::strcmp(variant, "small_c")) {
         // The taps of a pixel live in registers: their count must be a compile-time bound.
         const int crs = C * R * S;
@@ -27,6 +27,12 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                     : crs <= 32 ? conv2d_small_c<32> : conv2d_small_c<kSmallCMaxTaps>;
         launch("conv2d_small_c", kernel, dim3(ceil_div(N * g.P * g.Q, kSmallCThreads), ceil_div(K, kSmallCGroup)),
                dim3(kSmallCThreads), 0, stream, x, w, b, y, g, int(relu));
+    } else if (!std::strcmp(variant, "igemm_tf32")) {
+        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, tiles, dim3(kConvThreads), 0,
+               stream, x, w, b, y, g, int(relu));
+    } else if (!std::strcmp(variant, "igemm_bf16")) {
+        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, tiles, dim3(kConvThreads), 0, stream, x, w, b,
+               y, g, int(relu));
     } else {
         throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
     }
