@@ -127,9 +127,21 @@ class _SkipsOnly(dict):
     """The activation store of a plain forward: keeps what the head reads
     (pool3, pool4), so every other buffer is freed as soon as it is consumed."""
 
+    KEPT = ("pool3", "pool4")
+
     def __setitem__(self, name, value):
-        if name in ("pool3", "pool4"):
+        if name in self.KEPT:
             super().__setitem__(name, value)
+
+
+def _stores(store, name):
+    return not isinstance(store, _SkipsOnly) or name in _SkipsOnly.KEPT
+
+
+# Inference runs the last conv of each block, its ReLU and the pool as one
+# kernel (ops.conv2d_relu_maxpool) where conv2d's default variant has that
+# epilogue; False forces the separate ops (the tests compare both).
+FUSE_POOL = True
 
 
 class FCN:
@@ -279,14 +291,24 @@ class FCN:
         p = self.params
         h = x
         for b, block in enumerate(VGG16_BLOCKS):
+            pooled = False
             for i in range(len(block)):
                 name = f"conv{b + 1}_{i + 1}"
                 pad = self.conv1_pad if name == "conv1_1" else 1
-                h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], padding=pad, relu=True)
-                store[name] = h
+                w, bias = p[f"{name}.weight"], p[f"{name}.bias"]
+                # The block's last conv + ReLU + pool as one kernel when nothing
+                # keeps the conv output or the pool indices (inference).
+                fuse = (FUSE_POOL and i == len(block) - 1 and not indices and not _stores(store, name)
+                        and ops._conv2d_relu_maxpool_variant(h.shape, w.shape, pad))
+                if fuse:
+                    h = ops.conv2d_relu_maxpool(h, w, bias, padding=pad, variant=fuse)
+                    pooled = True
+                else:
+                    h = ops.conv2d(h, w, bias, padding=pad, relu=True)
+                    store[name] = h
             if indices:
                 h, store[f"pool{b + 1}_idx"] = ops.max_pool2d(h, 2, 2, ceil_mode=True, return_indices=True)
-            else:
+            elif not pooled:
                 h = ops.max_pool2d(h, 2, 2, ceil_mode=True)
             store[f"pool{b + 1}"] = h
         if h.shape[2] < 7 or h.shape[3] < 7:  # only when conv1_pad is lowered from 100

@@ -105,6 +105,70 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
                   n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     return y
 
+# ---- conv2d_relu_maxpool (the end of a VGG block: conv, ReLU, pool in one pass)
+
+CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
+__all__ += ["conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS"]
+
+
+def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
+    """``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride, padding)), 2, 2, ceil_mode=True)``
+    without storing the convolution's output (csrc/kernels/conv2d.cuh, ConvOut).
+
+    Arguments as conv2d's; returns N x K x ceil(P/2) x ceil(Q/2). variant: one
+    of CONV2D_RELU_MAXPOOL_VARIANTS (the igemm pipelines, with conv2d's
+    precision for the same name), default igemm. The result equals
+    ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
+    bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
+    convolution becomes 0, where F.relu would propagate it.
+    """
+    be = _backend.active()
+    variant = "igemm" if variant is None else V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
+    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    n, c, h, wd = x.shape
+    k, cw, r, s = w.shape
+    if cw != c:
+        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
+                         f"(shape {tuple(x.shape)})")
+    if k > 65535 * 64:  # 64-channel tiles on grid.y
+        raise ValueError(f"w has {k} output channels; conv2d_relu_maxpool supports at most {65535 * 64}")
+    if b is not None:
+        b = V.array(b, "b", ndim=1, be=be)
+        if b.shape[0] != k:
+            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    if max(sh, sw) > V.INT32_LIMIT:
+        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
+    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
+                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
+    p = (h + 2 * ph - r) // sh + 1
+    q = (wd + 2 * pw - s) // sw + 1
+    if p <= 0 or q <= 0:
+        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
+                         f"{h} x {wd} image with padding {(ph, pw)}")
+    po, qo = (p + 1) // 2, (q + 1) // 2
+    # The kernels round pixels and outputs up to whole blocks in int arithmetic.
+    V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
+    V.fits_int32(n * k * po * qo + 255, "the output (N x K x ceil(P/2) x ceil(Q/2), plus a block)")
+    y = be.empty((n, k, po, qo))
+    be.ext.conv2d_relu_maxpool(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+                               n, c, h, wd, k, r, s, sh, sw, ph, pw, be.stream())
+    return y
+
+
+def _conv2d_relu_maxpool_variant(x_shape, w_shape, padding):
+    """The variant conv2d picks by default for this stride-1 layer when
+    conv2d_relu_maxpool has it, else None: FCN's forward fuses exactly then,
+    so its output stays that of conv2d + max_pool2d bit for bit."""
+    n, _, h, wd = x_shape
+    k, c, r, s = w_shape
+    m = n * (h + 2 * padding - r + 1) * (wd + 2 * padding - s + 1)
+    variant = _conv2d_default_variant(_backend.active(), m, k, c * r * s)
+    return variant if variant in CONV2D_RELU_MAXPOOL_VARIANTS else None
+
 # ---- fused final upsample + crop + softmax/argmax
 
 __all__ += ["upsample_argmax"]

@@ -43,6 +43,16 @@
 //     the per-stage barrier as the bound, so about 2x conv2d_igemm on VGG's
 //     3x3 layers and far below tensor-core peak; closing that gap needs
 //     deeper stages, cp.async and larger warp tiles.
+//
+// Epilogues (the igemm variants share one, ConvOut, picked by a kernel
+// argument): plain, ReLU, or ReLU + FCN's 2x2 stride-2 ceil-mode max pool,
+// which writes only the pooled N x K x ceil(P/2) x ceil(Q/2) map
+// (ops.conv2d_relu_maxpool): each value max(v, 0) is atomicMax'ed, as an
+// int, into its pooled cell, which conv2d_zero set to +0 before. Non-negative
+// floats order like their bit patterns as ints, and max is order-free, so the
+// result is deterministic and equals max_pool2d(conv2d(relu=True)) bit for bit
+// (fmaxf turns a NaN sum into 0 in both; v is never -0: the accumulators start
+// at +0 and a round-to-nearest sum is -0 only when both addends are).
 #pragma once
 #include "common.cuh"
 #include "wmma_input.cuh"
@@ -196,6 +206,53 @@ __device__ __forceinline__ void conv2d_igemm_stages(
     }
 }
 
+// ---------------------------------------------------------------- the igemm epilogue
+
+// What the igemm variants do with v = C[m][k] + b[k] (their `mode` argument;
+// 0 and 1 are conv2d's relu flag).
+enum ConvEpilogue : int {
+    kConvPlain = 0,        // y[n][k][p][q] = v                  y: N x K x P x Q
+    kConvRelu = 1,         // y[n][k][p][q] = max(v, 0)
+    kConvReluMaxPool = 2,  // y[n][k][p/2][q/2] = max over its 2 x 2 window of max(v, 0)
+                           //                              y: N x K x ceil(P/2) x ceil(Q/2), all +0 beforehand
+};
+
+// y's layout for one mode: the value of pixel m, channel k goes to
+// y[at(m) + k * plane], so a thread decodes each of its pixels once.
+struct ConvOut {
+    float* y;
+    int mode, plane, Qo;  // plane: y's elements per channel; Qo: y's row length
+
+    __device__ ConvOut(float* y_, const ConvShape& g, int mode_) : y(y_), mode(mode_) {
+        const bool pool = mode == kConvReluMaxPool;
+        Qo = pool ? (g.Q + 1) / 2 : g.Q;
+        plane = (pool ? (g.P + 1) / 2 : g.P) * Qo;
+    }
+    __device__ int at(const ConvShape& g, int m) const {
+        const int PQ = g.P * g.Q, n = m / PQ, pq = m % PQ;
+        if (mode != kConvReluMaxPool) return n * g.K * plane + pq;
+        return n * g.K * plane + pq / g.Q / 2 * Qo + pq % g.Q / 2;
+    }
+    __device__ void store(int i, float v) const {
+        if (mode == kConvPlain) {
+            y[i] = v;
+            return;
+        }
+        const float r = fmaxf(v, 0.f);
+        if (mode == kConvRelu)
+            y[i] = r;
+        else if (__float_as_int(r) > 0)  // a +0 cannot raise the cell: skip the atomic (half of them after ReLU)
+            atomicMax(reinterpret_cast<int*>(y) + i, __float_as_int(r));
+    }
+};
+
+// grid = ceil(n / 256), block = 256: y[i] = +0, the pooled epilogue's start
+// (the smallest value a ReLU output can have).
+__global__ void __launch_bounds__(256) conv2d_zero(float* __restrict__ y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
+    if (i < n) y[i] = 0.f;
+}
+
 constexpr int kConvThreadM = 4, kConvThreadN = 4;
 static_assert((kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN) == kConvThreads, "one 4 x 4 block per thread");
 
@@ -207,7 +264,7 @@ static_assert((kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN) == kConv
 //   16 FMAs, 256 per stage.
 __global__ void __launch_bounds__(kConvThreads)
 conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-             float* __restrict__ y, ConvShape g, int relu) {
+             float* __restrict__ y, ConvShape g, int mode) {
     __shared__ __align__(16) float As[2][kConvTileK][kConvTileM];
     __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB<float>];
     const int t = threadIdx.x;
@@ -230,8 +287,8 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
         }
     });
 
-    // Epilogue: C[m][k] goes to y[n][k][p][q] = y[n*K*PQ + k*PQ + pq], with
-    // the bias added and the ReLU applied on the way out.
+    // Epilogue: C[m][k] + b[k] goes to y through ConvOut (plain, ReLU, or ReLU + pool).
+    const ConvOut out(y, g, mode);
     float bias[kConvThreadN];
 #pragma unroll
     for (int j = 0; j < kConvThreadN; ++j) {
@@ -242,13 +299,12 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
     for (int i = 0; i < kConvThreadM; ++i) {
         const int m = m0 + tm * kConvThreadM + i;
         if (m >= M) break;
-        const int out = (m / PQ) * g.K * PQ + m % PQ;
+        const int at = out.at(g, m);
 #pragma unroll
         for (int j = 0; j < kConvThreadN; ++j) {
             const int k = k0 + tn * kConvThreadN + j;
             if (k >= g.K) break;
-            const float v = acc[i][j] + bias[j];
-            y[out + k * PQ] = relu ? fmaxf(v, 0.f) : v;
+            out.store(at + k * out.plane, acc[i][j] + bias[j]);
         }
     }
 }
@@ -271,12 +327,12 @@ constexpr int kConvLdC = kConvTileM + 4;
 //   (Bs is row-major B) per 8-deep (tf32) or 16-deep (bf16) mma step.
 // Epilogue: the accumulators go to Cs[channel][pixel] in shared memory (a
 //   fragment's lane layout is unspecified), then thread t writes pixel
-//   m0 + t % 64 of channels t / 64 + 4i with bias and ReLU: a warp stores 32
-//   consecutive pixels of one channel.
+//   m0 + t % 64 of channels t / 64 + 4i through ConvOut (bias added): a warp
+//   stores 32 consecutive pixels of one channel.
 template <typename T>
 __global__ void __launch_bounds__(kConvThreads)
 conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                  float* __restrict__ y, ConvShape g, int relu) {
+                  float* __restrict__ y, ConvShape g, int mode) {
     using namespace nvcuda;
     using In = WmmaInput<T>;
     using S = typename In::Stored;
@@ -318,11 +374,11 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     __syncthreads();  // the whole C tile is in Cs
     const int ml = t % kConvTileM, m = m0 + ml;
     if (m >= M) return;
-    const int out = (m / PQ) * g.K * PQ + m % PQ;  // y[n][0][p][q]
+    const ConvOut out(y, g, mode);
+    const int at = out.at(g, m);
     for (int kl = t / kConvTileM; kl < kConvTileN && k0 + kl < g.K; kl += kConvThreads / kConvTileM) {
         const int k = k0 + kl;
-        const float v = Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f);
-        y[out + k * PQ] = relu ? fmaxf(v, 0.f) : v;
+        out.store(at + k * out.plane, Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f));
     }
 }
 

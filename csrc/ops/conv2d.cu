@@ -38,4 +38,26 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
     }
 }
 
+void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
+                                int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
+                                cudaStream_t stream) {
+    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    const int pooled = N * K * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
+    // The epilogue max-accumulates into y: start every cell at +0 (stream order runs this first).
+    launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
+    const dim3 tiles(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN));
+    const int mode = kConvReluMaxPool;
+    if (!std::strcmp(variant, "igemm")) {
+        launch("conv2d_igemm", conv2d_igemm, tiles, dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
+    } else if (!std::strcmp(variant, "igemm_tf32")) {
+        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, tiles, dim3(kConvThreads), 0,
+               stream, x, w, b, y, g, mode);
+    } else if (!std::strcmp(variant, "igemm_bf16")) {
+        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, tiles, dim3(kConvThreads), 0, stream, x, w, b,
+               y, g, mode);
+    } else {
+        throw std::invalid_argument(std::string("conv2d_relu_maxpool: unknown variant ") + variant);
+    }
+}
+
 }  // namespace fcn

@@ -51,6 +51,11 @@ void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaS
 void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream);
+// max_pool2d(relu(conv2d(...)), 2, 2, ceil_mode=True) without storing the conv output. variant: "igemm",
+// "igemm_tf32", "igemm_bf16"; y is N x K x ceil(P/2) x ceil(Q/2).
+void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
+                                int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
+                                cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
 // x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
