@@ -38,4 +38,28 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
     }
 }
 
+void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream) {
+    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    // Split z of every C tile on grid.z (at most 65535, checked in Python); the
+    // partials go to the workspace raw: bias and ReLU wait for their sum.
+    const dim3 grid(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN), splits);
+    const float* no_bias = nullptr;
+    if (!std::strcmp(variant, "igemm")) {
+        launch("conv2d_igemm<split>", conv2d_igemm, grid, dim3(kConvThreads), 0, stream, x, w, no_bias, workspace, g, 0);
+    } else if (!std::strcmp(variant, "igemm_tf32")) {
+        launch("conv2d_igemm_tf32<split>", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, grid, dim3(kConvThreads),
+               0, stream, x, w, no_bias, workspace, g, 0);
+    } else if (!std::strcmp(variant, "igemm_bf16")) {
+        launch("conv2d_igemm_bf16<split>", conv2d_igemm_wmma<__nv_bfloat16>, grid, dim3(kConvThreads), 0, stream, x, w,
+               no_bias, workspace, g, 0);
+    } else {
+        throw std::invalid_argument(std::string("conv2d: split-K needs an igemm variant, got ") + variant);
+    }
+    const int total = N * K * g.P * g.Q;
+    launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
+           (const float*)workspace, b, y, total, splits, K, g.P * g.Q, int(relu));
+}
+
 }  // namespace fcn

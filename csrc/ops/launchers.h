@@ -51,6 +51,11 @@ void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaS
 void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream);
+// Split-K for variant "igemm", "igemm_tf32", "igemm_bf16": the depth in `splits` (>= 1) ranges, their partial
+// outputs in workspace (splits x N x K x P x Q floats), summed in split order into y with bias and ReLU.
+void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
 // x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
