@@ -56,15 +56,16 @@ def _conv2d_default_variant(be, m, k, crs):
 def _conv2d_auto_splits(m, k, crs):
     """splits=None's depth split for an igemm variant (GEMM rows m = N*P*Q,
     columns k = K, depth crs = C*R*S). A prediction for an H100 (132 SMs),
-    not a measurement: no GPU has run it. Fewer than 2 x 132 64 x 64 tiles
-    leave most SMs with one block or none (fc6 at batch 1 on a 500 x 500
-    image: 4 x 64 = 256 tiles, each 1568 stages deep), so a deep enough
-    depth (>= 4096) is split until about 1024 blocks run, as
-    conv2d_grad_weight's split rule does, keeping >= 64 stages (1024 taps) per
-    split so the workspace round trip (8 bytes per output per split) stays
-    small next to the dot products: fc6 and fc7 at batch 1 get 4 splits,
-    VGG's 3x3 layers 1. The rule reads the shape only, never the machine, so
-    the bits of a result never depend on where it ran."""
+    not a measurement: no GPU has run it. An SM holds 4 conv2d_igemm blocks
+    (64 registers x 256 threads), so fewer than 2 x 132 64 x 64 tiles leave
+    it at half occupancy or less (fc6 at batch 1 on a 500 x 500 image:
+    4 x 64 = 256 tiles, each 1568 stages deep). Then a deep enough depth
+    (>= 4096) is split until about 1024 blocks run, as conv2d_grad_weight's
+    split rule does, keeping >= 64 stages (1024 taps) per split so the
+    workspace round trip (8 bytes per output per split) stays small next to
+    the dot products. At 500 x 500, batch 1: fc6, fc7 and conv5_x get 4
+    splits, conv1-conv4 none. The rule reads the shape only, never the
+    machine or backend, so the bits of a result never depend on where it ran."""
     tiles = -(-m // 64) * -(-k // 64)
     if tiles >= 2 * 132 or crs < 4096:
         return 1

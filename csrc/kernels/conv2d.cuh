@@ -43,6 +43,16 @@
 //     the per-stage barrier as the bound, so about 2x conv2d_igemm on VGG's
 //     3x3 layers and far below tensor-core peak; closing that gap needs
 //     deeper stages, cp.async and larger warp tiles.
+//   Split-K (conv2d's `splits`, for every igemm variant): grid.z cuts the
+//     depth into ranges of whole 16-deep stages (conv2d_split_depth); block z
+//     writes its tile's partial sum, without bias or ReLU, to a workspace of
+//     splits x N x K x P x Q floats, and conv2d_split_sum adds the splits in
+//     order, then bias and ReLU: the same bits on every run. It is for few
+//     tiles over a deep filter: FCN's fc6 at batch 1 on a 500 x 500 image
+//     has 4 x 64 = 256 tiles, fewer than two per SM of an H100 (which holds
+//     four of conv2d_igemm's), each walking 1568 stages. Prediction, not a
+//     measurement: 4 splits give 1024 blocks that fill every SM, for 34 MB
+//     of workspace traffic next to the 411 MB of weights both ways stream.
 #pragma once
 #include "common.cuh"
 #include "wmma_input.cuh"

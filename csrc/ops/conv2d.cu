@@ -47,7 +47,8 @@ void launch_conv2d_split(const char* variant, const float* x, const float* w, co
     const dim3 grid(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN), splits);
     const float* no_bias = nullptr;
     if (!std::strcmp(variant, "igemm")) {
-        launch("conv2d_igemm<split>", conv2d_igemm, grid, dim3(kConvThreads), 0, stream, x, w, no_bias, workspace, g, 0);
+        launch("conv2d_igemm<split>", conv2d_igemm, grid, dim3(kConvThreads), 0, stream, x, w, no_bias, workspace, g,
+               0);
     } else if (!std::strcmp(variant, "igemm_tf32")) {
         launch("conv2d_igemm_tf32<split>", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, grid, dim3(kConvThreads),
                0, stream, x, w, no_bias, workspace, g, 0);
