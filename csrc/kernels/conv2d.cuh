@@ -52,7 +52,8 @@
 //     has 4 x 64 = 256 tiles, fewer than two per SM of an H100 (which holds
 //     four of conv2d_igemm's), each walking 1568 stages. Prediction, not a
 //     measurement: 4 splits give 1024 blocks that fill every SM, for 34 MB
-//     of workspace traffic next to the 411 MB of weights both ways stream.
+//     of workspace traffic (written once, read once) next to the 411 MB of
+//     weights that the layer streams either way.
 #pragma once
 #include "common.cuh"
 #include "wmma_input.cuh"
@@ -294,8 +295,9 @@ constexpr int kConvLdC = kConvTileM + 4;
 
 // grid = (ceil(N*P*Q / 64), ceil(K / 64), splits), block = 256 (8 warps).
 // T = precision::tf32 or __nv_bfloat16 (wmma_input.cuh). The block computes
-// the same C tile (and split) as conv2d_igemm, through the same conv2d_igemm_stages, with
-// As and Bs held in T's storage type (rounded once, when staged).
+// the same C tile and split as conv2d_igemm, through the same
+// conv2d_igemm_stages, with As and Bs held in T's storage type (rounded
+// once, when staged).
 // Compute: warp v owns pixels m0 + (v % 4) * 16 .. +15 x channels
 //   k0 + (v / 4) * 32 .. +31, two 16 x 16 float accumulators; per stage it
 //   loads one A fragment (As is column-major A, ldm 64) and two B fragments
