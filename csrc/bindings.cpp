@@ -99,6 +99,12 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_conv2d_relu_maxpool(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b),
                                         P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, S(s));
     }, nogil);
+    m.def("conv2d_split", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, Addr workspace, int splits,
+                             int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw,
+                             bool relu, Addr s) {
+        fcn::launch_conv2d_split(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b), P<float>(y),
+                                 P<float>(workspace), splits, N, C, H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
+    }, nogil);
 
     // ---- head
     m.def("upsample_argmax", [](Addr x, Addr w, Addr labels, Addr probs, int N, int C, int H, int W, int R, int S_,

@@ -21,7 +21,9 @@ CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16")
 # The math each variant does (DESIGN.md section 3 gives each its tolerance).
 CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16"}
 SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
-__all__ += ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "conv2d_variants"]
+# The variants that can split their depth (split-K, conv2d's `splits`).
+CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
+__all__ += ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "CONV2D_SPLIT_VARIANTS", "conv2d_variants"]
 
 
 def conv2d_variants(w_shape, precision=None):
@@ -51,7 +53,26 @@ def _conv2d_default_variant(be, m, k, crs):
     return "igemm"
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
+def _conv2d_auto_splits(m, k, crs):
+    """splits=None's depth split for an igemm variant (GEMM rows m = N*P*Q,
+    columns k = K, depth crs = C*R*S). A prediction for an H100 (132 SMs),
+    not a measurement: no GPU has run it. An SM holds 4 conv2d_igemm blocks
+    (64 registers x 256 threads), so fewer than 2 x 132 64 x 64 tiles leave
+    it at half occupancy or less (fc6 at batch 1 on a 500 x 500 image:
+    4 x 64 = 256 tiles, each 1568 stages deep). Then a deep enough depth
+    (>= 4096) is split until about 1024 blocks run, as conv2d_grad_weight's
+    split rule does, keeping >= 64 stages (1024 taps) per split so the
+    workspace round trip (8 bytes per output per split) stays small next to
+    the dot products. At 500 x 500, batch 1: fc6, fc7 and conv5_x get 4
+    splits, conv1-conv4 none. The rule reads the shape only, never the
+    machine or backend, so the bits of a result never depend on where it ran."""
+    tiles = -(-m // 64) * -(-k // 64)
+    if tiles >= 2 * 132 or crs < 4096:
+        return 1
+    return min(-(-1024 // tiles), -(-crs // 16) // 64)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None):
     """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
 
     x: N x C x H x W, w: K x C x R x S, b: K or None; stride (>= 1) and
@@ -60,10 +81,23 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     variant: one of CONV2D_VARIANTS, or None for the fastest for the backend
     and shape (igemm, but direct on the host when igemm's tiles are mostly
     padding, e.g. a handful of output pixels or channels).
+    splits: split-K for the igemm variants (CONV2D_SPLIT_VARIANTS): the
+    depth C*R*S is cut into `splits` ranges of whole 16-tap stages, computed
+    by separate blocks into a workspace (splits x N x K x P x Q floats) and
+    summed in a fixed order, so the bits depend on the shape and `splits`
+    only. None: automatic (_conv2d_auto_splits: > 1 only for few output tiles
+    over a deep filter, fc6 / fc7 at batch 1); 1: no split; an int up to
+    ceil(C*R*S / 16) forces it (with variant None, the default variant if it
+    is an igemm one, else igemm).
     """
     be = _backend.active()
     if variant is not None:
         V.choice(variant, "variant", CONV2D_VARIANTS)
+    if splits is not None:
+        splits = V.integer(splits, "splits", minimum=1)
+        if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
+            raise ValueError(f"splits = {splits} needs one of the variants {list(CONV2D_SPLIT_VARIANTS)}; "
+                             f"{variant} does not split its depth")
     x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
     w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
     n, c, h, wd = x.shape
@@ -99,10 +133,25 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None):
     if n * k * p * q > limit:
         raise ValueError(f"the output (N x K x P x Q = {n} x {k} x {p} x {q}) would have {n * k * p * q} "
                          f"elements; the kernels index with 32-bit ints (at most {limit} here)")
-    variant = variant or _conv2d_default_variant(be, n * p * q, k, c * r * s)
+    stages = -(-(c * r * s) // 16)
+    if splits is not None and splits > min(stages, 65535):  # grid.z holds the splits
+        raise ValueError(f"splits must be at most {min(stages, 65535)} (the 16-tap stages of C*R*S = "
+                         f"{c * r * s}), got {splits}")
+    if variant is None:
+        variant = _conv2d_default_variant(be, n * p * q, k, c * r * s)
+        if splits is not None and splits > 1 and variant not in CONV2D_SPLIT_VARIANTS:
+            variant = "igemm"
+    if splits is None:
+        splits = _conv2d_auto_splits(n * p * q, k, c * r * s) if variant in CONV2D_SPLIT_VARIANTS else 1
+    V.fits_int32(splits * n * k * p * q + 255, f"the workspace of splits = {splits} partial outputs")
     y = be.empty((n, k, p, q))
-    be.ext.conv2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-                  n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+    if splits == 1:
+        be.ext.conv2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+                      n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+    else:
+        ws = be.empty((splits * n * k * p * q,))
+        be.ext.conv2d_split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+                            be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     return y
 
 # ---- conv2d_relu_maxpool (the end of a VGG block: conv, ReLU, pool in one pass)

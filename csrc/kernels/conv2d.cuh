@@ -53,6 +53,18 @@
 // result is deterministic and equals max_pool2d(conv2d(relu=True)) bit for bit
 // (fmaxf turns a NaN sum into 0 in both; v is never -0: the accumulators start
 // at +0 and a round-to-nearest sum is -0 only when both addends are).
+//
+//   Split-K (conv2d's `splits`, for every igemm variant): grid.z cuts the
+//     depth into ranges of whole 16-deep stages (conv2d_split_depth); block z
+//     writes its tile's partial sum, without bias or ReLU, to a workspace of
+//     splits x N x K x P x Q floats, and conv2d_split_sum adds the splits in
+//     order, then bias and ReLU: the same bits on every run. It is for few
+//     tiles over a deep filter: FCN's fc6 at batch 1 on a 500 x 500 image
+//     has 4 x 64 = 256 tiles, fewer than two per SM of an H100 (which holds
+//     four of conv2d_igemm's), each walking 1568 stages. Prediction, not a
+//     measurement: 4 splits give 1024 blocks that fill every SM, for 34 MB
+//     of workspace traffic (written once, read once) next to the 411 MB of
+//     weights that the layer streams either way.
 #pragma once
 #include "common.cuh"
 #include "wmma_input.cuh"
@@ -128,11 +140,29 @@ struct Fp32Input {
     __device__ static float convert(float v) { return v; }
 };
 
-// The pipeline every igemm variant shares: it walks the GEMM depth of the
-// block's C tile (pixels m0 .. m0+63 x channels k0 .. k0+63) in 16-deep
-// stages, and calls math(stage) once As[stage] (tap x pixel) and Bs[stage]
-// (tap x channel) hold the stage, converted by In::convert. All 256 threads
-// of the block must call it.
+// Split-K: with gridDim.z = splits > 1, block z of the igemm kernels walks
+// only stages [z * stages / splits, (z + 1) * stages / splits) of the
+// ceil(C*R*S / 16) stages of the depth and writes its partial C tile to
+// y + z * N*K*P*Q, where the launcher passes the workspace as y, with no bias
+// and no ReLU; conv2d_split_sum then adds the splits in order. The stages are
+// dealt out as evenly as integers allow (none empty while splits <= stages),
+// and the boundaries depend on the shape and the split count only.
+struct DepthRange {
+    int begin, end;
+};
+
+__device__ __forceinline__ DepthRange conv2d_split_depth(int CRS) {
+    const long long stages = ceil_div(CRS, kConvTileK), z = blockIdx.z, splits = gridDim.z;
+    return {int(z * stages / splits) * kConvTileK, min(CRS, int((z + 1) * stages / splits) * kConvTileK)};
+}
+
+// The pipeline every igemm variant shares: it walks the depth range
+// [kk_begin, kk_end) of the block's C tile (pixels m0 .. m0+63 x channels
+// k0 .. k0+63) in 16-deep stages, and calls math(stage) once As[stage] (tap x
+// pixel) and Bs[stage] (tap x channel) hold the stage, converted by
+// In::convert. kk_begin is a multiple of 16 and kk_end one too or C*R*S (a
+// split of conv2d_split_depth, or the whole depth). All 256 threads of the
+// block must call it.
 // Loads of one stage (4 values of A and 4 of B per thread):
 //   A: thread t gathers pixel m0 + t % 64 for taps t / 64 + {0, 4, 8, 12}:
 //      a warp reads 32 consecutive output pixels of one tap, i.e. consecutive
@@ -145,8 +175,8 @@ struct Fp32Input {
 // current one; with two shared buffers one barrier per stage suffices.
 template <typename In, typename Math>
 __device__ __forceinline__ void conv2d_igemm_stages(
-    const float* __restrict__ x, const float* __restrict__ w, const ConvShape& g, int m0, int k0,
-    typename In::Stored (&As)[2][kConvTileK][kConvTileM],
+    const float* __restrict__ x, const float* __restrict__ w, const ConvShape& g, int m0, int k0, int kk_begin,
+    int kk_end, typename In::Stored (&As)[2][kConvTileK][kConvTileM],
     typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored>], Math&& math) {
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
@@ -161,7 +191,7 @@ __device__ __forceinline__ void conv2d_igemm_stages(
     constexpr int kSlotStride = kConvThreads / kConvTileM;          // 4 taps apart
     const Tap slot_step = tap_of(kSlotStride, g.R, g.S);
     const Tap stage_step = tap_of(kConvTileK, g.R, g.S);
-    Tap tap = tap_of(t / kConvTileM, g.R, g.S);  // slot 0 of the current stage
+    Tap tap = tap_of(kk_begin + t / kConvTileM, g.R, g.S);  // slot 0 of the current stage
 
     // B loader: tap t % 16 of channels k0 + t / 16 + 16 * i.
     const int bkk = t % kConvTileK, bk = t / kConvTileK;
@@ -186,8 +216,8 @@ __device__ __forceinline__ void conv2d_igemm_stages(
         }
     };
 
-    fetch(0);
-    for (int kk0 = 0, stage = 0; kk0 < CRS; kk0 += kConvTileK, stage ^= 1) {
+    fetch(kk_begin);
+    for (int kk0 = kk_begin, stage = 0; kk0 < kk_end; kk0 += kConvTileK, stage ^= 1) {
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier, so it can be overwritten without waiting.
 #pragma unroll
@@ -196,7 +226,7 @@ __device__ __forceinline__ void conv2d_igemm_stages(
             Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = In::convert(b_next[i]);
         }
         __syncthreads();  // the stage is complete before anyone reads it
-        if (kk0 + kConvTileK < CRS) {
+        if (kk0 + kConvTileK < kk_end) {
             // Issue the next stage's global loads now; their latency hides
             // behind the math below.
             tap = tap_add(tap, stage_step, g.R, g.S);
@@ -256,9 +286,9 @@ __global__ void __launch_bounds__(256) conv2d_zero(float* __restrict__ y, int n)
 constexpr int kConvThreadM = 4, kConvThreadN = 4;
 static_assert((kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN) == kConvThreads, "one 4 x 4 block per thread");
 
-// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256.
+// grid = (ceil(N*P*Q / 64), ceil(K / 64), splits), block = 256.
 // The block computes the C tile of pixels m0 .. m0+63 x channels k0 .. k0+63
-// through conv2d_igemm_stages.
+// through conv2d_igemm_stages, over its split's depth (conv2d_split_depth).
 // Compute: thread t owns pixels m0 + tm*4 .. +3 and channels k0 + tn*4 .. +3
 //   (tm = t % 16, tn = t / 16): per tap, one float4 of As and one of Bs feed
 //   16 FMAs, 256 per stage.
@@ -272,8 +302,11 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
     const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
     const int tm = t % (kConvTileM / kConvThreadM), tn = t / (kConvTileM / kConvThreadM);
 
+    const DepthRange depth = conv2d_split_depth(g.C * g.R * g.S);
+    y += int(blockIdx.z) * M * g.K;  // this split's partial C (split 0: y itself)
+
     float acc[kConvThreadM][kConvThreadN] = {};
-    conv2d_igemm_stages<Fp32Input>(x, w, g, m0, k0, As, Bs, [&](int stage) {
+    conv2d_igemm_stages<Fp32Input>(x, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
             const float4 a = *reinterpret_cast<const float4*>(&As[stage][k][tm * kConvThreadM]);
@@ -317,10 +350,11 @@ constexpr int kConvWarpFrags = kConvWarpTileN / 16;  // ... as two 16 x 16 accum
 // store, and the column-major fragment stores spread over the banks.
 constexpr int kConvLdC = kConvTileM + 4;
 
-// grid = (ceil(N*P*Q / 64), ceil(K / 64)), block = 256 (8 warps).
+// grid = (ceil(N*P*Q / 64), ceil(K / 64), splits), block = 256 (8 warps).
 // T = precision::tf32 or __nv_bfloat16 (wmma_input.cuh). The block computes
-// the same C tile as conv2d_igemm, through the same conv2d_igemm_stages, with
-// As and Bs held in T's storage type (rounded once, when staged).
+// the same C tile and split as conv2d_igemm, through the same
+// conv2d_igemm_stages, with As and Bs held in T's storage type (rounded
+// once, when staged).
 // Compute: warp v owns pixels m0 + (v % 4) * 16 .. +15 x channels
 //   k0 + (v / 4) * 32 .. +31, two 16 x 16 float accumulators; per stage it
 //   loads one A fragment (As is column-major A, ldm 64) and two B fragments
@@ -351,10 +385,13 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     static_assert(kConvTileM / 16 * (kConvTileN / kConvWarpTileN) * kWarpSize == kConvThreads,
                   "8 warps cover the tile");
 
+    const DepthRange depth = conv2d_split_depth(g.C * g.R * g.S);
+    y += int(blockIdx.z) * M * g.K;  // this split's partial C (split 0: y itself)
+
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kConvWarpFrags];
 #pragma unroll
     for (int j = 0; j < kConvWarpFrags; ++j) wmma::fill_fragment(acc[j], 0.f);
-    conv2d_igemm_stages<In>(x, w, g, m0, k0, As, Bs, [&](int stage) {
+    conv2d_igemm_stages<In>(x, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
 #pragma unroll
         for (int kk = 0; kk < kConvTileK; kk += kK) {
             wmma::fragment<wmma::matrix_a, 16, 16, kK, T, wmma::col_major> a;
@@ -380,6 +417,24 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
         const int k = k0 + kl;
         out.store(at + k * out.plane, Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f));
     }
+}
+
+// ---------------------------------------------------------------- split-K sum
+
+// grid = ceil(N*K*P*Q / 256), block = 256. Thread i adds element i (NCHW
+// order, like y) of every split's partial C in split order, then the bias and
+// the ReLU: the second pass of split-K, conv2d_grad_weight's split_sum
+// (conv2d_backward.cuh) with the conv epilogue. Fixed order and no atomics,
+// so the bits depend on the split count only, not on how blocks are scheduled.
+__global__ void __launch_bounds__(256)
+conv2d_split_sum(const float* __restrict__ partial, const float* __restrict__ b, float* __restrict__ y, int total,
+                 int splits, int K, int PQ, int relu) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
+    if (i >= total) return;
+    float acc = 0.f;
+    for (int z = 0; z < splits; ++z) acc += __ldg(&partial[z * total + i]);
+    if (b) acc += __ldg(&b[i / PQ % K]);
+    y[i] = relu ? fmaxf(acc, 0.f) : acc;
 }
 
 }  // namespace fcn

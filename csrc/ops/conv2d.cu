@@ -8,6 +8,28 @@
 
 namespace fcn {
 
+namespace {
+
+// Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma one)
+// on `grid` with epilogue `mode`; false for a variant that is not one of them.
+bool launch_igemm(const char* variant, dim3 grid, const float* x, const float* w, const float* b, float* y,
+                  const ConvShape& g, int mode, cudaStream_t stream) {
+    if (!std::strcmp(variant, "igemm")) {
+        launch("conv2d_igemm", conv2d_igemm, grid, dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
+    } else if (!std::strcmp(variant, "igemm_tf32")) {
+        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, grid, dim3(kConvThreads), 0,
+               stream, x, w, b, y, g, mode);
+    } else if (!std::strcmp(variant, "igemm_bf16")) {
+        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, grid, dim3(kConvThreads), 0, stream, x, w, b, y,
+               g, mode);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream) {
@@ -17,8 +39,6 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
     if (!std::strcmp(variant, "direct")) {
         launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
                b, y, g, int(relu));
-    } else if (!std::strcmp(variant, "igemm")) {
-        launch("conv2d_igemm", conv2d_igemm, tiles, dim3(kConvThreads), 0, stream, x, w, b, y, g, int(relu));
     } else if (!std::strcmp(variant, "small_c")) {
         // The taps of a pixel live in registers: their count must be a compile-time bound.
         const int crs = C * R * S;
@@ -27,13 +47,7 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                     : crs <= 32 ? conv2d_small_c<32> : conv2d_small_c<kSmallCMaxTaps>;
         launch("conv2d_small_c", kernel, dim3(ceil_div(N * g.P * g.Q, kSmallCThreads), ceil_div(K, kSmallCGroup)),
                dim3(kSmallCThreads), 0, stream, x, w, b, y, g, int(relu));
-    } else if (!std::strcmp(variant, "igemm_tf32")) {
-        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, tiles, dim3(kConvThreads), 0,
-               stream, x, w, b, y, g, int(relu));
-    } else if (!std::strcmp(variant, "igemm_bf16")) {
-        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, tiles, dim3(kConvThreads), 0, stream, x, w, b,
-               y, g, int(relu));
-    } else {
+    } else if (!launch_igemm(variant, tiles, x, w, b, y, g, relu ? kConvRelu : kConvPlain, stream)) {
         throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
     }
 }
@@ -46,18 +60,22 @@ void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float
     // The epilogue max-accumulates into y: start every cell at +0 (stream order runs this first).
     launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
     const dim3 tiles(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN));
-    const int mode = kConvReluMaxPool;
-    if (!std::strcmp(variant, "igemm")) {
-        launch("conv2d_igemm", conv2d_igemm, tiles, dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
-    } else if (!std::strcmp(variant, "igemm_tf32")) {
-        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, tiles, dim3(kConvThreads), 0,
-               stream, x, w, b, y, g, mode);
-    } else if (!std::strcmp(variant, "igemm_bf16")) {
-        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, tiles, dim3(kConvThreads), 0, stream, x, w, b,
-               y, g, mode);
-    } else {
+    if (!launch_igemm(variant, tiles, x, w, b, y, g, kConvReluMaxPool, stream))
         throw std::invalid_argument(std::string("conv2d_relu_maxpool: unknown variant ") + variant);
-    }
+}
+
+void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream) {
+    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    // Split z of every C tile on grid.z (at most 65535, checked in Python); the
+    // partials go to the workspace raw: bias and ReLU wait for their sum.
+    const dim3 grid(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN), splits);
+    if (!launch_igemm(variant, grid, x, w, nullptr, workspace, g, kConvPlain, stream))
+        throw std::invalid_argument(std::string("conv2d: split-K needs an igemm variant, got ") + variant);
+    const int total = N * K * g.P * g.Q;
+    launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
+           (const float*)workspace, b, y, total, splits, K, g.P * g.Q, int(relu));
 }
 
 }  // namespace fcn

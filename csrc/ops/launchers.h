@@ -47,7 +47,8 @@ void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment,
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
 
 // ---- conv2d.cu
-// variant: "direct", "igemm"; b may be null; y is N x K x P x Q with P, Q derived from the rest.
+// variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16"); b may be null;
+// y is N x K x P x Q with P, Q derived from the rest.
 void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream);
@@ -56,6 +57,11 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
 void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
                                 int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
                                 cudaStream_t stream);
+// Split-K for variant "igemm", "igemm_tf32", "igemm_bf16": the depth in `splits` (>= 1) ranges, their partial
+// outputs in workspace (splits x N x K x P x Q floats), summed in split order into y with bias and ReLU.
+void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
 // x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
