@@ -72,6 +72,37 @@ def _conv2d_auto_splits(m, k, crs):
     return min(-(-1024 // tiles), -(-crs // 16) // 64)
 
 
+def _conv_args(x, w, b, stride, padding, op, be):
+    """The checks every convolution entry point makes: (x, w, b, (N, C, H, W,
+    K, R, S, sh, sw, ph, pw, P, Q))."""
+    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    n, c, h, wd = x.shape
+    k, cw, r, s = w.shape
+    if cw != c:
+        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
+                         f"(shape {tuple(x.shape)})")
+    if k > 65535 * 64:  # the igemm kernels put 64-channel tiles on grid.y
+        raise ValueError(f"w has {k} output channels; {op} supports at most {65535 * 64}")
+    if b is not None:
+        b = V.array(b, "b", ndim=1, be=be)
+        if b.shape[0] != k:
+            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    if max(sh, sw) > V.INT32_LIMIT:
+        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
+    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
+                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
+    p = (h + 2 * ph - r) // sh + 1
+    q = (wd + 2 * pw - s) // sw + 1
+    if p <= 0 or q <= 0:
+        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
+                         f"{h} x {wd} image with padding {(ph, pw)}")
+    return x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q)
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None):
     """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
 
@@ -98,36 +129,12 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
             raise ValueError(f"splits = {splits} needs one of the variants {list(CONV2D_SPLIT_VARIANTS)}; "
                              f"{variant} does not split its depth")
-    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
-    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
-    n, c, h, wd = x.shape
-    k, cw, r, s = w.shape
-    if cw != c:
-        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
-                         f"(shape {tuple(x.shape)})")
+    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding, "conv2d", be)
     if variant == "small_c" and c * r * s > SMALL_C_MAX_TAPS:
         raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
                          f"supports at most 64")
-    if k > 65535 * 64:  # igemm puts 64-channel tiles on grid.y
-        raise ValueError(f"w has {k} output channels; conv2d supports at most {65535 * 64}")
-    if b is not None:
-        b = V.array(b, "b", ndim=1, be=be)
-        if b.shape[0] != k:
-            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
-    sh, sw = V.pair(stride, "stride", minimum=1)
-    ph, pw = V.pair(padding, "padding", minimum=0)
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
-    if max(sh, sw) > V.INT32_LIMIT:
-        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
-    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
-        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
-                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
-    p = (h + 2 * ph - r) // sh + 1
-    q = (wd + 2 * pw - s) // sw + 1
-    if p <= 0 or q <= 0:
-        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
-                         f"{h} x {wd} image with padding {(ph, pw)}")
     # The launchers round the output up to whole 256-thread blocks in int arithmetic.
     limit = V.INT32_LIMIT - 255
     if n * k * p * q > limit:
@@ -173,31 +180,8 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
     """
     be = _backend.active()
     variant = "igemm" if variant is None else V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
-    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
-    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
-    n, c, h, wd = x.shape
-    k, cw, r, s = w.shape
-    if cw != c:
-        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
-                         f"(shape {tuple(x.shape)})")
-    if k > 65535 * 64:  # 64-channel tiles on grid.y
-        raise ValueError(f"w has {k} output channels; conv2d_relu_maxpool supports at most {65535 * 64}")
-    if b is not None:
-        b = V.array(b, "b", ndim=1, be=be)
-        if b.shape[0] != k:
-            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
-    sh, sw = V.pair(stride, "stride", minimum=1)
-    ph, pw = V.pair(padding, "padding", minimum=0)
-    if max(sh, sw) > V.INT32_LIMIT:
-        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
-    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
-        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
-                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
-    p = (h + 2 * ph - r) // sh + 1
-    q = (wd + 2 * pw - s) // sw + 1
-    if p <= 0 or q <= 0:
-        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
-                         f"{h} x {wd} image with padding {(ph, pw)}")
+    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding,
+                                                                     "conv2d_relu_maxpool", be)
     po, qo = (p + 1) // 2, (q + 1) // 2
     # The kernels round pixels and outputs up to whole blocks in int arithmetic.
     V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
