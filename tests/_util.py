@@ -38,3 +38,13 @@ def nan_filled(be, shape, dtype=np.float32):
     a = be.xp.empty(shape, dtype=dtype)
     a.fill(np.nan)
     return a
+
+
+def conv_call(dtype, h, w, r, s, stride, padding):
+    """What a fuzzed convolution call should do: (valid, (sh, sw), (ph, pw)),
+    valid when the dtype is float32, stride >= 1, padding >= 0 and the R x S
+    kernel fits the padded H x W image; stride / padding are ints or pairs."""
+    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    valid = dtype == np.float32 and min(sh, sw) >= 1 and min(ph, pw) >= 0 and h + 2 * ph >= r and w + 2 * pw >= s
+    return valid, (sh, sw), (ph, pw)

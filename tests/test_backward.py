@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import fcn_cuda
 from fcn_cuda import _backend, ops
 
-from _util import assert_close, to_numpy
+from _util import assert_close, conv_call, to_numpy
 
 pytestmark = pytest.mark.kernels
 
@@ -400,9 +400,7 @@ def test_sgd_step(be, rng, hyper):
 def test_fuzz_conv2d_grad_weight(be, n, c, h, w, k, r, s, stride, padding, relu, dtype, seed):
     rng = np.random.default_rng(seed)
     x = randn(rng, n, c, h, w).astype(dtype)
-    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
-    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
-    valid = dtype == np.float32 and min(sh, sw) >= 1 and min(ph, pw) >= 0 and h + 2 * ph >= r and w + 2 * pw >= s
+    valid, (sh, sw), (ph, pw) = conv_call(dtype, h, w, r, s, stride, padding)
     p = (h + 2 * ph - r) // max(sh, 1) + 1 if valid else 2
     q = (w + 2 * pw - s) // max(sw, 1) + 1 if valid else 2
     gy = randn(rng, n, k, p, q)

@@ -13,14 +13,17 @@ from hypothesis import strategies as st
 
 from fcn_cuda import ops
 
-from _util import FP32, assert_close, to_numpy
+from _util import FP32, HALF, TF32, assert_close, conv_call, to_numpy
 
 pytestmark = pytest.mark.kernels
 
-# The fp32 variants that take every filter: small_c (C*R*S <= 64) is tested
-# in test_conv2d_small_c.py, the tensor-core ones (TF32 / bf16 tolerances)
-# in test_conv2d_tensorcore.py.
+# The variants that take every filter (small_c, C*R*S <= 64, has its own
+# file); each held to its precision's tolerance. The fp32 ones also go
+# through the FCN layers, the fuzz and the bad-input tests here; the
+# tensor-core ones have theirs in test_conv2d_tensorcore.py.
+ALL_VARIANTS = ops.conv2d_variants((1, 65, 1, 1))
 VARIANTS = ops.conv2d_variants((1, 65, 1, 1), "fp32")
+TOLERANCE = {"fp32": FP32, "tf32": TF32, "bf16": HALF}
 
 
 def reference(x, w, b, stride, padding, relu):
@@ -41,7 +44,7 @@ def check(be, rng, variant, n, c, h, w, k, r, s, stride, padding, relu, bias):
     x, wt, b = draw(be, rng, n, c, h, w, k, r, s, bias)
     y = ops.conv2d(x, wt, b, stride=stride, padding=padding, relu=relu, variant=variant)
     assert isinstance(y, be.xp.ndarray) and y.dtype == np.float32
-    assert_close(y, reference(x, wt, b, stride, padding, relu), FP32,
+    assert_close(y, reference(x, wt, b, stride, padding, relu), TOLERANCE[ops.CONV2D_PRECISION[variant]],
                  what=f"{variant} conv2d x{(n, c, h, w)} w{(k, c, r, s)} stride {stride} pad {padding}")
 
 
@@ -64,11 +67,23 @@ SHAPES = [
     (2, 3, 9, 7, 5, 3, 1, 1, (1, 0)),      # non-square kernels
     (2, 3, 9, 7, 5, 1, 5, (2, 1), (0, 2)),
     (2, 3, 7, 5, 4, 7, 5, 1, 0),           # kernel as large as the image: 1x1 output
+    # the tensor-core variants' stage and tile boundaries
+    (2, 1, 1, 1, 3, 1, 1, 1, 0),            # 1x1 image, 1x1 kernel, depth 1
+    (2, 3, 1, 1, 5, 3, 3, 1, 1),            # 1x1 image, only the centre tap is inside
+    (2, 1, 9, 7, 8, 3, 3, 1, 1),            # depth 9: one partial stage
+    (2, 3, 13, 11, 21, 7, 7, 2, 3),         # 7x7, stride 2, pad 3
+    (2, 21, 9, 7, 70, 3, 3, 2, 1),          # K = 70: a partial second channel tile
+    (2, 64, 7, 5, 64, 1, 1, 1, 0),          # depth 64: four whole stages
+    (2, 70, 5, 3, 21, 3, 3, 1, 1),          # C = 70: depth 630 ends mid-stage
+    (2, 21, 19, 17, 8, 3, 3, 1, 0),         # 510 pixels: 8 pixel tiles, the last partial
+    (2, 3, 9, 7, 5, 1, 1, 2, 3),            # strided 1x1 with padding: border pixels are bias only
+    (2, 3, 9, 7, 5, 3, 1, (2, 1), (1, 0)),  # non-square kernel, stride and padding pairs
+    (2, 3, 7, 5, 4, 7, 5, 1, 0),            # kernel as large as the image: 1x1 output
 ]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + f"_s{s[7]}_p{s[8]}")
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_shapes(be, rng, variant, shape):
     i = SHAPES.index(shape)
     check(be, rng, variant, *shape, relu=i % 2 == 0, bias=i % 3 != 0)
@@ -76,7 +91,7 @@ def test_shapes(be, rng, variant, shape):
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_relu_and_bias(be, rng, variant, relu, bias):
     check(be, rng, variant, 2, 3, 13, 11, 21, 3, 3, 1, 1, relu, bias)
 
@@ -140,10 +155,7 @@ def test_fuzz(be, n, c, h, w, k, r, s, stride, padding, relu, bias, dtype, varia
     """Each random call either matches torch or raises ValueError / TypeError."""
     x, wt, b = draw(be, np.random.default_rng(seed), n, c, h, w, k, r, s, bias)
     x = x.astype(dtype)
-    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
-    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
-    valid = (dtype == np.float32 and min(sh, sw) >= 1 and min(ph, pw) >= 0
-             and h + 2 * ph >= r and w + 2 * pw >= s)
+    valid, _, _ = conv_call(dtype, h, w, r, s, stride, padding)
     if not valid:
         with pytest.raises((ValueError, TypeError)):
             ops.conv2d(x, wt, b, stride, padding, relu, variant)

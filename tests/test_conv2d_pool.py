@@ -21,7 +21,7 @@ import fcn_cuda
 from fcn_cuda import model as M
 from fcn_cuda import ops
 
-from _util import FP32, HALF, TF32, assert_close, to_numpy
+from _util import FP32, HALF, TF32, assert_close, conv_call, to_numpy
 from test_conv2d import draw  # the fixed-seed inputs
 from torch_fcn import random_fcn, state_dict_f32
 
@@ -148,10 +148,7 @@ def test_fuzz(be, n, c, h, w, k, r, s, stride, padding, bias, dtype, variant, se
     or raises ValueError / TypeError."""
     x, wt, b = draw(be, np.random.default_rng(seed), n, c, h, w, k, r, s, bias)
     x = x.astype(dtype)
-    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
-    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
-    valid = (dtype == np.float32 and min(sh, sw) >= 1 and min(ph, pw) >= 0
-             and h + 2 * ph >= r and w + 2 * pw >= s)
+    valid, _, _ = conv_call(dtype, h, w, r, s, stride, padding)
     if not valid:
         with pytest.raises((ValueError, TypeError)):
             ops.conv2d_relu_maxpool(x, wt, b, stride, padding, variant)

@@ -9,24 +9,17 @@ NaN into +inf).
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fcn_cuda import ops
 
 from _util import FP32, assert_close, to_numpy
+from test_conv2d import reference  # the float64 torch reference
 
 pytestmark = pytest.mark.kernels
 
 MAX_TAPS = 64
-
-
-def reference(x, w, b, stride, padding, relu):
-    t = lambda a: None if a is None else torch.from_numpy(to_numpy(a)).double()
-    y = F.conv2d(t(x), t(w), t(b), stride=stride, padding=padding)
-    return (F.relu(y) if relu else y).numpy()
 
 
 def draw(be, rng, n, c, h, w, k, r, s, bias=True):

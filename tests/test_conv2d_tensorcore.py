@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from fcn_cuda import ops
 
 from _util import FP32, HALF, TF32, assert_close, errors, to_numpy
-from test_conv2d import draw, reference  # the float64 torch reference and the fixed-seed inputs
+# the float64 torch reference, the fixed-seed inputs and the check at each variant's tolerance; test_conv2d's
+# shape and relu/bias tests run these variants too
+from test_conv2d import check, draw, reference
 
 pytestmark = pytest.mark.kernels
 
@@ -43,50 +45,10 @@ def bf16_round(a):
 ROUNDING = {"igemm_tf32": tf32_round, "igemm_bf16": bf16_round}
 
 
-def check(be, rng, variant, n, c, h, w, k, r, s, stride, padding, relu, bias):
-    x, wt, b = draw(be, rng, n, c, h, w, k, r, s, bias)
-    y = ops.conv2d(x, wt, b, stride=stride, padding=padding, relu=relu, variant=variant)
-    assert isinstance(y, be.xp.ndarray) and y.dtype == np.float32
-    assert np.isfinite(to_numpy(y)).all(), f"{variant} wrote a non-finite value"
-    assert_close(y, reference(x, wt, b, stride, padding, relu), TOL[variant],
-                 what=f"{variant} conv2d x{(n, c, h, w)} w{(k, c, r, s)} stride {stride} pad {padding}")
-
-
 def test_variants_registered():
     assert set(VARIANTS) <= set(ops.CONV2D_VARIANTS)
 
 
-# (N, C, H, W, K, R, S, stride, padding): batch 2, channels 1/3/21/64/70,
-# odd sizes that are multiples of no tile, K below / above / not a multiple
-# of the 64-channel tile, depths C*R*S that end mid-stage, 1x1 / 3x3 / 7x7
-# and non-square kernels, strides 1 / 2 / pairs, paddings 0 / 1 / 3 / pairs.
-SHAPES = [
-    (2, 1, 1, 1, 3, 1, 1, 1, 0),            # 1x1 image, 1x1 kernel, depth 1
-    (2, 3, 1, 1, 5, 3, 3, 1, 1),            # 1x1 image, only the centre tap is inside
-    (2, 1, 9, 7, 8, 3, 3, 1, 1),            # depth 9: one partial stage
-    (2, 3, 13, 11, 21, 7, 7, 2, 3),         # 7x7, stride 2, pad 3
-    (2, 21, 9, 7, 70, 3, 3, 2, 1),          # K = 70: a partial second channel tile
-    (2, 64, 7, 5, 64, 1, 1, 1, 0),          # depth 64: four whole stages
-    (2, 70, 5, 3, 21, 3, 3, 1, 1),          # C = 70: depth 630 ends mid-stage
-    (2, 21, 19, 17, 8, 3, 3, 1, 0),         # 510 pixels: 8 pixel tiles, the last partial
-    (2, 3, 9, 7, 5, 1, 1, 2, 3),            # strided 1x1 with padding: border pixels are bias only
-    (2, 3, 9, 7, 5, 3, 1, (2, 1), (1, 0)),  # non-square kernel, stride and padding pairs
-    (2, 3, 7, 5, 4, 7, 5, 1, 0),            # kernel as large as the image: 1x1 output
-]
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + f"_s{s[7]}_p{s[8]}")
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_shapes(be, rng, variant, shape):
-    i = SHAPES.index(shape)
-    check(be, rng, variant, *shape, relu=i % 2 == 0, bias=i % 3 != 0)
-
-
-@pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_relu_and_bias(be, rng, variant, relu, bias):
-    check(be, rng, variant, 2, 3, 13, 11, 21, 3, 3, 1, 1, relu, bias)
 
 
 # FCN's layer configurations (FCN_REFERENCE.md) at small spatial size; the
