@@ -11,12 +11,12 @@ long tests take); they are not GPU numbers.
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import fcn_cuda
 from fcn_cuda import ops
+from timing import median_seconds  # benchmarks/timing.py: this script's own folder is on sys.path
 
 LAYER = (1, 64, 64, 64, 64, 3, 3, 1, 1)  # N, C, H, W, K, R, S, stride, padding
 SWEEP = [
@@ -31,15 +31,6 @@ SWEEP = [
     (1, 4096, 4, 4, 21, 1, 1, 1, 0),    # score_fr on 16 pixels
 ]
 
-
-def median_seconds(fn, runs):
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def bench(shape, runs, rng):

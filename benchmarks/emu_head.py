@@ -15,28 +15,18 @@ not GPU numbers.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import fcn_cuda
 from fcn_cuda import ops
+from timing import median_seconds  # benchmarks/timing.py: this script's own folder is on sys.path
 
 CASES = [  # (C, h, w, k, stride, out, offset)
     (21, 63, 63, 16, 8, 500, 6),
     (21, 70, 70, 16, 8, 500, 31),
 ]
 
-
-def median_seconds(fn, runs):
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():

@@ -13,8 +13,6 @@ timings of the emulation, never GPU figures.
 
 import argparse
 import os
-import statistics
-import time
 
 # NumPy's OpenBLAS threads spin after BLAS calls and steal the cores the
 # emulator's workers run on; this script does no BLAS work.
@@ -24,16 +22,8 @@ import numpy as np  # noqa: E402
 
 import fcn_cuda
 from fcn_cuda import _backend
+from timing import median_seconds  # benchmarks/timing.py: this script's own folder is on sys.path
 
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():

@@ -20,6 +20,18 @@ from dataclasses import dataclass, field
 FLUSH_BYTES = 256 << 20
 
 
+def median_seconds(fn, runs):
+    """Wall-clock median of `runs` calls of fn after one warm-up call (the
+    standalone emulator scripts beside this package use it)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 @dataclass
 class Timing:
     """Per-run times in milliseconds and their summary."""
