@@ -194,13 +194,16 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
 
 def _conv2d_relu_maxpool_variant(x_shape, w_shape, padding):
     """The variant conv2d picks by default for this stride-1 layer when
-    conv2d_relu_maxpool has it, else None: FCN's forward fuses exactly then,
-    so its output stays that of conv2d + max_pool2d bit for bit."""
+    conv2d_relu_maxpool has it and conv2d would not split its depth, else
+    None: FCN's forward fuses exactly then, so its output stays that of
+    conv2d + max_pool2d bit for bit (a split sums in another order)."""
     n, _, h, wd = x_shape
     k, c, r, s = w_shape
     m = n * (h + 2 * padding - r + 1) * (wd + 2 * padding - s + 1)
     variant = _conv2d_default_variant(_backend.active(), m, k, c * r * s)
-    return variant if variant in CONV2D_RELU_MAXPOOL_VARIANTS else None
+    if variant not in CONV2D_RELU_MAXPOOL_VARIANTS or _conv2d_auto_splits(m, k, c * r * s) > 1:
+        return None
+    return variant
 
 # ---- fused final upsample + crop + softmax/argmax
 

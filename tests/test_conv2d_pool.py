@@ -250,3 +250,13 @@ def test_model_fused_equals_unfused(be, monkeypatch):
     with torch.no_grad():
         ref = net(torch.from_numpy(to_numpy(x).astype(np.float64))).numpy()
     assert_close(fused, ref, FP32, what="fused FCN-8s against torch")
+
+
+def test_model_fuses_only_where_conv2d_would_not_split():
+    """A layer conv2d would run with split-K (conv5_3 at 500 x 500: 248 tiles,
+    depth 4608) stays unfused, since the split sums in another order; conv3_3
+    at the same size fuses."""
+    fcn_cuda.use_backend("host")
+    assert ops._conv2d_auto_splits(44 * 44, 512, 512 * 9) > 1
+    assert ops._conv2d_relu_maxpool_variant((1, 512, 44, 44), (512, 512, 3, 3), 1) is None
+    assert ops._conv2d_relu_maxpool_variant((1, 256, 175, 175), (256, 256, 3, 3), 1) == "igemm"
