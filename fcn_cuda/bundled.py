@@ -123,7 +123,7 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     from PIL import Image
 
     from .colors import overlay
-    from .weights import atomic_write, load_safetensors, save_safetensors
+    from .weights import load_safetensors, save_png, save_safetensors
 
     scores = score(weights, count)
     if not scores["mean_iu"] >= TARGET_MEAN_IU:
@@ -138,8 +138,7 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     rgb, _ = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
     labels = fcn_cuda.infer(rgb, fcn_cuda.load_model(dest))
     for path, img in ((sample, Image.fromarray(rgb)), (picture, _side_by_side(rgb, overlay(rgb, labels)))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, [_png(img)])
+        save_png(path, img)
     return scores
 
 
@@ -149,14 +148,6 @@ def _side_by_side(rgb, over):
     gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
     pair = Image.fromarray(np.concatenate([rgb, gap, over], axis=1))
     return pair.resize((pair.width * 2, pair.height * 2), Image.NEAREST)
-
-
-def _png(img):
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def main(argv=None):

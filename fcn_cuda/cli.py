@@ -31,7 +31,7 @@ def cmd_infer(args):
     from ._progress import Progress
     from .colors import overlay, palette_image
     from .inference import default_model, load_image
-    from .weights import atomic_write
+    from .weights import save_png
 
     if args.backend:
         fcn_cuda.use_backend(args.backend)
@@ -46,9 +46,7 @@ def cmd_infer(args):
         labels = fcn_cuda.infer(rgb, model)
         stem = Path(path).stem
         for suffix, img in (("labels", palette_image(labels)), ("overlay", Image.fromarray(overlay(rgb, labels)))):
-            target = out_dir / f"{stem}_{suffix}.png"
-            buf = _png_bytes(img)
-            atomic_write(target, [buf])
+            save_png(out_dir / f"{stem}_{suffix}.png", img)
         counts = np.bincount(labels.reshape(-1), minlength=model.num_classes)
         total += counts
         if progress:
@@ -151,14 +149,6 @@ def cmd_eval(args):
     for k, v in scores.items():
         print(f"{k:>10s} {100 * v:6.2f}")
     return 0
-
-
-def _png_bytes(img):
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def build_parser():

@@ -232,7 +232,7 @@ def plot_history(history, path):
     """Loss and accuracy curves as a PNG (drawn with Pillow, no plotting library)."""
     from PIL import Image, ImageDraw
 
-    from .weights import atomic_write
+    from .weights import save_png
 
     w, h, pad = 640, 360, 40
     img = Image.new("RGB", (w, 2 * h), "white")
@@ -264,11 +264,7 @@ def plot_history(history, path):
                 draw.line(xy, fill=col, width=2)
             for p in xy[-1:]:
                 draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=col)
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write(path, [buf.getvalue()])
+    save_png(path, img)
 
 
 def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, max_seconds=None,

@@ -71,6 +71,15 @@ def atomic_write(path, chunks):
         raise
 
 
+def save_png(path, img):
+    """Writes a PIL image as PNG, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write(path, [buf.getvalue()])
+
+
 def load_safetensors(path):
     """(tensors, metadata) from a safetensors file; WeightFileError if it is damaged."""
     path = Path(path)
