@@ -8,6 +8,7 @@ keyed by seed and step) are functions of the step alone, so a run resumed
 from a checkpoint computes exactly the losses an unbroken run would.
 """
 
+import functools
 import json
 import math
 import time
@@ -54,8 +55,11 @@ class History:
     val: list = field(default_factory=list)  # dicts of the four scores
 
 
+@functools.lru_cache(maxsize=4)  # every image of a batch asks: draw each epoch's order once
 def _order(n, seed, epoch):
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.setflags(write=False)  # shared by the cache
+    return order
 
 
 def batch_indices(n, batch_size, seed, step):
