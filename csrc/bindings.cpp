@@ -149,10 +149,10 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- backward
-    m.def("conv2d_grad_input", [](Addr dy, Addr w, Addr mask, Addr dx, int N, int K, int P_, int Q, int C, int H,
-                                  int W, int R, int S_, int sh, int sw, int ph, int pw, Addr s) {
-        fcn::launch_conv2d_grad_input(P<const float>(dy), P<const float>(w), P<const float>(mask), P<float>(dx), N, K,
-                                      P_, Q, C, H, W, R, S_, sh, sw, ph, pw, S(s));
+    m.def("conv2d_grad_input", [](Addr dy, Addr w, Addr mask, Addr dx, Addr wf, int N, int K, int P_, int Q, int C,
+                                  int H, int W, int R, int S_, int sh, int sw, int ph, int pw, Addr s) {
+        fcn::launch_conv2d_grad_input(P<const float>(dy), P<const float>(w), P<const float>(mask), P<float>(dx),
+                                      P<float>(wf), N, K, P_, Q, C, H, W, R, S_, sh, sw, ph, pw, S(s));
     }, nogil);
     m.def("conv2d_grad_weight_splits", &fcn::conv2d_grad_weight_splits);
     m.def("conv2d_grad_weight", [](Addr x, Addr dy, Addr mask, Addr dw, Addr ws, int N, int C, int H, int W, int K,

@@ -34,10 +34,12 @@ def conv2d_variants(w_shape, precision=None):
 
 
 def _conv2d_tile_use(m, k, crs):
-    """The useful fraction of the work igemm does in its 64 x 64 x 16 tiles
-    (GEMM rows m = N*P*Q, columns k = K, depth crs = C*R*S)."""
+    """The useful fraction of the work igemm does in its tiles (GEMM rows
+    m = N*P*Q, columns k = K, depth crs = C*R*S): 64 x 64 x 16, or for
+    K <= 32 and K <= 16 the narrower 128 x 32 and 256 x 16 its launcher picks."""
     padded = lambda v, tile: -(-v // tile) * tile
-    return m * k * crs / (padded(m, 64) * padded(k, 64) * padded(crs, 16))
+    tile_n = 16 if k <= 16 else 32 if k <= 32 else 64
+    return m * k * crs / (padded(m, 4096 // tile_n) * padded(k, tile_n) * padded(crs, 16))
 
 
 def _conv2d_default_variant(be, m, k, crs):
@@ -594,8 +596,11 @@ def conv2d_grad_input(grad_y, w, x_shape, stride=1, padding=0, relu_y=None):
 
     grad_y: N x K x P x Q, w: K x C x R x S, x_shape: (N, C, H, W); P, Q must
     be conv2d's output size for x_shape. It is a transposed convolution of
-    grad_y (the gather kernel of ops.conv_transpose2d, no atomics); rows and
-    columns of x that no window covered ((H + 2p - R) % s != 0) get 0.
+    grad_y: at stride 1 with padding < R, S (every FCN layer but conv1_1,
+    whose input gradient training never needs), the convolution of grad_y by
+    the flipped filters on conv2d's igemm kernel; otherwise the gather kernel
+    of ops.conv_transpose2d. No atomics either way. Rows and columns of x
+    that no window covered ((H + 2p - R) % s != 0) get 0.
     relu_y: the output y of the forward conv2d(..., relu=True) (grad_y's
     shape): grad_y is then masked by (y > 0) as it is read, i.e. the result
     is conv2d_grad_input(relu_backward(grad_y, relu_y), ...) in one pass.
@@ -621,8 +626,12 @@ def conv2d_grad_input(grad_y, w, x_shape, stride=1, padding=0, relu_y=None):
     mask = _relu_mask(relu_y, grad_y, be)
     V.fits_int32(n * c * h * wd, "grad_x")
     dx = be.empty((n, c, h, wd))
+    # Stride 1 with padding below the filter size: the convolution of grad_y
+    # by the flipped filters (conv2d_igemm, w flipped into wf first).
+    wf = be.empty((c, k, r, s)) if (sh, sw) == (1, 1) and ph < r and pw < s else None
     be.ext.conv2d_grad_input(be.ptr(grad_y), be.ptr(w), be.ptr(mask) if mask is not None else 0, be.ptr(dx),
-                             n, k, p, q, c, h, wd, r, s, sh, sw, ph, pw, be.stream())
+                             be.ptr(wf) if wf is not None else 0, n, k, p, q, c, h, wd, r, s, sh, sw, ph, pw,
+                             be.stream())
     return dx
 
 

@@ -64,6 +64,10 @@ CONV_CASES = [
     (2, 3, 9, 7, 64, 3, 3, (2, 3), (0, 2)),  # non-square stride / padding
     (1, 5, 11, 13, 70, 3, 3, 1, 1),          # K past one 64-channel tile
     (2, 3, 40, 40, 8, 3, 3, 1, 1),           # long depth: several splits
+    # the input gradient as a convolution by flipped filters, at igemm's tile edges
+    (2, 17, 9, 11, 3, 3, 3, 1, 1),           # 17 channels of dx: a 32-channel tile
+    (1, 33, 6, 5, 2, 3, 3, 1, 2),            # padding R - 1: the flipped convolution pads 0
+    (2, 16, 19, 17, 40, 3, 3, (1, 2), 1),    # stride (1, 2): the gather kernel
 ]
 
 

@@ -79,6 +79,11 @@ SHAPES = [
     (2, 3, 9, 7, 5, 1, 1, 2, 3),            # strided 1x1 with padding: border pixels are bias only
     (2, 3, 9, 7, 5, 3, 1, (2, 1), (1, 0)),  # non-square kernel, stride and padding pairs
     (2, 3, 7, 5, 4, 7, 5, 1, 0),            # kernel as large as the image: 1x1 output
+    # igemm's narrow tiles (256 x 16 for K <= 16, 128 x 32 for K <= 32) at their edges
+    (2, 5, 17, 19, 16, 3, 3, 1, 1),         # 646 pixels: 3 tiles of 256, the last partial
+    (2, 5, 17, 19, 17, 3, 3, 1, 1),         # K = 17: a 32-channel tile, half used
+    (2, 5, 9, 11, 32, 3, 3, 1, 1),
+    (2, 5, 9, 11, 33, 3, 3, 1, 1),          # K = 33: back to 64 x 64
 ]
 
 

@@ -25,6 +25,16 @@
 //     into registers while the current ones are multiplied (double-buffered
 //     shared memory, one barrier per step); bias and ReLU fused in the
 //     epilogue. Any shape; fp32 on CUDA cores; K <= 65535 * 64.
+//     Narrow layers take a narrower tile of the same 4096 outputs: 128 pixels
+//     x 32 channels for K <= 32, 256 x 16 for K <= 16 (the launcher picks from
+//     K). A 64-channel tile over FCN's 21 score channels, or a reduced-width
+//     VGG's 8 or 16, would multiply zero-filled weights for 2/3 to 7/8 of its
+//     work (emulator timings: docs/performance.md, rung 7). On a GPU, a
+//     prediction only: the same saving, since wasted FMAs issue like useful
+//     ones; the 256 x 16 tile has 73 registers and 35 KB of shared memory.
+//     An optional mask zeroes x where !(mask > 0) as A is gathered: the
+//     input gradient of a ReLU'd layer (conv2d_backward.cuh) is this kernel
+//     run on dy, masked by the layer's output, with the filters flipped.
 //   conv2d_igemm_wmma<T>: variants igemm_tf32 (T = precision::tf32) and
 //     igemm_bf16 (T = __nv_bfloat16): conv2d_igemm's gather, prefetch and
 //     double-buffered pipeline as they are (conv2d_igemm_stages), with the
@@ -100,8 +110,8 @@ conv2d_direct(const float* __restrict__ x, const float* __restrict__ w, const fl
 
 // ---------------------------------------------------------------- igemm
 
-constexpr int kConvTileM = 64;  // output pixels per block (GEMM rows)
-constexpr int kConvTileN = 64;  // output channels per block (GEMM columns)
+constexpr int kConvTileM = 64;  // output pixels per block (GEMM rows); conv2d_igemm also 128, 256
+constexpr int kConvTileN = 64;  // output channels per block (GEMM columns); conv2d_igemm also 32, 16
 constexpr int kConvTileK = 16;  // filter taps per shared-memory stage (GEMM depth)
 constexpr int kConvThreads = 256;
 // Bs rows are padded by 16 bytes (4 floats, 8 bf16): the transposing store
@@ -109,8 +119,8 @@ constexpr int kConvThreads = 256;
 // without padding would all land in one bank; with 68 floats per row they
 // spread over 8 banks x 2 channels (2-way at worst), and every row stays a
 // multiple of 16 bytes, as float4 loads and wmma's ldm want.
-template <typename S>
-constexpr int kConvLdB = kConvTileN + 16 / int(sizeof(S));
+template <typename S, int kTileN = kConvTileN>
+constexpr int kConvLdB = kTileN + 16 / int(sizeof(S));
 
 // A filter tap kk = (c, r, s) kept as its three coordinates, so walking along
 // the GEMM depth costs two compares instead of two integer divisions.
@@ -157,14 +167,17 @@ __device__ __forceinline__ DepthRange conv2d_split_depth(int CRS) {
 }
 
 // The pipeline every igemm variant shares: it walks the depth range
-// [kk_begin, kk_end) of the block's C tile (pixels m0 .. m0+63 x channels
-// k0 .. k0+63) in 16-deep stages, and calls math(stage) once As[stage] (tap x
-// pixel) and Bs[stage] (tap x channel) hold the stage, converted by
-// In::convert. kk_begin is a multiple of 16 and kk_end one too or C*R*S (a
-// split of conv2d_split_depth, or the whole depth). All 256 threads of the
+// [kk_begin, kk_end) of the block's C tile (pixels m0 .. m0+TM-1 x channels
+// k0 .. k0+TN-1; TM x TN is 64 x 64, or conv2d_igemm's 128 x 32 or 256 x 16)
+// in 16-deep stages, and calls math(stage) once As[stage] (tap x pixel) and
+// Bs[stage] (tap x channel) hold the stage, converted by In::convert.
+// kk_begin is a multiple of 16 and kk_end one too or C*R*S (a split of
+// conv2d_split_depth, or the whole depth). With a mask (x's shape, or null),
+// A's values where !(mask > 0) are gathered as 0. All 256 threads of the
 // block must call it.
-// Loads of one stage (4 values of A and 4 of B per thread):
-//   A: thread t gathers pixel m0 + t % 64 for taps t / 64 + {0, 4, 8, 12}:
+// Loads of one stage (16 * TM / 256 values of A and 16 * TN / 256 of B per
+// thread; 4 and 4 for the 64 x 64 tile):
+//   A: thread t gathers pixel m0 + t % TM for taps t / TM + {0, 256 / TM, ...}:
 //      a warp reads 32 consecutive output pixels of one tap, i.e. consecutive
 //      (strided by sw) columns of one row of x: coalesced. Each thread keeps
 //      its pixel for the whole loop, so (n, p, q) is decoded once.
@@ -173,30 +186,33 @@ __device__ __forceinline__ DepthRange conv2d_split_depth(int CRS) {
 //      (coalesced), stored transposed to Bs[tap][channel].
 // The next stage is prefetched into registers while math runs on the
 // current one; with two shared buffers one barrier per stage suffices.
-template <typename In, typename Math>
+template <typename In, int TM, int TN, typename Math>
 __device__ __forceinline__ void conv2d_igemm_stages(
-    const float* __restrict__ x, const float* __restrict__ w, const ConvShape& g, int m0, int k0, int kk_begin,
-    int kk_end, typename In::Stored (&As)[2][kConvTileK][kConvTileM],
-    typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored>], Math&& math) {
+    const float* __restrict__ x, const float* __restrict__ mask, const float* __restrict__ w, const ConvShape& g,
+    int m0, int k0, int kk_begin, int kk_end, typename In::Stored (&As)[2][kConvTileK][TM],
+    typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored, TN>], Math&& math) {
+    static_assert(TM * TN == kConvTileM * kConvTileN && TN >= kConvThreads / kConvTileK && TM <= kConvThreads,
+                  "whole loads per thread");
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
 
     // A loader: this thread's pixel, its receptive field's corner, and its taps.
-    const int am = m0 + t % kConvTileM;
+    const int am = m0 + t % TM;
     const int an = am / PQ, ap = am % PQ / g.Q, aq = am % g.Q;
     const int ih0 = ap * g.sh - g.ph, iw0 = aq * g.sw - g.pw;
     const int xn = an * g.C * g.H * g.W;  // offset of image n (== x's size past the last pixel)
     const bool a_pixel = am < M;
-    constexpr int kSlots = kConvTileK * kConvTileM / kConvThreads;  // 4 taps per thread per stage
-    constexpr int kSlotStride = kConvThreads / kConvTileM;          // 4 taps apart
+    constexpr int kSlots = kConvTileK * TM / kConvThreads;  // taps per thread per stage (4 for TM = 64)
+    constexpr int kSlotStride = kConvThreads / TM;          // ... this many apart
     const Tap slot_step = tap_of(kSlotStride, g.R, g.S);
     const Tap stage_step = tap_of(kConvTileK, g.R, g.S);
-    Tap tap = tap_of(kk_begin + t / kConvTileM, g.R, g.S);  // slot 0 of the current stage
+    Tap tap = tap_of(kk_begin + t / TM, g.R, g.S);  // slot 0 of the current stage
 
     // B loader: tap t % 16 of channels k0 + t / 16 + 16 * i.
+    constexpr int kBSlots = kConvTileK * TN / kConvThreads;
     const int bkk = t % kConvTileK, bk = t / kConvTileK;
 
-    float a_next[kSlots], b_next[kSlots];
+    float a_next[kSlots], b_next[kBSlots];
     // Fetch the stage starting at depth kk0 (slot 0 at `tap`) into registers.
     // Past the depth, tap.c reaches C, so one test zero-fills both the depth
     // tail and (with the row/column tests) the padding.
@@ -206,11 +222,12 @@ __device__ __forceinline__ void conv2d_igemm_stages(
         for (int i = 0; i < kSlots; ++i) {
             const int ih = ih0 + u.r, iw = iw0 + u.s;
             const bool inside = a_pixel && u.c < g.C && unsigned(ih) < unsigned(g.H) && unsigned(iw) < unsigned(g.W);
-            a_next[i] = inside ? __ldg(&x[xn + (u.c * g.H + ih) * g.W + iw]) : 0.f;
+            const int at = xn + (u.c * g.H + ih) * g.W + iw;
+            a_next[i] = inside && (!mask || __ldg(&mask[at]) > 0.f) ? __ldg(&x[at]) : 0.f;
             u = tap_add(u, slot_step, g.R, g.S);
         }
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) {
+        for (int i = 0; i < kBSlots; ++i) {
             const int k = k0 + bk + i * (kConvThreads / kConvTileK), kk = kk0 + bkk;
             b_next[i] = (k < g.K && kk < CRS) ? __ldg(&w[k * CRS + kk]) : 0.f;
         }
@@ -221,10 +238,9 @@ __device__ __forceinline__ void conv2d_igemm_stages(
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier, so it can be overwritten without waiting.
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) {
-            As[stage][t / kConvTileM + i * kSlotStride][t % kConvTileM] = In::convert(a_next[i]);
-            Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = In::convert(b_next[i]);
-        }
+        for (int i = 0; i < kSlots; ++i) As[stage][t / TM + i * kSlotStride][t % TM] = In::convert(a_next[i]);
+#pragma unroll
+        for (int i = 0; i < kBSlots; ++i) Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = In::convert(b_next[i]);
         __syncthreads();  // the stage is complete before anyone reads it
         if (kk0 + kConvTileK < kk_end) {
             // Issue the next stage's global loads now; their latency hides
@@ -286,27 +302,30 @@ __global__ void __launch_bounds__(256) conv2d_zero(float* __restrict__ y, int n)
 constexpr int kConvThreadM = 4, kConvThreadN = 4;
 static_assert((kConvTileM / kConvThreadM) * (kConvTileN / kConvThreadN) == kConvThreads, "one 4 x 4 block per thread");
 
-// grid = (ceil(N*P*Q / 64), ceil(K / 64), splits), block = 256.
-// The block computes the C tile of pixels m0 .. m0+63 x channels k0 .. k0+63
-// through conv2d_igemm_stages, over its split's depth (conv2d_split_depth).
+// grid = (ceil(N*P*Q / TM), ceil(K / TN), splits), block = 256; TM x TN is
+// 64 x 64, 128 x 32 or 256 x 16 (the launcher's pick for K).
+// The block computes the C tile of pixels m0 .. m0+TM-1 x channels
+// k0 .. k0+TN-1 through conv2d_igemm_stages, over its split's depth
+// (conv2d_split_depth), with x masked by x_mask where that is not null.
 // Compute: thread t owns pixels m0 + tm*4 .. +3 and channels k0 + tn*4 .. +3
-//   (tm = t % 16, tn = t / 16): per tap, one float4 of As and one of Bs feed
-//   16 FMAs, 256 per stage.
+//   (tm = t % (TM/4), tn = t / (TM/4)): per tap, one float4 of As and one of
+//   Bs feed 16 FMAs, 256 per stage.
+template <int TM, int TN>
 __global__ void __launch_bounds__(kConvThreads)
-conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-             float* __restrict__ y, ConvShape g, int mode) {
-    __shared__ __align__(16) float As[2][kConvTileK][kConvTileM];
-    __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB<float>];
+conv2d_igemm(const float* __restrict__ x, const float* __restrict__ x_mask, const float* __restrict__ w,
+             const float* __restrict__ b, float* __restrict__ y, ConvShape g, int mode) {
+    __shared__ __align__(16) float As[2][kConvTileK][TM];
+    __shared__ __align__(16) float Bs[2][kConvTileK][kConvLdB<float, TN>];
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ;
-    const int m0 = blockIdx.x * kConvTileM, k0 = blockIdx.y * kConvTileN;
-    const int tm = t % (kConvTileM / kConvThreadM), tn = t / (kConvTileM / kConvThreadM);
+    const int m0 = blockIdx.x * TM, k0 = blockIdx.y * TN;
+    const int tm = t % (TM / kConvThreadM), tn = t / (TM / kConvThreadM);
 
     const DepthRange depth = conv2d_split_depth(g.C * g.R * g.S);
     y += int(blockIdx.z) * M * g.K;  // this split's partial C (split 0: y itself)
 
     float acc[kConvThreadM][kConvThreadN] = {};
-    conv2d_igemm_stages<Fp32Input>(x, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
+    conv2d_igemm_stages<Fp32Input, TM, TN>(x, x_mask, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
             const float4 a = *reinterpret_cast<const float4*>(&As[stage][k][tm * kConvThreadM]);
@@ -391,7 +410,8 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
     wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kConvWarpFrags];
 #pragma unroll
     for (int j = 0; j < kConvWarpFrags; ++j) wmma::fill_fragment(acc[j], 0.f);
-    conv2d_igemm_stages<In>(x, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
+    conv2d_igemm_stages<In, kConvTileM, kConvTileN>(x, nullptr, w, g, m0, k0, depth.begin, depth.end, As, Bs,
+                                                    [&](int stage) {
 #pragma unroll
         for (int kk = 0; kk < kConvTileK; kk += kK) {
             wmma::fragment<wmma::matrix_a, 16, 16, kK, T, wmma::col_major> a;

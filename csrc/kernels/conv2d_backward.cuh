@@ -4,10 +4,15 @@
 //   x: N x C x H x W   w: K x C x R x S   dy (grad of y): N x K x P x Q
 //
 // Input gradient: dx = conv_transpose2d(dy, w, stride, padding), cropped to
-// H x W. It is the gather kernel of upsample.cuh (w's K x C x R x S layout is
-// exactly conv_transpose2d's C_in x C_out x R x S with C_in = K); rows and
-// columns of x that no window reached (when (H + 2p - R) % s != 0, PyTorch's
-// implied output_padding) have no taps there and come out 0. Nothing here.
+// H x W. At stride 1 (all of FCN's convolutions) with padding p <= R - 1,
+// that is an ordinary convolution: dx = conv2d(dy, w', padding R - 1 - p)
+// with w'[c][k][r][s] = w[k][c][R-1-r][S-1-s] (conv2d_flip_filters below), run
+// by conv2d.cuh's conv2d_igemm with dy masked as it is gathered. Otherwise it
+// is the gather kernel of upsample.cuh (w's K x C x R x S layout is exactly
+// conv_transpose2d's C_in x C_out x R x S with C_in = K); rows and columns of
+// x that no window reached (when (H + 2p - R) % s != 0, PyTorch's implied
+// output_padding) have no taps there and come out 0. Emulator, CPU time,
+// batch 4, 3x3 pad 1 with the ReLU mask: see docs/performance.md.
 //
 // Weight gradient, the implicit GEMM of conv2d.cuh read the other way round:
 //   GEMM rows    = K      one output channel k
@@ -35,6 +40,18 @@
 #include "common.cuh"
 
 namespace fcn {
+
+// grid = ceil(K*C*R*S / 256), block = 256: thread i writes element i of
+// wf (C x K x R x S) = w (K x C x R x S) with channels swapped and taps
+// reversed; RS = R*S. wf[c][k][rs'] = w[k][c][RS-1-rs'] reverses r and s
+// together because (R-1-r)*S + (S-1-s) = RS-1 - (r*S + s).
+__global__ void __launch_bounds__(256)
+conv2d_flip_filters(const float* __restrict__ w, float* __restrict__ wf, int K, int C, int RS, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int rs = i % RS, k = i / RS % K, c = i / RS / K;
+    wf[i] = __ldg(&w[(k * C + c) * RS + RS - 1 - rs]);
+}
 
 // Every size of one weight gradient (common.cuh's ConvShape; K x C x R x S
 // is dw's shape). P, Q are given, not derived, so the same kernel serves

@@ -10,12 +10,34 @@ namespace fcn {
 
 namespace {
 
-// Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma one)
-// on `grid` with epilogue `mode`; false for a variant that is not one of them.
-bool launch_igemm(const char* variant, dim3 grid, const float* x, const float* w, const float* b, float* y,
+template <int TM, int TN>
+void launch_igemm_tile(int splits, const float* x, const float* x_mask, const float* w, const float* b, float* y,
+                       const ConvShape& g, int mode, cudaStream_t stream) {
+    const dim3 grid(ceil_div(g.N * g.P * g.Q, TM), ceil_div(g.K, TN), splits);
+    launch("conv2d_igemm", conv2d_igemm<TM, TN>, grid, dim3(kConvThreads), 0, stream, x, x_mask, w, b, y, g, mode);
+}
+
+// conv2d_igemm at the tile that wastes least on K channels: 256 pixels x 16
+// channels, 128 x 32, or 64 x 64.
+void launch_fp32_igemm(int splits, const float* x, const float* x_mask, const float* w, const float* b, float* y,
+                       const ConvShape& g, int mode, cudaStream_t stream) {
+    if (g.K <= 16)
+        launch_igemm_tile<256, 16>(splits, x, x_mask, w, b, y, g, mode, stream);
+    else if (g.K <= 32)
+        launch_igemm_tile<128, 32>(splits, x, x_mask, w, b, y, g, mode, stream);
+    else
+        launch_igemm_tile<kConvTileM, kConvTileN>(splits, x, x_mask, w, b, y, g, mode, stream);
+}
+
+// Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma
+// one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
+// variant that is not one of them. Pixel tiles go on grid.x (up to
+// 2^31 - 1 blocks), channel tiles on grid.y (at most 65535).
+bool launch_igemm(const char* variant, int splits, const float* x, const float* w, const float* b, float* y,
                   const ConvShape& g, int mode, cudaStream_t stream) {
+    const dim3 grid(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
     if (!std::strcmp(variant, "igemm")) {
-        launch("conv2d_igemm", conv2d_igemm, grid, dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
+        launch_fp32_igemm(splits, x, nullptr, w, b, y, g, mode, stream);
     } else if (!std::strcmp(variant, "igemm_tf32")) {
         launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, grid, dim3(kConvThreads), 0,
                stream, x, w, b, y, g, mode);
@@ -34,8 +56,6 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream) {
     ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
-    // The igemm variants' grid: pixel tiles on x (up to 2^31 - 1 blocks), channel tiles on y (at most 65535).
-    const dim3 tiles(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN));
     if (!std::strcmp(variant, "direct")) {
         launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
                b, y, g, int(relu));
@@ -47,7 +67,7 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
                     : crs <= 32 ? conv2d_small_c<32> : conv2d_small_c<kSmallCMaxTaps>;
         launch("conv2d_small_c", kernel, dim3(ceil_div(N * g.P * g.Q, kSmallCThreads), ceil_div(K, kSmallCGroup)),
                dim3(kSmallCThreads), 0, stream, x, w, b, y, g, int(relu));
-    } else if (!launch_igemm(variant, tiles, x, w, b, y, g, relu ? kConvRelu : kConvPlain, stream)) {
+    } else if (!launch_igemm(variant, 1, x, w, b, y, g, relu ? kConvRelu : kConvPlain, stream)) {
         throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
     }
 }
@@ -59,8 +79,7 @@ void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float
     const int pooled = N * K * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
     // The epilogue max-accumulates into y: start every cell at +0 (stream order runs this first).
     launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
-    const dim3 tiles(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN));
-    if (!launch_igemm(variant, tiles, x, w, b, y, g, kConvReluMaxPool, stream))
+    if (!launch_igemm(variant, 1, x, w, b, y, g, kConvReluMaxPool, stream))
         throw std::invalid_argument(std::string("conv2d_relu_maxpool: unknown variant ") + variant);
 }
 
@@ -70,12 +89,17 @@ void launch_conv2d_split(const char* variant, const float* x, const float* w, co
     ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
     // Split z of every C tile on grid.z (at most 65535, checked in Python); the
     // partials go to the workspace raw: bias and ReLU wait for their sum.
-    const dim3 grid(ceil_div(N * g.P * g.Q, kConvTileM), ceil_div(K, kConvTileN), splits);
-    if (!launch_igemm(variant, grid, x, w, nullptr, workspace, g, kConvPlain, stream))
+    if (!launch_igemm(variant, splits, x, w, nullptr, workspace, g, kConvPlain, stream))
         throw std::invalid_argument(std::string("conv2d: split-K needs an igemm variant, got ") + variant);
     const int total = N * K * g.P * g.Q;
     launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
            (const float*)workspace, b, y, total, splits, K, g.P * g.Q, int(relu));
+}
+
+void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
+                                int W, int K, int R, int S, int ph, int pw, cudaStream_t stream) {
+    const ConvShape g{N, C, H, W, K, R, S, H + 2 * ph - R + 1, W + 2 * pw - S + 1, 1, 1, ph, pw};
+    launch_fp32_igemm(1, x, x_mask, w, nullptr, y, g, kConvPlain, stream);
 }
 
 }  // namespace fcn

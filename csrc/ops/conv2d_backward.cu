@@ -1,12 +1,25 @@
+#include <stdexcept>
+
 #include "kernels/conv2d_backward.cuh"
 #include "kernels/upsample.cuh"
 #include "ops/launchers.h"
 
 namespace fcn {
 
-void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, int N, int K, int P,
-                              int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph, int pw,
-                              cudaStream_t stream) {
+void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, float* w_flipped,
+                              int N, int K, int P, int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph,
+                              int pw, cudaStream_t stream) {
+    if (w_flipped) {
+        // A stride-1 convolution's input gradient is the full convolution of
+        // dy with the flipped filters, i.e. padding R-1-ph, S-1-pw.
+        if (sh != 1 || sw != 1 || ph > R - 1 || pw > S - 1)
+            throw std::invalid_argument("conv2d_grad_input: the flipped-filter path needs stride 1 and padding < R, S");
+        const int n = K * C * R * S;
+        launch("conv2d_flip_filters", conv2d_flip_filters, dim3(ceil_div(n, 256)), dim3(256), 0, stream, w, w_flipped,
+               K, C, R * S, n);
+        launch_conv2d_masked_input(dy, mask, w_flipped, dx, N, K, P, Q, C, R, S, R - 1 - ph, S - 1 - pw, stream);
+        return;
+    }
     // The H x W window at (ph, pw) of the full transposed convolution of dy.
     const int total = N * C * H * W;
     const dim3 grid(unsigned(ceil_div((long long)total, (long long)kUpsampleThreads)));

@@ -62,6 +62,10 @@ void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float
 void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
                          float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
                          int ph, int pw, bool relu, cudaStream_t stream);
+// y = conv2d(x * (x_mask > 0), w), stride 1, no bias or ReLU, with the fp32 igemm (x_mask: x's shape; where
+// !(x_mask > 0), x reads as 0): conv2d_grad_input's stride-1 path. y is N x K x (H+2ph-R+1) x (W+2pw-S+1).
+void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
+                                int W, int K, int R, int S, int ph, int pw, cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
 // x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
@@ -103,11 +107,13 @@ void launch_preprocess(const unsigned char* img, float* out, int N, int HW, floa
                        float mean_r, cudaStream_t stream);
 
 // ---- backward  (conv2d_backward.cu, pool_backward.cu, crop_backward.cu, loss.cu, dropout.cu, sgd.cu)
-// dx (N x C x H x W) = conv2d's input gradient from dy (N x K x P x Q): upsample.cuh's gather kernel on the
-// H x W window at (ph, pw). mask (the forward ReLU output, N x K x P x Q) may be null: dy * (mask > 0).
-void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, int N, int K, int P,
-                              int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph, int pw,
-                              cudaStream_t stream);
+// dx (N x C x H x W) = conv2d's input gradient from dy (N x K x P x Q). mask (the forward ReLU output,
+// N x K x P x Q) may be null: dy * (mask > 0). With w_flipped (C x K x R x S floats of workspace, non-null
+// only for stride 1 and padding <= R-1, S-1): w flipped there, then a convolution of dy by it
+// (launch_conv2d_masked_input); else upsample.cuh's gather kernel on the H x W window at (ph, pw).
+void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, float* w_flipped,
+                              int N, int K, int P, int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph,
+                              int pw, cudaStream_t stream);
 // The number of depth splits of conv2d_grad_weight for M = N*P*Q pixels: workspace must hold
 // splits * K * C*R*S floats when splits > 1 (unused, may be null, when 1).
 int conv2d_grad_weight_splits(int M, int K, int CRS);
