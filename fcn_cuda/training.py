@@ -148,15 +148,20 @@ class Trainer:
         """Runs until config.iterations (or a validation reaches
         config.target_mean_iu); validates and checkpoints on schedule. With
         max_seconds, stops after that much wall time with a checkpoint, to be
-        resumed later (for machines lent by the slice)."""
+        resumed later (for machines lent by the slice). Ctrl-C or SIGTERM
+        stops it the same way once the step in flight is done."""
         from ._progress import Progress
 
-        cfg = self.config
-        be = _backend.active()
-        bar = Progress(cfg.iterations, "train") if progress else None
+        bar = Progress(self.config.iterations, "train") if progress else None
         if bar:
             bar.n = self.step
         started, first_step = time.perf_counter(), self.step
+        with _StopRequests() as stop:
+            return self._loop(dataset, val_dataset, bar, started, first_step, max_seconds, stop)
+
+    def _loop(self, dataset, val_dataset, bar, started, first_step, max_seconds, stop):
+        cfg = self.config
+        be = _backend.active()
         while not self.finished:
             x, labels = make_batch(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, self.step), be)
             loss, acc = self.train_step(x, labels)
@@ -176,9 +181,13 @@ class Trainer:
                 self.save_checkpoint()
             if self.reached_target():
                 break
-            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+            timed_out = max_seconds is not None and time.perf_counter() - started >= max_seconds
+            if timed_out or stop.requested:
                 if self.out:
                     self.save_checkpoint()
+                if stop.requested and bar:
+                    bar.stream.write(f"\nstopped by {stop.requested} at step {self.step}"
+                                     + (f"; checkpoint in {self.checkpoint_path()}\n" if self.out else "\n"))
                 return self.history
         if self.out:
             self.save_checkpoint()
@@ -230,6 +239,41 @@ class Trainer:
         trainer.step = int(meta["step"])
         trainer.history = History(**json.loads(meta["history"]))
         return trainer
+
+
+class _StopRequests:
+    """Within it, SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop
+    after the step in flight, with a checkpoint, rather than killing it
+    between two parameter updates; `requested` names the signal. A second
+    Ctrl-C interrupts at once. Handlers are installed only in the main
+    thread (Python allows no other) and restored on exit."""
+
+    def __init__(self):
+        self.requested = None
+        self._saved = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def plot_history(history, path):

@@ -83,6 +83,38 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     assert good  # the first good checkpoint existed before the run blew up
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_training_after_the_step_with_a_checkpoint(tmp_path, monkeypatch, signame):
+    """Ctrl-C (or a machine's SIGTERM) mid-step: the step finishes, a checkpoint
+    of exactly that state is written, and resuming gives the unbroken run's losses."""
+    import os
+    import signal
+
+    data = SyntheticShapes(6, size=24, seed=1)
+    unbroken = Trainer(small_model(), config(iterations=5, val_every=0))
+    unbroken.fit(data, progress=False)
+
+    out = tmp_path / "run"
+    trainer = Trainer(small_model(), config(iterations=5, val_every=0, checkpoint_every=0), out)
+    step = Trainer.train_step
+
+    def interrupted(self, x, labels):
+        if self.step == 2:
+            os.kill(os.getpid(), getattr(signal, signame))  # arrives in the middle of the step
+        return step(self, x, labels)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    trainer.fit(data, progress=False)
+    assert trainer.step == 3 and not trainer.finished
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back
+    monkeypatch.setattr(Trainer, "train_step", step)
+    resumed = fcn_cuda.train(None, data, out=out, config=config(iterations=5, val_every=0), progress=False)
+    assert resumed.history.loss == unbroken.history.loss
+    for k, v in unbroken.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
+
+
 def test_evaluate_scores_a_dataset():
     m = small_model()
     scores = fcn_cuda.evaluate(m, SyntheticShapes(3, size=24, seed=0))
