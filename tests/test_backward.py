@@ -144,6 +144,51 @@ def test_split_rule_covers_both_paths(be):
     assert splits(698 * 698, 64, 64 * 9) * 64 * 64 * 9 < 2**31      # conv1_2 at 500 x 500: workspace fits
 
 
+# The weight gradient's tile rows follow K: 8 for K <= 8, 16 for <= 16, 32 for
+# <= 32, 64 above. Each K below fills its tile exactly or leaves rows empty; C = 3
+# gives one 27-tap column tile, C = 8 (the bundled model's conv1_2) 72 taps, a full
+# tile and an 8-tap one. 2 x 13 x 11 pixels: two splits, each with a partial
+# stage whose last pixel groups have no pixels.
+NARROW_K = [1, 3, 8, 9, 16, 21, 32]
+
+
+@pytest.mark.parametrize("k", NARROW_K)
+@pytest.mark.parametrize("c", [3, 8])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_conv2d_grad_weight_narrow_tiles(be, rng, k, c, relu):
+    x, w = randn(rng, 2, c, 13, 11), randn(rng, k, c, 3, 3)
+    gy = randn(rng, 2, k, 13, 11)
+    y, _, gw_ref, gb_ref = conv_reference(x, w, gy, 1, 1, relu)
+    xd, gyd = dev(be, x, gy)
+    mask = be.xp.asarray(y.numpy().astype(np.float32)) if relu else None
+    gw, gb = ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=mask)
+    assert_close(gw, gw_ref, what="grad_w")
+    assert_close(gb, gb_ref, what="grad_b")
+    if relu:
+        gw2, _ = ops.conv2d_grad_weight(xd, ops.relu_backward(gyd, mask), 3, 1, 1)
+        assert same_bits(gw, gw2)
+
+
+@pytest.mark.parametrize("k", [8, 16, 21])
+def test_conv2d_grad_weight_narrow_deterministic(be, rng, k):
+    """The narrow tiles' pixel groups meet in a fixed order: same bits run to
+    run and for one emulator worker, with the mask and several splits."""
+    x, gy, y = randn(rng, 2, 8, 30, 29), randn(rng, 2, k, 30, 29), randn(rng, 2, k, 30, 29)
+    assert be.ext.conv2d_grad_weight_splits(2 * 30 * 29, k, 8 * 9) > 1
+    xd, gyd, yd = dev(be, x, gy, y)
+    first, _ = ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)
+    assert same_bits(first, ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)[0])
+    if be.name == "host":
+        fcn_cuda.set_emulator_workers(1)
+        try:
+            serial, _ = ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)
+        finally:
+            fcn_cuda.set_emulator_workers(0)
+        assert same_bits(first, serial)
+    _, _, gw_ref, _ = conv_reference(x, randn(rng, k, 8, 3, 3), gy * (y > 0), 1, 1, False)
+    assert_close(first, gw_ref, what="grad_w")
+
+
 # ---------------------------------------------------------------- conv_transpose2d
 
 # (N, C_in, C_out, H, W, R, S, stride, padding)
@@ -397,7 +442,7 @@ def test_sgd_step(be, rng, hyper):
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
-       k=st.integers(1, 6), r=st.integers(1, 5), s=st.integers(1, 5),
+       k=st.sampled_from([1, 2, 3, 5, 8, 9, 16, 17, 33]), r=st.integers(1, 5), s=st.integers(1, 5),
        stride=st.one_of(st.integers(0, 3), st.tuples(st.integers(1, 3), st.integers(-1, 3))),
        padding=st.one_of(st.integers(-1, 3), st.tuples(st.integers(0, 3), st.integers(0, 3))),
        relu=st.booleans(), dtype=st.sampled_from([np.float32] * 4 + [np.float64]), seed=st.integers(0, 2**16))

@@ -27,9 +27,20 @@
 // the same inputs give the same bits on every run, any GPU, any emulator
 // worker count.
 //
-//   conv2d_grad_weight_igemm: 64 channels x 64 taps per block over one depth
-//     chunk, 16 pixels per shared-memory stage, 4 x 4 register block per
-//     thread (the layout of conv2d_igemm). Any shape.
+//   conv2d_grad_weight_igemm<kTileK>: kTileK channels x 64 taps per block
+//     over one depth chunk, a 4 x 4 register block per thread (the layout of
+//     conv2d_igemm). Any shape; the launcher picks the smallest kTileK in
+//     {8, 16, 32, 64} that holds K (a function of the shape only).
+//     <64>: 16 pixels per shared-memory stage, all 256 threads on one pixel.
+//     <8>, <16>, <32>: the narrow layers (the bundled 1/8-width VGG has K = 8
+//     at conv1, which filled 8 of 64 rows): a narrow tile needs fewer than
+//     256 threads, so 64 / kTileK pixel groups each take a share of a stage
+//     (64 pixels for <8>, <16>; 32 for <32>) and are added in group order at
+//     the end. Measured in the host emulation (batch 4, 3x3, K = C = 8 at
+//     294 x 294): 2.4x to 3.5x faster than the 64-row tile. Prediction, not
+//     measured on a GPU: up to 8x fewer issued FMAs for K <= 8, at the price
+//     of more x loads per FMA (64 + kTileK per kTileK * 64) and 4-way
+//     conflicts on the 64-pixel stage stores.
 //   split_sum: dw[i] = alpha * sum over splits of partial[split][i], in order.
 //   bias_grad: db[k] = sum of dy over n, p, q; one block per channel and a
 //     fixed-shape tree in shared memory.
@@ -59,46 +70,75 @@ conv2d_flip_filters(const float* __restrict__ w, float* __restrict__ wf, int K, 
 // crop-offset 1x1 score convolution (negative padding = crop offset).
 using ConvGradShape = ConvShape;
 
-constexpr int kGradTileK = 64;    // output channels per block (GEMM rows)
 constexpr int kGradTileT = 64;    // filter taps per block (GEMM columns)
-constexpr int kGradTileM = 16;    // pixels per shared-memory stage (GEMM depth)
 constexpr int kGradThreads = 256;
-// Rows padded to 68 floats: the loaders store 16 pixels of one column per
-// half-warp, 68 floats apart, i.e. 4 banks apart (2-way conflict at worst
-// instead of 16-way), and rows stay 16-byte aligned for float4 reads.
-constexpr int kGradLd = 68;
+// x rows padded to 68 floats: the loaders store the stage's pixels of one
+// column from consecutive threads, 68 floats apart, i.e. 4 banks apart (2-way
+// conflict per 16-pixel half-warp instead of 16-way; 4-way for a warp on a
+// 32- or 64-pixel stage), and rows stay 16-byte aligned for float4 reads.
+// dy rows are padded the same way (kTileK + 4).
+constexpr int kGradLd = kGradTileT + 4;
 
-// grid = (ceil(C*R*S / 64), ceil(K / 64), splits), block = 256.
-// Block (bx, by, z) computes dw rows k0 = 64*by .. +63, columns t0 = 64*bx ..
-// +63, summed over pixels [z * chunk, min(M, (z + 1) * chunk)), chunk a
-// multiple of 16, and writes alpha * sum to out[z][k][crs].
-// Loads of one 16-pixel stage: thread t handles pixel m = stage + t % 16
-//   (decoded to n, p, q once per stage) for channels k0 + t/16 + {0,16,32,48}
-//   (dy: a half-warp reads 16 consecutive pixels of one channel, coalesced)
-//   and for taps t0 + t/16 + {0,16,32,48} (x: 16 neighbouring columns of one
-//   row, strided by sw). The taps are fixed for the block, so their (c, r, s)
-//   are decoded once.
-// Compute: thread t owns channels k0 + 4*(t%16) .. +3 x taps t0 + 4*(t/16)
-//   .. +3: per pixel one float4 of each tile feeds 16 FMAs.
-template <bool kMasked>
+// Pixels per shared-memory stage (GEMM depth): 16 for the 64-row tile; the
+// narrow tiles' pixel groups each take only a share of a stage, so their
+// stages are deeper (64 pixels: 40 KB / 45 KB of both tiles' two buffers,
+// under the 48 KB of static shared memory) to keep 128 or more FMAs per
+// thread between barriers. The emulator runs each barrier as a switch of all
+// 256 fibers, so deeper stages were 1.5x faster there for K = 8.
+constexpr int grad_stage_pixels(int tile_k) { return tile_k <= 16 ? 64 : tile_k == 32 ? 32 : 16; }
+
+// kTileK (8, 16, 32 or 64) output channels x 64 taps per block; the launcher
+// picks the smallest tile holding K, so narrow layers do not multiply zeros.
+// grid = (ceil(C*R*S / 64), ceil(K / kTileK), splits), block = 256.
+// Block (bx, by, z) computes dw rows k0 = kTileK*by .. +kTileK-1, columns
+// t0 = 64*bx .. +63, summed over pixels [z * chunk, min(M, (z + 1) * chunk)),
+// chunk a multiple of the stage depth TM = grad_stage_pixels(kTileK), and
+// writes alpha * sum to out[z][k][crs].
+// Loads of one TM-pixel stage: thread t handles pixel m = stage + t % TM
+//   (decoded to n, p, q once per stage) for channels k0 + t/TM + i*(256/TM)
+//   (dy: consecutive threads read consecutive pixels of one channel,
+//   coalesced) and for taps t0 + t/TM + i*(256/TM) (x: neighbouring columns
+//   of one row, strided by sw). The taps are fixed for the block, so their
+//   (c, r, s) are decoded once.
+// Compute: a kTileK x 64 tile needs kTileK*4 threads with a 4 x 4 register
+//   block each, so the 256 threads form G = 64 / kTileK pixel groups (1 for
+//   the 64-row tile, 8 for 8 rows). Thread t is lane l = t % (kTileK*4) of
+//   group g = t / (kTileK*4): it owns channels k0 + 4*(l % (kTileK/4)) .. +3 x
+//   taps t0 + 4*(l / (kTileK/4)) .. +3 and, per stage, the pixels
+//   g*TM/G .. +TM/G-1; per pixel one float4 of each tile feeds 16 FMAs. At the
+//   end the G partial blocks meet in shared memory and group 0 adds them in
+//   group order: a fixed order, as deterministic as the rest.
+template <int kTileK, bool kMasked>
 __global__ void __launch_bounds__(kGradThreads)
 conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ mask,
                          float* __restrict__ out, ConvGradShape g, int chunk, float alpha) {
-    __shared__ __align__(16) float Ds[2][kGradTileM][kGradLd];
-    __shared__ __align__(16) float Xs[2][kGradTileM][kGradLd];
+    constexpr int kStageM = grad_stage_pixels(kTileK);
+    constexpr int kGroupThreads = kTileK / 4 * (kGradTileT / 4);
+    constexpr int kGroups = kGradThreads / kGroupThreads;
+    constexpr int kGroupM = kStageM / kGroups;         // pixels of a stage per group
+    constexpr int kSlotStride = kGradThreads / kStageM;  // loader rows / columns apart
+    constexpr int kDySlots = kTileK / kSlotStride, kXSlots = kGradTileT / kSlotStride;
+    constexpr int kLdK = kTileK + 4;
+    static_assert(kGroups * kGroupThreads == kGradThreads && kGroupM * kGroups == kStageM, "tile must fit the block");
+    static_assert(kDySlots * kSlotStride == kTileK, "dy tile must be a whole number of loads per thread");
+    // Two stages of both tiles; the group reduction reuses the same memory.
+    constexpr int kStageFloats = 2 * kStageM * (kLdK + kGradLd);
+    constexpr int kReduceFloats = kGroups > 1 ? kGradThreads * 16 : 0;
+    __shared__ __align__(16) float smem[kStageFloats > kReduceFloats ? kStageFloats : kReduceFloats];
+    auto Ds = reinterpret_cast<float(*)[kStageM][kLdK]>(smem);
+    auto Xs = reinterpret_cast<float(*)[kStageM][kGradLd]>(smem + 2 * kStageM * kLdK);
+
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, RS = g.R * g.S, CRS = g.C * RS;
-    const int t0 = blockIdx.x * kGradTileT, k0 = blockIdx.y * kGradTileK;
+    const int t0 = blockIdx.x * kGradTileT, k0 = blockIdx.y * kTileK;
     const int m_begin = blockIdx.z * chunk, m_end = min(M, m_begin + chunk);
 
-    constexpr int kSlots = kGradTileK * kGradTileM / kGradThreads;  // 4 loads of each tile per thread
-    constexpr int kSlotStride = kGradThreads / kGradTileM;          // 16 rows / columns apart
-    const int lm = t % kGradTileM, lcol = t / kGradTileM;
+    const int lm = t % kStageM, lcol = t / kStageM;
     // This thread's taps: x offset within image n (-1: past C*R*S) and (r, s)
     // for the padding test.
-    int tap_off[kSlots], tap_r[kSlots], tap_s[kSlots];
+    int tap_off[kXSlots], tap_r[kXSlots], tap_s[kXSlots];
 #pragma unroll
-    for (int i = 0; i < kSlots; ++i) {
+    for (int i = 0; i < kXSlots; ++i) {
         const int crs = t0 + lcol + i * kSlotStride;
         const int c = crs / RS, rs = crs % RS;
         tap_r[i] = rs / g.S;
@@ -106,7 +146,7 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         tap_off[i] = crs < CRS ? c * g.H * g.W : -1;
     }
 
-    float d_next[kSlots], x_next[kSlots];
+    float d_next[kDySlots], x_next[kXSlots];
     auto fetch = [&](int m0) {
         const int m = m0 + lm;
         const bool pixel = m < m_end;
@@ -114,7 +154,7 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         const int ih0 = pq / g.Q * g.sh - g.ph, iw0 = pq % g.Q * g.sw - g.pw;
         const float* dyn = dy + n * g.K * PQ + pq;
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) {
+        for (int i = 0; i < kDySlots; ++i) {
             const int k = k0 + lcol + i * kSlotStride;
             float v = 0.f;
             if (pixel && k < g.K) {
@@ -125,7 +165,7 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         }
         const float* xn = x + n * g.C * g.H * g.W;
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) {
+        for (int i = 0; i < kXSlots; ++i) {
             const int ih = ih0 + tap_r[i], iw = iw0 + tap_s[i];
             const bool inside =
                 pixel && tap_off[i] >= 0 && unsigned(ih) < unsigned(g.H) && unsigned(iw) < unsigned(g.W);
@@ -133,21 +173,21 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         }
     };
 
-    const int tk = t % (kGradTileK / 4), tt = t / (kGradTileK / 4);
+    const int group = t / kGroupThreads, lane = t % kGroupThreads;
+    const int tk = lane % (kTileK / 4), tt = lane / (kTileK / 4);
     float acc[4][4] = {};
     fetch(m_begin);
-    for (int m0 = m_begin, stage = 0; m0 < m_end; m0 += kGradTileM, stage ^= 1) {
+    for (int m0 = m_begin, stage = 0; m0 < m_end; m0 += kStageM, stage ^= 1) {
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier: one barrier per stage suffices.
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) {
-            Ds[stage][lm][lcol + i * kSlotStride] = d_next[i];
-            Xs[stage][lm][lcol + i * kSlotStride] = x_next[i];
-        }
-        __syncthreads();
-        if (m0 + kGradTileM < m_end) fetch(m0 + kGradTileM);  // in flight during the FMAs below
+        for (int i = 0; i < kDySlots; ++i) Ds[stage][lm][lcol + i * kSlotStride] = d_next[i];
 #pragma unroll
-        for (int j = 0; j < kGradTileM; ++j) {
+        for (int i = 0; i < kXSlots; ++i) Xs[stage][lm][lcol + i * kSlotStride] = x_next[i];
+        __syncthreads();
+        if (m0 + kStageM < m_end) fetch(m0 + kStageM);  // in flight during the FMAs below
+#pragma unroll
+        for (int j = group * kGroupM; j < (group + 1) * kGroupM; ++j) {
             const float4 a = *reinterpret_cast<const float4*>(&Ds[stage][j][tk * 4]);
             const float4 b = *reinterpret_cast<const float4*>(&Xs[stage][j][tt * 4]);
             const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
@@ -156,6 +196,25 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
 #pragma unroll
                 for (int v = 0; v < 4; ++v) acc[u][v] = fmaf(av[u], bv[v], acc[u][v]);
         }
+    }
+
+    if constexpr (kGroups > 1) {
+        // red[group][u*4 + v][lane]: lanes contiguous, so the stores and
+        // loads below are conflict-free. The barrier first: the last stage's
+        // buffers are still being read.
+        float* red = smem;
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) red[(group * 16 + u * 4 + v) * kGroupThreads + lane] = acc[u][v];
+        __syncthreads();
+        if (group != 0) return;
+        for (int h = 1; h < kGroups; ++h)
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+                for (int v = 0; v < 4; ++v) acc[u][v] += red[(h * 16 + u * 4 + v) * kGroupThreads + lane];
     }
 
     float* o = out + blockIdx.z * g.K * CRS;

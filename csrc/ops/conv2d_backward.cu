@@ -4,6 +4,8 @@
 #include "kernels/upsample.cuh"
 #include "ops/launchers.h"
 
+#include <string>
+
 namespace fcn {
 
 void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, float* w_flipped,
@@ -33,14 +35,38 @@ void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask
     }
 }
 
+// The smallest tile that holds K output channels: a narrow layer (the
+// bundled model's K = 8 at conv1) would otherwise fill 8 of 64 rows.
+int conv2d_grad_weight_tile_k(int K) { return K <= 8 ? 8 : K <= 16 ? 16 : K <= 32 ? 32 : 64; }
+
+static int grad_weight_chunk(int M, int K, int splits) {
+    const int stage = grad_stage_pixels(conv2d_grad_weight_tile_k(K));
+    return ceil_div(ceil_div(M, splits), stage) * stage;
+}
+
 // Enough blocks to fill a large GPU (about 1024), at least 256 pixels of
-// depth per block, at most 256 splits. A function of the shape alone, so the
-// summation order (and the bits) never depend on the machine.
+// depth per block, at most 256 splits. A function of the shape alone (as is
+// the tile), so the summation order (and the bits) never depend on the machine.
 int conv2d_grad_weight_splits(int M, int K, int CRS) {
-    const int tiles = ceil_div(K, kGradTileK) * ceil_div(CRS, kGradTileT);
+    const int tiles = ceil_div(K, conv2d_grad_weight_tile_k(K)) * ceil_div(CRS, kGradTileT);
     const int splits = max(1, min(min(ceil_div(1024, tiles), ceil_div(M, 256)), 256));
-    const int chunk = ceil_div(ceil_div(M, splits), kGradTileM) * kGradTileM;
-    return ceil_div(M, chunk);
+    return ceil_div(M, grad_weight_chunk(M, K, splits));
+}
+
+template <int kTileK>
+static void launch_grad_weight_tile(const float* x, const float* dy, const float* mask, float* out,
+                                    const ConvGradShape& g, int splits, int chunk, float alpha, cudaStream_t stream) {
+    // Static: the launch may keep the name (error reports) after this returns.
+    static const std::string plain = "conv2d_grad_weight_igemm<" + std::to_string(kTileK) + ">",
+                             masked = "conv2d_grad_weight_igemm<" + std::to_string(kTileK) + ",masked>";
+    const dim3 grid(ceil_div(g.C * g.R * g.S, kGradTileT), ceil_div(g.K, kTileK), splits);
+    if (mask) {
+        launch(masked.c_str(), conv2d_grad_weight_igemm<kTileK, true>, grid, dim3(kGradThreads), 0,
+               stream, x, dy, mask, out, g, chunk, alpha);
+    } else {
+        launch(plain.c_str(), conv2d_grad_weight_igemm<kTileK, false>, grid, dim3(kGradThreads), 0, stream,
+               x, dy, mask, out, g, chunk, alpha);
+    }
 }
 
 void launch_conv2d_grad_weight(const float* x, const float* dy, const float* mask, float* dw, float* workspace,
@@ -49,17 +75,15 @@ void launch_conv2d_grad_weight(const float* x, const float* dy, const float* mas
     const ConvGradShape g{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
     const int M = N * P * Q, CRS = C * R * S;
     const int splits = conv2d_grad_weight_splits(M, K, CRS);
-    const int chunk = ceil_div(ceil_div(M, splits), kGradTileM) * kGradTileM;
+    const int chunk = grad_weight_chunk(M, K, splits);
     // One split writes dw directly; several write the workspace first.
     float* out = splits == 1 ? dw : workspace;
     const float a = splits == 1 ? alpha : 1.f;
-    const dim3 grid(ceil_div(CRS, kGradTileT), ceil_div(K, kGradTileK), splits);
-    if (mask) {
-        launch("conv2d_grad_weight_igemm<masked>", conv2d_grad_weight_igemm<true>, grid, dim3(kGradThreads), 0,
-               stream, x, dy, mask, out, g, chunk, a);
-    } else {
-        launch("conv2d_grad_weight_igemm", conv2d_grad_weight_igemm<false>, grid, dim3(kGradThreads), 0, stream, x,
-               dy, mask, out, g, chunk, a);
+    switch (conv2d_grad_weight_tile_k(K)) {
+        case 8: launch_grad_weight_tile<8>(x, dy, mask, out, g, splits, chunk, a, stream); break;
+        case 16: launch_grad_weight_tile<16>(x, dy, mask, out, g, splits, chunk, a, stream); break;
+        case 32: launch_grad_weight_tile<32>(x, dy, mask, out, g, splits, chunk, a, stream); break;
+        default: launch_grad_weight_tile<64>(x, dy, mask, out, g, splits, chunk, a, stream); break;
     }
     if (splits > 1) {
         const int n = K * CRS;
