@@ -176,7 +176,7 @@ def main(argv=None):
             limit = args.max_minutes * 60 if args.max_minutes else None
             trainer = train(args.out, max_seconds=limit, **overrides)
             if not trainer.finished:
-                print(f"stopped at step {trainer.step} after {args.max_minutes} min; run the same command to go on")
+                print(f"stopped by {trainer.stopped_by} at step {trainer.step}; run the same command to go on")
             else:
                 print(f"weights: {Path(args.out) / 'final.safetensors'}")
             if trainer.history.val:

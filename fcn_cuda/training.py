@@ -105,6 +105,7 @@ class Trainer:
         self.out = Path(out) if out else None
         self.step = 0
         self.history = History()
+        self.stopped_by = None  # why the last fit() returned early: "the time limit", "SIGINT", "SIGTERM"
         be = _backend.active()
         self.velocity = {k: be.xp.zeros_like(v) for k, v in model.params.items()}
 
@@ -153,6 +154,7 @@ class Trainer:
         from ._progress import Progress
 
         bar = Progress(self.config.iterations, "train") if progress else None
+        self.stopped_by = None
         if bar:
             bar.n = self.step
         started, first_step = time.perf_counter(), self.step
@@ -183,6 +185,7 @@ class Trainer:
                 break
             timed_out = max_seconds is not None and time.perf_counter() - started >= max_seconds
             if timed_out or stop.requested:
+                self.stopped_by = stop.requested or "the time limit"
                 if self.out:
                     self.save_checkpoint()
                 if stop.requested and bar:

@@ -40,7 +40,7 @@ def test_training_stops_at_the_target_mean_iu(tmp_path):
 
 def test_time_limit_checkpoints_and_the_same_command_goes_on(tmp_path):
     first = bundled.train(tmp_path, progress=False, max_seconds=0, **TOY)
-    assert first.step == 1 and not first.finished
+    assert first.step == 1 and not first.finished and first.stopped_by == "the time limit"
     assert (tmp_path / "checkpoint.safetensors").exists() and not (tmp_path / "final.safetensors").exists()
     second = bundled.train(tmp_path, progress=False, **TOY)
     assert second.step == 3 and second.history.loss[0] == first.history.loss[0]

@@ -106,7 +106,7 @@ def test_a_signal_stops_training_after_the_step_with_a_checkpoint(tmp_path, monk
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     before = signal.getsignal(signal.SIGINT)
     trainer.fit(data, progress=False)
-    assert trainer.step == 3 and not trainer.finished
+    assert trainer.step == 3 and not trainer.finished and trainer.stopped_by == signame
     assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back
     monkeypatch.setattr(Trainer, "train_step", step)
     resumed = fcn_cuda.train(None, data, out=out, config=config(iterations=5, val_every=0), progress=False)
