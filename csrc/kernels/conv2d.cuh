@@ -60,8 +60,9 @@
 //     reading half the weight bytes. Limits: igemm_bf16 only; for inference
 //     (the copy does not follow training's fp32 updates); x stays fp32.
 //     Prediction, not a measurement: fc6 at batch 1 on a 500 x 500 image
-//     streams 411 MB -> 206 MB of weights, its dominant traffic, so up to
-//     ~2x on that layer while it is bound by weight bandwidth.
+//     streams 411 MB -> 206 MB of weights, next to 34 MB of split-K
+//     workspace either way, so up to ~1.8x on that layer while it is bound
+//     by memory bandwidth.
 //
 // Epilogues (the igemm variants share one, ConvOut, picked by a kernel
 // argument): plain, ReLU, or ReLU + FCN's 2x2 stride-2 ceil-mode max pool,
@@ -208,8 +209,8 @@ __device__ __forceinline__ void conv2d_igemm_stages(
     typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored, TN>], Math&& math) {
     static_assert(TM * TN == kConvTileM * kConvTileN && TN >= kConvThreads / kConvTileK && TM <= kConvThreads,
                   "whole loads per thread");
-    constexpr bool kStagedWeights = std::is_same_v<Wt, typename In::Stored> && !std::is_same_v<Wt, float>;
-    static_assert(std::is_same_v<Wt, float> || kStagedWeights, "w is fp32 or already in the staged type");
+    constexpr bool kStagedWeights = !std::is_same_v<Wt, float>;  // w holds what Bs holds
+    static_assert(!kStagedWeights || std::is_same_v<Wt, typename In::Stored>, "w is fp32 or in the staged type");
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
 
