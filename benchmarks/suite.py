@@ -25,7 +25,7 @@ import numpy as np
 import fcn_cuda
 from fcn_cuda import _backend, ops
 from fcn_cuda.bilinear import bilinear_weights
-from fcn_cuda.model import CONV1_PAD, VGG16_BLOCKS, head_geometry, param_shapes
+from fcn_cuda.model import BF16_WEIGHT_LAYERS, CONV1_PAD, VGG16_BLOCKS, head_geometry, param_shapes
 
 from .timing import CupyClock, Timing, TorchClock, time_device, time_host
 
@@ -362,9 +362,16 @@ def plain_ref(ctx):
     return "torch-fp32" if ctx.gpu else "torch-cpu"
 
 
+# The row of igemm_bf16 on filters pre-converted to bf16 (ops.to_bf16_weights),
+# for the layers a model can run that way (FCN.use_bf16_weights).
+BF16_WEIGHTS_ROW = "igemm_bf16+bf16w"
+
+
 def conv_cases(ctx, tag, L):
     F = ctx.torch.nn.functional
     variants = {v: conv_refs(ctx, ops.CONV2D_PRECISION[v]) for v in ops.conv2d_variants(L["w"])}
+    if L["name"] in BF16_WEIGHT_LAYERS:
+        variants[BF16_WEIGHTS_ROW] = conv_refs(ctx, "bf16")
     names = [row_name(tag, L["name"], v, r) for v, refs in variants.items() for r, _ in refs]
     if not any(map(ctx.wants, names)):
         return []
@@ -390,10 +397,16 @@ def conv_cases(ctx, tag, L):
     desc = f"x {_fmt(L['x'])} w {_fmt(L['w'])} pad {pad}{' relu' if relu else ''}"
     cases = []
     for v, refs in variants.items():
-        ours_fns = [lambda xo=xo, v=v: ops.conv2d(xo, wo, bo, 1, pad, relu, variant=v) for xo, _ in xs]
+        if v == BF16_WEIGHTS_ROW:  # converted once, outside the timing, as a model does when it opts in
+            w16 = ops.to_bf16_weights(wo)
+            ours_fns = [lambda xo=xo: ops.conv2d(xo, w16, bo, 1, pad, relu) for xo, _ in xs]
+            v_bytes = nbytes - 2.0 * k * c * r * s  # 2 bytes per weight instead of 4
+        else:
+            ours_fns = [lambda xo=xo, v=v: ops.conv2d(xo, wo, bo, 1, pad, relu, variant=v) for xo, _ in xs]
+            v_bytes = nbytes
         for ref_name, prec in refs:
             cases.append(Case(row_name(tag, L["name"], v, ref_name), "layer", "conv", tag, L["name"], v, ref_name,
-                              desc, ours_fns, ref_fns[prec], prec, flops, nbytes))
+                              desc, ours_fns, ref_fns[prec], prec, flops, v_bytes))
     return cases
 
 

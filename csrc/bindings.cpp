@@ -105,6 +105,27 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_conv2d_split(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b), P<float>(y),
                                  P<float>(workspace), splits, N, C, H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
     }, nogil);
+    // The same three with bf16 weights (w: the uint16 bit patterns of conv2d_to_bf16).
+    m.def("conv2d_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W,
+                             int K, int kh, int kw, int sh, int sw, int ph, int pw, bool relu, Addr s) {
+        fcn::launch_conv2d(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w), P<const float>(b),
+                           P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
+    }, nogil);
+    m.def("conv2d_relu_maxpool_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C,
+                                          int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw, Addr s) {
+        fcn::launch_conv2d_relu_maxpool(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w),
+                                        P<const float>(b), P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, S(s));
+    }, nogil);
+    m.def("conv2d_split_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, Addr workspace,
+                                   int splits, int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw,
+                                   int ph, int pw, bool relu, Addr s) {
+        fcn::launch_conv2d_split(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w), P<const float>(b),
+                                 P<float>(y), P<float>(workspace), splits, N, C, H, W, K, kh, kw, sh, sw, ph, pw,
+                                 relu, S(s));
+    }, nogil);
+    m.def("conv2d_to_bf16", [](Addr w, Addr w_bf16, int n, Addr s) {
+        fcn::launch_conv2d_to_bf16(P<const float>(w), P<std::uint16_t>(w_bf16), n, S(s));
+    }, nogil);
 
     // ---- head
     m.def("upsample_argmax", [](Addr x, Addr w, Addr labels, Addr probs, int N, int C, int H, int W, int R, int S_,

@@ -60,7 +60,9 @@ def infer(img, model=None, return_scores=False):
     """H x W integer label map (NumPy) for one image; with return_scores also
     the C x H x W float32 class scores. The labels are the same either way;
     without scores the last upsample and the argmax are one kernel
-    (FCN.labels) and the full-resolution scores are never stored."""
+    (FCN.labels) and the full-resolution scores are never stored.
+    model.use_bf16_weights() first runs fc6 on bf16 weights (half its weight
+    traffic, bf16 accuracy for that layer)."""
     rgb = load_image(img)
     model = model if model is not None else default_model()
     be = _backend.active()

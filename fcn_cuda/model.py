@@ -138,6 +138,10 @@ def _stores(store, name):
     return not isinstance(store, _SkipsOnly) or name in _SkipsOnly.KEPT
 
 
+# The layers whose weights FCN.use_bf16_weights can hold in bf16: fc6 and
+# fc7 stream the most weight bytes per output pixel (fc6: 411 MB in VGG16).
+BF16_WEIGHT_LAYERS = ("fc6", "fc7")
+
 # Inference runs the last conv of each block, its ReLU and the pool as one
 # kernel (ops.conv2d_relu_maxpool) where conv2d's default variant has that
 # epilogue; False forces the separate ops (the tests compare both).
@@ -162,6 +166,8 @@ class FCN:
         self.at_once = bool(at_once)
         self.conv1_pad = CONV1_PAD
         self.params = {}
+        self.bf16_layers = ()  # use_bf16_weights
+        self._bf16 = {}        # {layer: ops.Bf16Weights}, made from self.params
         if state_dict is None:
             state_dict = self._fresh(param_shapes(variant, num_classes, widths, fc), seed)
         self.load_state_dict(state_dict)
@@ -203,6 +209,7 @@ class FCN:
         be = _backend.active()
         self.params = {k: be.xp.asarray(v) for k, v in arrays.items()}
         self._backend = be.name
+        self._bf16 = {}  # made again from the new weights when inference next needs them
         # Decided once here, on the host copy: asking the op to detect
         # per-channel weights would cost a device sync on every forward.
         # (So upsampling weights change only through load_state_dict.)
@@ -229,7 +236,49 @@ class FCN:
             self.params = {k: be.xp.asarray(_backend._select(self._backend).to_numpy(v))
                            for k, v in self.params.items()}
             self._backend = be.name
+            self._bf16 = {}
         return be
+
+    def use_bf16_weights(self, layers=("fc6",)):
+        """Inference runs `layers` (a name or names of BF16_WEIGHT_LAYERS:
+        fc6, fc7) as ops.conv2d's igemm_bf16 on their weights rounded to bf16
+        once, here (ops.to_bf16_weights): half the weight bytes to stream,
+        the lever for fc6 at batch 1 (411 MB of fp32 weights in VGG16). The
+        other layers are unchanged; () turns the mode off. Returns the model.
+
+        Accuracy: those layers then compute with bf16 operands (x and w
+        rounded to nearest even, 8 significant bits) and fp32 accumulation,
+        the numerical contract's bf16 tolerance (1e-2 relative error); the
+        scores move by about that much at most, and labels change only where
+        two classes nearly tie (tests/test_conv2d_bf16_weights.py).
+
+        Training keeps fp32: a forward pass for a backward one (keep or
+        dropout given: loss_and_grads, the Trainer) uses the fp32 weights and
+        drops the bf16 copies, since SGD then updates the fp32 weights in
+        place; the next inference rounds them again, as it does after
+        load_state_dict or a backend switch. Weights changed in place by
+        other means need use_bf16_weights called again.
+        """
+        names = (layers,) if isinstance(layers, str) else layers
+        try:
+            names = tuple(dict.fromkeys(names))
+        except TypeError:
+            raise TypeError(f"layers must be a layer name or names, got {type(layers).__name__}") from None
+        for name in names:
+            V.choice(name, "layers", BF16_WEIGHT_LAYERS)
+        self._check_backend()
+        self.bf16_layers = names
+        self._bf16 = {name: ops.to_bf16_weights(self.params[f"{name}.weight"]) for name in names}
+        return self
+
+    def _fc_weight(self, name, training):
+        """fc6 / fc7 / score_fr's weights for this pass: the bf16 copy where
+        use_bf16_weights asked for it and the pass is inference."""
+        if training or name not in self.bf16_layers:
+            return self.params[f"{name}.weight"]
+        if name not in self._bf16:
+            self._bf16[name] = ops.to_bf16_weights(self.params[f"{name}.weight"])
+        return self._bf16[name]
 
     def offsets(self):
         return head_geometry(self.variant, self.conv1_pad)
@@ -287,7 +336,9 @@ class FCN:
         return x
 
     def score_fr(self, x, store, indices=False, dropout=None):
-        """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`."""
+        """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`.
+        fc6 / fc7 read their bf16 weights (use_bf16_weights) in inference
+        only: a pass with indices or dropout feeds a backward one, in fp32."""
         p = self.params
         h = x
         for b, block in enumerate(VGG16_BLOCKS):
@@ -313,8 +364,11 @@ class FCN:
             store[f"pool{b + 1}"] = h
         if h.shape[2] < 7 or h.shape[3] < 7:  # only when conv1_pad is lowered from 100
             raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is too small for fc6's 7x7 window")
+        training = indices or dropout is not None
+        if training:
+            self._bf16 = {}  # the fp32 weights may change before the next inference
         for layer, (name, relu) in enumerate((("fc6", True), ("fc7", True), ("score_fr", False))):
-            h = ops.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], relu=relu)
+            h = ops.conv2d(h, self._fc_weight(name, training), p[f"{name}.bias"], relu=relu)
             store[name] = h
             if dropout is not None and relu:
                 h = ops.dropout(h, DROPOUT_P, *dropout_key(dropout, layer))
@@ -353,5 +407,6 @@ class FCN:
         return int(sum(v.size for v in self.params.values()))
 
     def __repr__(self):
+        bf16 = f", bf16_layers={self.bf16_layers}" if self.bf16_layers else ""
         return (f"FCN(variant={self.variant!r}, num_classes={self.num_classes}, "
-                f"params={self.num_params():,}, backend={self._backend!r})")
+                f"params={self.num_params():,}, backend={self._backend!r}{bf16})")

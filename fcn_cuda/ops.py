@@ -74,11 +74,62 @@ def _conv2d_auto_splits(m, k, crs):
     return min(-(-1024 // tiles), -(-crs // 16) // 64)
 
 
+__all__ += ["Bf16Weights", "to_bf16_weights"]
+
+
+class Bf16Weights:
+    """Convolution filters stored in bfloat16, half the bytes of float32, for
+    conv2d / conv2d_relu_maxpool's igemm_bf16 (its bf16-weights mode).
+
+    NumPy and CuPy have no bfloat16 dtype, so ``bits`` holds each weight's
+    bf16 bit pattern (the upper 16 bits of the float32 it stands for) as a
+    K x C x R x S uint16 array of the active backend; ``shape`` is the
+    filters' logical shape. Made by to_bf16_weights(w). The values are w
+    rounded to nearest even, the rounding igemm_bf16 applies to float32
+    weights as it loads them, so igemm_bf16 gives the same bits on either.
+    """
+
+    def __init__(self, bits):
+        self.bits = V.array(bits, "bits", ndim=4, dtype=np.uint16, shape_hint="K x C x R x S")
+
+    @property
+    def shape(self):
+        return tuple(self.bits.shape)
+
+    def __repr__(self):
+        return f"Bf16Weights(shape={self.shape})"
+
+
+def to_bf16_weights(w):
+    """``w`` (K x C x R x S float32) rounded to bfloat16, round to nearest
+    even (NaN stays NaN, overflow past the bf16 maximum becomes inf), as a
+    Bf16Weights (csrc/kernels/conv2d.cuh, conv2d_to_bf16). Convert once, when
+    the weights are loaded; conv2d then streams half the weight bytes."""
+    be = _backend.active()
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    V.fits_int32(w.size + 255, "w (plus a block of 256 threads)")
+    bits = be.empty(w.shape, np.uint16)
+    be.ext.conv2d_to_bf16(be.ptr(w), be.ptr(bits), w.size, be.stream())
+    return Bf16Weights(bits)
+
+
+def _bf16_variant(w, variant, op):
+    """The variant for bf16 weights: igemm_bf16, the only one that reads them."""
+    if variant not in (None, "igemm_bf16"):
+        raise ValueError(f"w holds bf16 weights ({w!r}), which only variant igemm_bf16 of {op} reads; "
+                         f"got variant {variant!r} (pass float32 weights for it)")
+    return "igemm_bf16"
+
+
 def _conv_args(x, w, b, stride, padding, op, be):
     """The checks every convolution entry point makes: (x, w, b, (N, C, H, W,
-    K, R, S, sh, sw, ph, pw, P, Q))."""
+    K, R, S, sh, sw, ph, pw, P, Q)). w: float32 filters, or a Bf16Weights,
+    whose bits come back as w."""
     x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
-    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    if isinstance(w, Bf16Weights):
+        w = V.array(w.bits, "w.bits", ndim=4, dtype=np.uint16, shape_hint="K x C x R x S", be=be)
+    else:
+        w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
     n, c, h, wd = x.shape
     k, cw, r, s = w.shape
     if cw != c:
@@ -114,6 +165,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     variant: one of CONV2D_VARIANTS, or None for the fastest for the backend
     and shape (igemm, but direct on the host when igemm's tiles are mostly
     padding, e.g. a handful of output pixels or channels).
+    w may be a Bf16Weights (to_bf16_weights): filters already rounded to
+    bf16, read by igemm_bf16 only (the default then; any other variant is a
+    ValueError), bit for bit its result on the float32 filters, splits
+    included, for half the weight bytes.
     splits: split-K for the igemm variants (CONV2D_SPLIT_VARIANTS): the
     depth C*R*S is cut into `splits` ranges of whole 16-tap stages, computed
     by separate blocks into a workspace (splits x N x K x P x Q floats) and
@@ -126,6 +181,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     be = _backend.active()
     if variant is not None:
         V.choice(variant, "variant", CONV2D_VARIANTS)
+    bf16w = isinstance(w, Bf16Weights)
+    if bf16w:
+        variant = _bf16_variant(w, variant, "conv2d")
     if splits is not None:
         splits = V.integer(splits, "splits", minimum=1)
         if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
@@ -154,13 +212,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         splits = _conv2d_auto_splits(n * p * q, k, c * r * s) if variant in CONV2D_SPLIT_VARIANTS else 1
     V.fits_int32(splits * n * k * p * q + 255, f"the workspace of splits = {splits} partial outputs")
     y = be.empty((n, k, p, q))
+    plain, split = ((be.ext.conv2d_bf16w, be.ext.conv2d_split_bf16w) if bf16w
+                    else (be.ext.conv2d, be.ext.conv2d_split))
     if splits == 1:
-        be.ext.conv2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-                      n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+        plain(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+              n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     else:
         ws = be.empty((splits * n * k * p * q,))
-        be.ext.conv2d_split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-                            be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+        split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+              be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
     return y
 
 # ---- conv2d_relu_maxpool (the end of a VGG block: conv, ReLU, pool in one pass)
@@ -178,10 +238,14 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
     precision for the same name), default igemm. The result equals
     ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
     bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
-    convolution becomes 0, where F.relu would propagate it.
+    convolution becomes 0, where F.relu would propagate it. w may be a
+    Bf16Weights, as in conv2d (igemm_bf16 only, the default then).
     """
     be = _backend.active()
-    variant = "igemm" if variant is None else V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
+    if variant is not None:
+        V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
+    bf16w = isinstance(w, Bf16Weights)
+    variant = _bf16_variant(w, variant, "conv2d_relu_maxpool") if bf16w else variant or "igemm"
     x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding,
                                                                      "conv2d_relu_maxpool", be)
     po, qo = (p + 1) // 2, (q + 1) // 2
@@ -189,8 +253,9 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
     V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
     V.fits_int32(n * k * po * qo + 255, "the output (N x K x ceil(P/2) x ceil(Q/2), plus a block)")
     y = be.empty((n, k, po, qo))
-    be.ext.conv2d_relu_maxpool(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-                               n, c, h, wd, k, r, s, sh, sw, ph, pw, be.stream())
+    launch = be.ext.conv2d_relu_maxpool_bf16w if bf16w else be.ext.conv2d_relu_maxpool
+    launch(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+           n, c, h, wd, k, r, s, sh, sw, ph, pw, be.stream())
     return y
 
 

@@ -53,6 +53,16 @@
 //     the per-stage barrier as the bound, so about 2x conv2d_igemm on VGG's
 //     3x3 layers and far below tensor-core peak; closing that gap needs
 //     deeper stages, cp.async and larger warp tiles.
+//   igemm_bf16 on bf16 weights (ops.Bf16Weights): w rounded to bf16 once,
+//     ahead of time (conv2d_to_bf16, e.g. when a model is loaded), read as
+//     bf16 by the pipeline's B loader and staged as it is: bit for bit
+//     igemm_bf16 on the fp32 w, split-K and the pooled epilogue included,
+//     reading half the weight bytes. Limits: igemm_bf16 only; for inference
+//     (the copy does not follow training's fp32 updates); x stays fp32.
+//     Prediction, not a measurement: fc6 at batch 1 on a 500 x 500 image
+//     streams 411 MB -> 206 MB of weights, next to 34 MB of split-K
+//     workspace either way, so up to ~1.8x on that layer while it is bound
+//     by memory bandwidth.
 //
 // Epilogues (the igemm variants share one, ConvOut, picked by a kernel
 // argument): plain, ReLU, or ReLU + FCN's 2x2 stride-2 ceil-mode max pool,
@@ -76,6 +86,8 @@
 //     of workspace traffic (written once, read once) next to the 411 MB of
 //     weights that the layer streams either way.
 #pragma once
+#include <type_traits>
+
 #include "common.cuh"
 #include "wmma_input.cuh"
 
@@ -170,7 +182,11 @@ __device__ __forceinline__ DepthRange conv2d_split_depth(int CRS) {
 // [kk_begin, kk_end) of the block's C tile (pixels m0 .. m0+TM-1 x channels
 // k0 .. k0+TN-1; TM x TN is 64 x 64, or conv2d_igemm's 128 x 32 or 256 x 16)
 // in 16-deep stages, and calls math(stage) once As[stage] (tap x pixel) and
-// Bs[stage] (tap x channel) hold the stage, converted by In::convert.
+// Bs[stage] (tap x channel) hold the stage, converted by In::convert. The
+// weights w are fp32 (Wt = float), rounded by In::convert as they are staged,
+// or already stored in In's type (Wt = In::Stored: bf16 weights from
+// conv2d_to_bf16), staged as they are: the same bits either way, since the
+// rounding is one function of the fp32 value wherever it runs.
 // kk_begin is a multiple of 16 and kk_end one too or C*R*S (a split of
 // conv2d_split_depth, or the whole depth). With a mask (x's shape, or null),
 // A's values where !(mask > 0) are gathered as 0. All 256 threads of the
@@ -182,17 +198,19 @@ __device__ __forceinline__ DepthRange conv2d_split_depth(int CRS) {
 //      (strided by sw) columns of one row of x: coalesced. Each thread keeps
 //      its pixel for the whole loop, so (n, p, q) is decoded once.
 //   B: thread t reads tap t % 16 of channels t / 16 + {0, 16, 32, 48}: a
-//      half-warp reads 16 consecutive floats of one filter row of w
-//      (coalesced), stored transposed to Bs[tap][channel].
+//      half-warp reads 16 consecutive weights (64 bytes in fp32, 32 in bf16)
+//      of one filter row of w (coalesced), stored transposed to Bs[tap][channel].
 // The next stage is prefetched into registers while math runs on the
 // current one; with two shared buffers one barrier per stage suffices.
-template <typename In, int TM, int TN, typename Math>
+template <typename In, int TM, int TN, typename Wt, typename Math>
 __device__ __forceinline__ void conv2d_igemm_stages(
-    const float* __restrict__ x, const float* __restrict__ mask, const float* __restrict__ w, const ConvShape& g,
+    const float* __restrict__ x, const float* __restrict__ mask, const Wt* __restrict__ w, const ConvShape& g,
     int m0, int k0, int kk_begin, int kk_end, typename In::Stored (&As)[2][kConvTileK][TM],
     typename In::Stored (&Bs)[2][kConvTileK][kConvLdB<typename In::Stored, TN>], Math&& math) {
     static_assert(TM * TN == kConvTileM * kConvTileN && TN >= kConvThreads / kConvTileK && TM <= kConvThreads,
                   "whole loads per thread");
+    constexpr bool kStagedWeights = !std::is_same_v<Wt, float>;  // w holds what Bs holds
+    static_assert(!kStagedWeights || std::is_same_v<Wt, typename In::Stored>, "w is fp32 or in the staged type");
     const int t = threadIdx.x;
     const int PQ = g.P * g.Q, M = g.N * PQ, CRS = g.C * g.R * g.S;
 
@@ -212,7 +230,8 @@ __device__ __forceinline__ void conv2d_igemm_stages(
     constexpr int kBSlots = kConvTileK * TN / kConvThreads;
     const int bkk = t % kConvTileK, bk = t / kConvTileK;
 
-    float a_next[kSlots], b_next[kBSlots];
+    float a_next[kSlots];
+    Wt b_next[kBSlots];
     // Fetch the stage starting at depth kk0 (slot 0 at `tap`) into registers.
     // Past the depth, tap.c reaches C, so one test zero-fills both the depth
     // tail and (with the row/column tests) the padding.
@@ -229,7 +248,7 @@ __device__ __forceinline__ void conv2d_igemm_stages(
 #pragma unroll
         for (int i = 0; i < kBSlots; ++i) {
             const int k = k0 + bk + i * (kConvThreads / kConvTileK), kk = kk0 + bkk;
-            b_next[i] = (k < g.K && kk < CRS) ? __ldg(&w[k * CRS + kk]) : 0.f;
+            b_next[i] = (k < g.K && kk < CRS) ? __ldg(&w[k * CRS + kk]) : Wt(0.f);
         }
     };
 
@@ -240,7 +259,13 @@ __device__ __forceinline__ void conv2d_igemm_stages(
 #pragma unroll
         for (int i = 0; i < kSlots; ++i) As[stage][t / TM + i * kSlotStride][t % TM] = In::convert(a_next[i]);
 #pragma unroll
-        for (int i = 0; i < kBSlots; ++i) Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)] = In::convert(b_next[i]);
+        for (int i = 0; i < kBSlots; ++i) {
+            auto& dst = Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)];
+            if constexpr (kStagedWeights)
+                dst = b_next[i];
+            else
+                dst = In::convert(b_next[i]);
+        }
         __syncthreads();  // the stage is complete before anyone reads it
         if (kk0 + kConvTileK < kk_end) {
             // Issue the next stage's global loads now; their latency hides
@@ -373,7 +398,8 @@ constexpr int kConvLdC = kConvTileM + 4;
 // T = precision::tf32 or __nv_bfloat16 (wmma_input.cuh). The block computes
 // the same C tile and split as conv2d_igemm, through the same
 // conv2d_igemm_stages, with As and Bs held in T's storage type (rounded
-// once, when staged).
+// once, when staged). Wt: w's element type, float, or __nv_bfloat16 with
+// T = __nv_bfloat16 (weights rounded beforehand by conv2d_to_bf16).
 // Compute: warp v owns pixels m0 + (v % 4) * 16 .. +15 x channels
 //   k0 + (v / 4) * 32 .. +31, two 16 x 16 float accumulators; per stage it
 //   loads one A fragment (As is column-major A, ldm 64) and two B fragments
@@ -382,9 +408,9 @@ constexpr int kConvLdC = kConvTileM + 4;
 //   fragment's lane layout is unspecified), then thread t writes pixel
 //   m0 + t % 64 of channels t / 64 + 4i through ConvOut (bias added): a warp
 //   stores 32 consecutive pixels of one channel.
-template <typename T>
+template <typename T, typename Wt = float>
 __global__ void __launch_bounds__(kConvThreads)
-conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+conv2d_igemm_wmma(const float* __restrict__ x, const Wt* __restrict__ w, const float* __restrict__ b,
                   float* __restrict__ y, ConvShape g, int mode) {
     using namespace nvcuda;
     using In = WmmaInput<T>;
@@ -437,6 +463,17 @@ conv2d_igemm_wmma(const float* __restrict__ x, const float* __restrict__ w, cons
         const int k = k0 + kl;
         out.store(at + k * out.plane, Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f));
     }
+}
+
+// ---------------------------------------------------------------- bf16 weights
+
+// grid = ceil(n / 256), block = 256: w16[i] = w[i] rounded to bf16 by
+// WmmaInput<__nv_bfloat16>::convert, the very rounding igemm_bf16 applies to
+// fp32 weights as it stages them, so igemm_bf16 on w16 gives its bits on w.
+__global__ void __launch_bounds__(256)
+conv2d_to_bf16(const float* __restrict__ w, __nv_bfloat16* __restrict__ w16, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
+    if (i < n) w16[i] = WmmaInput<__nv_bfloat16>::convert(__ldg(&w[i]));
 }
 
 // ---------------------------------------------------------------- split-K sum

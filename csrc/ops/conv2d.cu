@@ -1,3 +1,4 @@
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -29,6 +30,14 @@ void launch_fp32_igemm(int splits, const float* x, const float* x_mask, const fl
         launch_igemm_tile<kConvTileM, kConvTileN>(splits, x, x_mask, w, b, y, g, mode, stream);
 }
 
+ConvShape conv_shape(int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw) {
+    return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+}
+
+// bf16 weights cross the bindings as their bit patterns (launchers.h has no
+// CUDA types): the __nv_bfloat16 values conv2d_to_bf16 wrote.
+const __nv_bfloat16* as_bf16(const std::uint16_t* w) { return reinterpret_cast<const __nv_bfloat16*>(w); }
+
 // Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma
 // one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
 // variant that is not one of them. Pixel tiles go on grid.x (up to
@@ -50,12 +59,46 @@ bool launch_igemm(const char* variant, int splits, const float* x, const float* 
     return true;
 }
 
+// The same for weights already rounded to bf16: only igemm_bf16 reads them.
+bool launch_igemm(const char* variant, int splits, const float* x, const __nv_bfloat16* w, const float* b, float* y,
+                  const ConvShape& g, int mode, cudaStream_t stream) {
+    if (std::strcmp(variant, "igemm_bf16")) return false;
+    const dim3 grid(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
+    launch("conv2d_igemm_bf16w", conv2d_igemm_wmma<__nv_bfloat16, __nv_bfloat16>, grid, dim3(kConvThreads), 0,
+           stream, x, w, b, y, g, mode);
+    return true;
+}
+
+// conv2d_relu_maxpool and split-K for either weight type (float or bf16).
+template <typename Wt>
+void relu_maxpool(const char* variant, const float* x, const Wt* w, const float* b, float* y, const ConvShape& g,
+                  cudaStream_t stream) {
+    const int pooled = g.N * g.K * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
+    // The epilogue max-accumulates into y: start every cell at +0 (stream order runs this first).
+    launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
+    if (!launch_igemm(variant, 1, x, w, b, y, g, kConvReluMaxPool, stream))
+        throw std::invalid_argument(std::string("conv2d_relu_maxpool: no variant ") + variant + " for these weights");
+}
+
+template <typename Wt>
+void split(const char* variant, const float* x, const Wt* w, const float* b, float* y, float* workspace, int splits,
+           const ConvShape& g, bool relu, cudaStream_t stream) {
+    // Split z of every C tile on grid.z (at most 65535, checked in Python); the
+    // partials go to the workspace raw: bias and ReLU wait for their sum.
+    if (!launch_igemm(variant, splits, x, w, nullptr, workspace, g, kConvPlain, stream))
+        throw std::invalid_argument(std::string("conv2d: split-K needs an igemm variant for these weights, got ") +
+                                    variant);
+    const int total = g.N * g.K * g.P * g.Q;
+    launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
+           (const float*)workspace, b, y, total, splits, g.K, g.P * g.Q, int(relu));
+}
+
 }  // namespace
 
 void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
                    int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
                    cudaStream_t stream) {
-    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+    const ConvShape g = conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw);
     if (!std::strcmp(variant, "direct")) {
         launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
                b, y, g, int(relu));
@@ -72,28 +115,42 @@ void launch_conv2d(const char* variant, const float* x, const float* w, const fl
     }
 }
 
+void launch_conv2d(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
+                   int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
+                   cudaStream_t stream) {
+    const ConvShape g = conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw);
+    if (!launch_igemm(variant, 1, x, as_bf16(w_bf16), b, y, g, relu ? kConvRelu : kConvPlain, stream))
+        throw std::invalid_argument(std::string("conv2d: bf16 weights need variant igemm_bf16, got ") + variant);
+}
+
 void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
                                 int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
                                 cudaStream_t stream) {
-    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
-    const int pooled = N * K * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
-    // The epilogue max-accumulates into y: start every cell at +0 (stream order runs this first).
-    launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
-    if (!launch_igemm(variant, 1, x, w, b, y, g, kConvReluMaxPool, stream))
-        throw std::invalid_argument(std::string("conv2d_relu_maxpool: unknown variant ") + variant);
+    relu_maxpool(variant, x, w, b, y, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), stream);
+}
+
+void launch_conv2d_relu_maxpool(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b,
+                                float* y, int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph,
+                                int pw, cudaStream_t stream) {
+    relu_maxpool(variant, x, as_bf16(w_bf16), b, y, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), stream);
 }
 
 void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
                          float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
                          int ph, int pw, bool relu, cudaStream_t stream) {
-    ConvShape g{N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
-    // Split z of every C tile on grid.z (at most 65535, checked in Python); the
-    // partials go to the workspace raw: bias and ReLU wait for their sum.
-    if (!launch_igemm(variant, splits, x, w, nullptr, workspace, g, kConvPlain, stream))
-        throw std::invalid_argument(std::string("conv2d: split-K needs an igemm variant, got ") + variant);
-    const int total = N * K * g.P * g.Q;
-    launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
-           (const float*)workspace, b, y, total, splits, K, g.P * g.Q, int(relu));
+    split(variant, x, w, b, y, workspace, splits, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), relu, stream);
+}
+
+void launch_conv2d_split(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream) {
+    split(variant, x, as_bf16(w_bf16), b, y, workspace, splits, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), relu,
+          stream);
+}
+
+void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStream_t stream) {
+    launch("conv2d_to_bf16", conv2d_to_bf16, dim3(ceil_div(n, 256)), dim3(256), 0, stream, w,
+           reinterpret_cast<__nv_bfloat16*>(w_bf16), n);
 }
 
 void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,

@@ -5,6 +5,7 @@
 // through fcn::launch and throws std::runtime_error on a launch error.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #if defined(FCN_EMU)
 #include "emu/emu.h"
@@ -62,6 +63,19 @@ void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float
 void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
                          float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
                          int ph, int pw, bool relu, cudaStream_t stream);
+// The three above with w already rounded to bf16 (w_bf16: K x C x R x S bf16 bit patterns from
+// launch_conv2d_to_bf16); variant "igemm_bf16" only, bit for bit what it gives on the fp32 w.
+void launch_conv2d(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
+                   int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
+                   cudaStream_t stream);
+void launch_conv2d_relu_maxpool(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b,
+                                float* y, int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph,
+                                int pw, cudaStream_t stream);
+void launch_conv2d_split(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
+                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
+                         int ph, int pw, bool relu, cudaStream_t stream);
+// w_bf16[i] = w[i] rounded to bf16 (nearest even), the rounding igemm_bf16 applies to fp32 weights; n elements.
+void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStream_t stream);
 // y = conv2d(x * (x_mask > 0), w), stride 1, no bias or ReLU, with the fp32 igemm (x_mask: x's shape; where
 // !(x_mask > 0), x reads as 0): conv2d_grad_input's stride-1 path. y is N x K x (H+2ph-R+1) x (W+2pw-S+1).
 void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
