@@ -16,6 +16,7 @@ PyTorch's CPU kernels, not cuDNN.
 import argparse
 import collections
 import functools
+import inspect
 import time
 
 import numpy as np
@@ -57,7 +58,7 @@ def torch_step(model, batch, recipe):
 def profile(trainer, batch):
     """Seconds per fcn_cuda op within one training step, largest first."""
     spent = collections.Counter()
-    originals = {name: getattr(ops, name) for name in ops.__all__ if callable(getattr(ops, name))}
+    originals = {name: getattr(ops, name) for name in ops.__all__ if inspect.isfunction(getattr(ops, name))}
 
     def timed(name, fn):
         @functools.wraps(fn)
