@@ -295,12 +295,7 @@ def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=
     """
     be = _backend.active()
     x, w, _, stride, full = _transpose_args(x, w, None, stride, None, be)
-    out_h = V.integer(out_h, "out_h", minimum=1)
-    out_w = V.integer(out_w, "out_w", minimum=1)
-    oy, ox = V.pair(offset, "offset", minimum=0)
-    if oy + out_h > full[0] or ox + out_w > full[1]:
-        raise ValueError(f"offset {(oy, ox)} with out_h x out_w = {out_h} x {out_w} leaves the full output "
-                         f"{full[0]} x {full[1]}")
+    out_h, out_w, (oy, ox) = _window_args(out_h, out_w, offset, full)
     if not isinstance(probs, (bool, np.bool_)):
         raise TypeError(f"probs must be a bool, got {type(probs).__name__}")
     if not isinstance(trusted, bool):
@@ -445,6 +440,17 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, variant=None, *, trusted
     return _launch_transpose(be, x, w, b, stride, variant, (py, px), out_h, out_w, trusted)
 
 
+def _window_args(out_h, out_w, offset, full):
+    """(out_h, out_w, (oy, ox)) of an out_h x out_w window at `offset`, checked to lie within the full output."""
+    out_h = V.integer(out_h, "out_h", minimum=1)
+    out_w = V.integer(out_w, "out_w", minimum=1)
+    oy, ox = V.pair(offset, "offset", minimum=0)
+    if oy + out_h > full[0] or ox + out_w > full[1]:
+        raise ValueError(f"offset {(oy, ox)} with out_h x out_w = {out_h} x {out_w} leaves the full output "
+                         f"{full[0]} x {full[1]}")
+    return out_h, out_w, (oy, ox)
+
+
 def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=None, *, trusted=False):
     """== F.conv_transpose2d(x, w, b, stride)[:, :, oy:oy+out_h, ox:ox+out_w],
     computing only that window (FCN's final upsample computes only what the
@@ -453,12 +459,7 @@ def conv_transpose2d_window(x, w, stride, out_h, out_w, offset, variant=None, b=
     """
     be = _backend.active()
     x, w, b, stride, full = _transpose_args(x, w, b, stride, variant, be)
-    out_h = V.integer(out_h, "out_h", minimum=1)
-    out_w = V.integer(out_w, "out_w", minimum=1)
-    oy, ox = V.pair(offset, "offset", minimum=0)
-    if oy + out_h > full[0] or ox + out_w > full[1]:
-        raise ValueError(f"offset {(oy, ox)} with out_h x out_w = {out_h} x {out_w} leaves the full output "
-                         f"{full[0]} x {full[1]}")
+    out_h, out_w, (oy, ox) = _window_args(out_h, out_w, offset, full)
     return _launch_transpose(be, x, w, b, stride, variant, (oy, ox), out_h, out_w, trusted)
 
 

@@ -34,25 +34,29 @@ ConvShape conv_shape(int N, int C, int H, int W, int K, int R, int S, int sh, in
     return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
 }
 
+// The wmma kernels' grid: 64 x 64 tiles, pixel tiles on grid.x (up to
+// 2^31 - 1 blocks), channel tiles on grid.y (at most 65535), splits on z.
+dim3 wmma_grid(const ConvShape& g, int splits) {
+    return dim3(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
+}
+
 // bf16 weights cross the bindings as their bit patterns (launchers.h has no
 // CUDA types): the __nv_bfloat16 values conv2d_to_bf16 wrote.
 const __nv_bfloat16* as_bf16(const std::uint16_t* w) { return reinterpret_cast<const __nv_bfloat16*>(w); }
 
 // Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma
 // one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
-// variant that is not one of them. Pixel tiles go on grid.x (up to
-// 2^31 - 1 blocks), channel tiles on grid.y (at most 65535).
+// variant that is not one of them.
 bool launch_igemm(const char* variant, int splits, const float* x, const float* w, const float* b, float* y,
                   const ConvShape& g, int mode, cudaStream_t stream) {
-    const dim3 grid(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
     if (!std::strcmp(variant, "igemm")) {
         launch_fp32_igemm(splits, x, nullptr, w, b, y, g, mode, stream);
     } else if (!std::strcmp(variant, "igemm_tf32")) {
-        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, grid, dim3(kConvThreads), 0,
-               stream, x, w, b, y, g, mode);
+        launch("conv2d_igemm_tf32", conv2d_igemm_wmma<nvcuda::wmma::precision::tf32>, wmma_grid(g, splits),
+               dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
     } else if (!std::strcmp(variant, "igemm_bf16")) {
-        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, grid, dim3(kConvThreads), 0, stream, x, w, b, y,
-               g, mode);
+        launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, wmma_grid(g, splits), dim3(kConvThreads), 0,
+               stream, x, w, b, y, g, mode);
     } else {
         return false;
     }
@@ -63,9 +67,8 @@ bool launch_igemm(const char* variant, int splits, const float* x, const float* 
 bool launch_igemm(const char* variant, int splits, const float* x, const __nv_bfloat16* w, const float* b, float* y,
                   const ConvShape& g, int mode, cudaStream_t stream) {
     if (std::strcmp(variant, "igemm_bf16")) return false;
-    const dim3 grid(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
-    launch("conv2d_igemm_bf16w", conv2d_igemm_wmma<__nv_bfloat16, __nv_bfloat16>, grid, dim3(kConvThreads), 0,
-           stream, x, w, b, y, g, mode);
+    launch("conv2d_igemm_bf16w", conv2d_igemm_wmma<__nv_bfloat16, __nv_bfloat16>, wmma_grid(g, splits),
+           dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
     return true;
 }
 
@@ -155,8 +158,8 @@ void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStr
 
 void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
                                 int W, int K, int R, int S, int ph, int pw, cudaStream_t stream) {
-    const ConvShape g{N, C, H, W, K, R, S, H + 2 * ph - R + 1, W + 2 * pw - S + 1, 1, 1, ph, pw};
-    launch_fp32_igemm(1, x, x_mask, w, nullptr, y, g, kConvPlain, stream);
+    launch_fp32_igemm(1, x, x_mask, w, nullptr, y, conv_shape(N, C, H, W, K, R, S, 1, 1, ph, pw), kConvPlain,
+                      stream);
 }
 
 }  // namespace fcn
