@@ -5,8 +5,10 @@ import time
 
 
 class Progress:
-    def __init__(self, total, desc="", stream=None, every=1.0):
-        self.total, self.desc, self.n = total, desc, 0
+    def __init__(self, total, desc="", stream=None, every=1.0, initial=0):
+        """`initial`: work already done (a resumed run); the rate and the ETA
+        count only what this bar sees done."""
+        self.total, self.desc, self.n, self.initial = total, desc, initial, initial
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = self.last = time.perf_counter()
@@ -23,7 +25,7 @@ class Progress:
 
     def _draw(self, now):
         elapsed = now - self.start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
         width = 24
         filled = int(width * self.n / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)

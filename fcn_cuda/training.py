@@ -153,10 +153,8 @@ class Trainer:
         stops it the same way once the step in flight is done."""
         from ._progress import Progress
 
-        bar = Progress(self.config.iterations, "train") if progress else None
+        bar = Progress(self.config.iterations, "train", initial=self.step) if progress else None
         self.stopped_by = None
-        if bar:
-            bar.n = self.step
         started, first_step = time.perf_counter(), self.step
         with _StopRequests() as stop:
             return self._loop(dataset, val_dataset, bar, started, first_step, max_seconds, stop)
