@@ -84,7 +84,7 @@ def cmd_train(args):
     config = TrainConfig(iterations=args.iterations, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, normalize=args.normalize, dropout=not args.no_dropout,
                          batch_size=args.batch_size, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed)
+                         seed=args.seed, warmup=args.warmup, input_lr_mult=args.input_lr_mult)
     out = Path(args.out)
     if (out / "checkpoint.safetensors").exists() and not args.restart:
         trainer = Trainer.resume(out / "checkpoint.safetensors", out, config)
@@ -172,6 +172,9 @@ def build_parser():
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--normalize", action="store_true", help="divide the loss by the valid pixels, not the batch")
+    t.add_argument("--warmup", type=int, default=0, help="ramp the rate up linearly over this many steps")
+    t.add_argument("--input-lr-mult", type=float, default=1.0,
+                   help="conv1_1 weights' rate multiplier (from scratch: 1/3600 trains it as on unit-scale inputs)")
     t.add_argument("--no-dropout", action="store_true")
     t.add_argument("--val-every", type=int, default=4000)
     t.add_argument("--checkpoint-every", type=int, default=4000)

@@ -33,6 +33,8 @@ class TrainConfig:
     momentum: float = 0.99
     weight_decay: float = 5e-4
     bias_lr_mult: float = 2.0  # biases: 2x lr, no decay
+    input_lr_mult: float = 1.0  # conv1_1's weights (see Trainer.rate)
+    warmup: int = 0  # ramp the rate up linearly over this many steps (0: none, the reference)
     train_upsampling: bool = False  # the reference freezes the bilinear deconvolutions
     normalize: bool = False  # the reference sums the loss over pixels (divides by the batch only)
     dropout: bool = True
@@ -41,6 +43,20 @@ class TrainConfig:
     checkpoint_every: int = 4000
     seed: int = 0
     target_mean_iu: float = None  # stop early once a validation reaches this mean IU
+
+    def __post_init__(self):
+        counts = ("iterations", "warmup", "batch_size", "val_every", "checkpoint_every")
+        for name in counts:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "batch_size" else 0):
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {v!r}")
+        rates = ("weight_decay", "bias_lr_mult", "input_lr_mult") + (("lr",) if self.lr is not None else ())
+        for name in rates:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 <= v < math.inf:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
 
     def resolved_lr(self, variant):
         return REFERENCE_LR[variant] if self.lr is None else self.lr
@@ -113,15 +129,33 @@ class Trainer:
     def trainable(self, name):
         return self.config.train_upsampling or not name.startswith("upscore")
 
-    def sgd(self, grads):
+    def rate(self, name):
+        """The learning rate of parameter `name` at this step: the config's
+        rate, times bias_lr_mult for biases, times input_lr_mult for conv1_1's
+        weights, ramped up over the first `warmup` steps.
+
+        input_lr_mult exists because the inputs are mean-subtracted pixels,
+        about PIXEL_STD = 60 wide: conv1_1's gradient is 60x larger, and its
+        He-initialised weights 60x smaller, than with unit-scale inputs, so
+        one SGD step moves it 3600x further relative to its size. A mult of
+        1 / PIXEL_STD**2 trains it as SGD would on normalised inputs."""
         cfg = self.config
         lr = cfg.resolved_lr(self.model.variant)
+        if name.endswith(".bias"):
+            lr *= cfg.bias_lr_mult
+        elif name == "conv1_1.weight":
+            lr *= cfg.input_lr_mult
+        if cfg.warmup:
+            lr *= min(1.0, (self.step + 1) / cfg.warmup)
+        return lr
+
+    def sgd(self, grads):
+        cfg = self.config
         for name, g in grads.items():
             if not self.trainable(name):
                 continue
-            bias = name.endswith(".bias")
-            ops.sgd_step(self.model.params[name], g, self.velocity[name],
-                         lr * (cfg.bias_lr_mult if bias else 1.0), cfg.momentum, 0.0 if bias else cfg.weight_decay)
+            decay = 0.0 if name.endswith(".bias") else cfg.weight_decay
+            ops.sgd_step(self.model.params[name], g, self.velocity[name], self.rate(name), cfg.momentum, decay)
         if cfg.train_upsampling:  # a trained deconvolution may no longer be per-channel
             self.model.load_state_dict(self.model.state_dict())
 

@@ -49,16 +49,33 @@ def test_sgd_follows_the_recipe():
     np.testing.assert_array_equal(m.params["upscore8.weight"], before["upscore8.weight"])  # frozen
 
 
-def test_training_resumes_exactly(tmp_path):
+def test_rates_follow_the_multipliers_and_the_warmup():
+    m = small_model()
+    t = Trainer(m, config(lr=0.5, warmup=4, input_lr_mult=0.01))
+    ramp = [0.25, 0.5, 0.75, 1.0, 1.0]
+    for step, r in enumerate(ramp):
+        t.step = step
+        assert t.rate("conv1_2.weight") == pytest.approx(0.5 * r)
+        assert t.rate("conv1_1.weight") == pytest.approx(0.5 * 0.01 * r)
+        assert t.rate("conv1_1.bias") == pytest.approx(2 * 0.5 * r)  # the bias keeps the bias multiplier
+    t.step = 0
+    before = {k: v.copy() for k, v in m.params.items()}
+    t.sgd({k: np.full_like(v, 0.25) for k, v in m.params.items()})
+    for name, rate in (("conv1_1.weight", 0.5 * 0.01 * 0.25), ("conv1_2.weight", 0.5 * 0.25)):
+        np.testing.assert_allclose(m.params[name], before[name] - rate * (0.25 + 5e-4 * before[name]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", [{}, {"warmup": 5, "input_lr_mult": 0.5}], ids=["constant", "warmup"])
+def test_training_resumes_exactly(tmp_path, schedule):
     data = SyntheticShapes(6, size=24, seed=1)
     val = SyntheticShapes(2, size=24, seed=2)
-    unbroken = Trainer(small_model(), config(iterations=6))
+    unbroken = Trainer(small_model(), config(iterations=6, **schedule))
     unbroken.fit(data, val, progress=False)
 
     out = tmp_path / "run"
-    first = fcn_cuda.train(small_model(), data, val, out=out, config=config(iterations=3), progress=False)
+    first = fcn_cuda.train(small_model(), data, val, out=out, config=config(iterations=3, **schedule), progress=False)
     assert (out / "checkpoint.safetensors").exists() and (out / "curves.png").exists()
-    resumed = fcn_cuda.train(None, data, val, out=out, config=config(iterations=6), progress=False)
+    resumed = fcn_cuda.train(None, data, val, out=out, config=config(iterations=6, **schedule), progress=False)
     assert resumed.step == 6
     assert resumed.history.loss == unbroken.history.loss  # bit-identical after the resume
     for k, v in unbroken.model.state_dict().items():
@@ -125,6 +142,13 @@ def test_evaluate_scores_a_dataset():
 def test_train_rejects_unknown_options():
     with pytest.raises(TypeError, match="unknown training option"):
         fcn_cuda.train(small_model(), SyntheticShapes(2, size=24), learning_rate=1.0)
+
+
+@pytest.mark.parametrize("bad", [dict(warmup=-1), dict(batch_size=0), dict(iterations=2.5), dict(lr=float("nan")),
+                                 dict(input_lr_mult=-1.0), dict(momentum=1.0), dict(weight_decay="0.1")])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=f"TrainConfig.{next(iter(bad))} must"):
+        TrainConfig(**bad)
 
 
 def test_training_learns():
