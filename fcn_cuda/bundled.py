@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .model import PIXEL_STD
+
 PACKAGE_DATA = Path(__file__).parent / "data"
 DEFAULT_WEIGHTS = PACKAGE_DATA / "fcn8s_shapes.safetensors"
 SAMPLE_IMAGE = PACKAGE_DATA / "shapes_sample.png"
@@ -45,8 +47,8 @@ RECIPE = dict(
     lr=1e-2,             # SGD on the per-pixel-normalised loss; biases 2x, no decay on them
     momentum=0.9,
     weight_decay=5e-4,
-    input_lr_mult=1 / 60.0**2,  # conv1_1 trained as on unit-scale inputs (Trainer.rate); at 1 the first
-                                # steps blew up (loss 13 at step 2) and left conv3_3 91% dead by step 1300
+    input_lr_mult=1 / PIXEL_STD**2,  # conv1_1 trained as on unit-scale inputs (Trainer.rate); at 1 the
+                                     # first steps blew up (loss 13 at step 2), conv3_3 91% dead by step 1300
     normalize=True,
     dropout=False,
     val_every=500,

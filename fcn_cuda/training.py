@@ -45,14 +45,15 @@ class TrainConfig:
     target_mean_iu: float = None  # stop early once a validation reaches this mean IU
 
     def __post_init__(self):
-        counts = ("iterations", "warmup", "batch_size", "val_every", "checkpoint_every")
-        for name in counts:
+        for name, least in (("iterations", 0), ("warmup", 0), ("batch_size", 1), ("val_every", 0),
+                            ("checkpoint_every", 0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "batch_size" else 0):
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {v!r}")
-        rates = ("weight_decay", "bias_lr_mult", "input_lr_mult") + (("lr",) if self.lr is not None else ())
-        for name in rates:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {v!r}")
+        for name in ("lr", "weight_decay", "bias_lr_mult", "input_lr_mult"):
             v = getattr(self, name)
+            if name == "lr" and v is None:  # the reference's rate
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 <= v < math.inf:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if not 0 <= self.momentum < 1:
