@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .inference import DEFAULT_WEIGHTS  # what fcn_cuda.infer(img) and `fcn-cuda infer` load
 from .model import PIXEL_STD
 
-PACKAGE_DATA = Path(__file__).parent / "data"
-DEFAULT_WEIGHTS = PACKAGE_DATA / "fcn8s_shapes.safetensors"
-SAMPLE_IMAGE = PACKAGE_DATA / "shapes_sample.png"
+SAMPLE_IMAGE = DEFAULT_WEIGHTS.parent / "shapes_sample.png"
 README_PICTURE = Path(__file__).parent.parent / "docs" / "shapes_sample_overlay.png"
 
 TARGET_MEAN_IU = 0.85
@@ -127,6 +126,7 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     from PIL import Image
 
     from .colors import overlay
+    from .data import SHAPE_CLASSES
     from .weights import load_safetensors, save_png, save_safetensors
 
     scores = score(weights, count)
@@ -136,7 +136,8 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     tensors, meta = load_safetensors(weights)
     meta = {"format": meta.get("format", "fcn_cuda"), **{k: v for k, v in meta.items() if k != "format"},
             "recipe": json.dumps(RECIPE), "held_out": json.dumps({"seed": HELD_OUT_SEED, "count": count, **scores}),
-            "trained_on": trained_on, "commit": _commit(), "shipped": time.strftime("%Y-%m-%d")}
+            "trained_on": trained_on, "commit": _commit(), "shipped": time.strftime("%Y-%m-%d"),
+            "classes": json.dumps(SHAPE_CLASSES)}
     save_safetensors(dest, tensors, meta)
 
     rgb, _ = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]

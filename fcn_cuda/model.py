@@ -6,6 +6,7 @@ autograd. Channel counts are read from the weights, so a reduced-width model
 Crop offsets are derived from the layer geometry (`Geometry`), not typed in.
 """
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,14 +156,20 @@ class FCN:
     initialization: trunk He-normal, score layers zero, upsampling bilinear
     (as the reference starts). `widths` / `fc` give a reduced-width model.
     `at_once=True` scales pool4 by 0.01 and pool3 by 1e-4 (FCN-8s at-once).
+    `class_names` (one name per class) travel with the weights in save().
     """
 
     def __init__(self, variant="8s", num_classes=21, *, widths=VGG16_BLOCKS, fc=4096, at_once=False, seed=0,
-                 state_dict=None):
+                 state_dict=None, class_names=None):
         V.choice(variant, "variant", VARIANTS)
         num_classes = V.integer(num_classes, "num_classes", minimum=1)
+        if class_names is not None:
+            class_names = tuple(class_names)
+            if len(class_names) != num_classes or not all(isinstance(n, str) and n for n in class_names):
+                raise ValueError(f"class_names must be {num_classes} non-empty strings, got {class_names!r}")
         self.variant = variant
         self.num_classes = num_classes
+        self.class_names = class_names
         self.at_once = bool(at_once)
         self.conv1_pad = CONV1_PAD
         self.params = {}
@@ -227,6 +234,8 @@ class FCN:
 
         meta = {"format": "fcn_cuda", "variant": self.variant, "num_classes": str(self.num_classes),
                 "at_once": str(self.at_once)}
+        if self.class_names:
+            meta["classes"] = json.dumps(self.class_names)
         save_safetensors(path, self.state_dict(), meta)
 
     def _check_backend(self):

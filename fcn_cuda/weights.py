@@ -260,4 +260,18 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
             raise WeightFileError("the weights have no score_fr.weight")
     if at_once is None:
         at_once = meta.get("at_once") == "True"
-    return FCN(variant, num_classes, at_once=at_once, state_dict=sd)
+    return FCN(variant, num_classes, at_once=at_once, state_dict=sd, class_names=_class_names(meta, num_classes))
+
+
+def _class_names(meta, num_classes):
+    """The class names a weights file carries ("classes": a JSON list), or None."""
+    if "classes" not in meta:
+        return None
+    try:
+        names = json.loads(meta["classes"])
+    except ValueError:
+        names = None
+    if not (isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) and n for n in names)):
+        raise WeightFileError(f"the weights' 'classes' metadata must be a JSON list of {num_classes} names, "
+                              f"got {meta['classes'][:80]!r}")
+    return tuple(names)

@@ -71,7 +71,8 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     held = json.loads(meta["held_out"])
     assert held["seed"] == bundled.HELD_OUT_SEED and held["mean_iu"] == scores["mean_iu"]
     assert json.loads(meta["recipe"]) == bundled.RECIPE and meta["trained_on"] == "host"
-    assert set(tensors) == set(fcn_cuda.load_model(dest).state_dict())
+    shipped = fcn_cuda.load_model(dest)
+    assert set(tensors) == set(shipped.state_dict()) and shipped.class_names == fcn_cuda.data.SHAPE_CLASSES
     from PIL import Image
 
     rgb = np.asarray(Image.open(sample))

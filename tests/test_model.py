@@ -124,6 +124,23 @@ def test_own_file_round_trip(tmp_path, variant):
     assert path.stat().st_mode & 0o777 == 0o644, "the temp file's private mode leaked into the result"
 
 
+def test_class_names_travel_with_the_weights(tmp_path):
+    fcn_cuda.use_backend("host")
+    names = ("background", "circle", "rectangle", "triangle")
+    path = tmp_path / "m.safetensors"
+    fcn_cuda.FCN("32s", 4, widths=SMALL_WIDTHS, fc=SMALL_FC, class_names=names).save(path)
+    assert fcn_cuda.load_model(path).class_names == names
+    fcn_cuda.FCN("32s", 4, widths=SMALL_WIDTHS, fc=SMALL_FC).save(path)
+    assert fcn_cuda.load_model(path).class_names is None
+    with pytest.raises(ValueError, match="4 non-empty strings"):
+        fcn_cuda.FCN("32s", 4, widths=SMALL_WIDTHS, fc=SMALL_FC, class_names=names[:3])
+    sd, meta = Wt.load_safetensors(path)
+    for bad in ('["a", "b"]', "not json", '{"a": 1}', '["a", "b", "c", 4]'):
+        Wt.save_safetensors(path, sd, {**meta, "classes": bad})
+        with pytest.raises(Wt.WeightFileError, match="'classes' metadata"):
+            fcn_cuda.load_model(path)
+
+
 def test_safetensors_interoperates_with_the_reference_library(tmp_path):
     safetensors = pytest.importorskip("safetensors.numpy")
     fcn_cuda.use_backend("host")
