@@ -201,10 +201,10 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                                     ox, scale, S(s));
     }, nogil);
     m.def("softmax_xent_workspace", &fcn::softmax_xent_workspace);
-    m.def("softmax_xent", [](Addr scores, Addr labels, Addr grad, Addr ws, Addr loss, int N, int C, int HW, int ignore,
-                             float inv_divisor, Addr s) {
-        fcn::launch_softmax_xent(P<const float>(scores), P<const int>(labels), P<float>(grad), P<float>(ws),
-                                 P<float>(loss), N, C, HW, ignore, inv_divisor, S(s));
+    m.def("softmax_xent", [](Addr scores, Addr labels, Addr weight, Addr grad, Addr ws, Addr loss, int N, int C, int HW,
+                             int ignore, float inv_divisor, Addr s) {
+        fcn::launch_softmax_xent(P<const float>(scores), P<const int>(labels), P<const float>(weight), P<float>(grad),
+                                 P<float>(ws), P<float>(loss), N, C, HW, ignore, inv_divisor, S(s));
     }, nogil);
     m.def("dropout", [](Addr x, Addr y, int n, unsigned seed, unsigned step, unsigned threshold, float scale, Addr s) {
         fcn::launch_dropout(P<const float>(x), P<float>(y), n, seed, step, threshold, scale, S(s));

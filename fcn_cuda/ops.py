@@ -897,7 +897,7 @@ def score_crop_add_backward(grad_out, feat, w, offset, scale=1.0):
     return dfeat, dw, _bias_grad(be, grad_out, None)
 
 
-def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False):
+def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, weight=None):
     """FCN's loss and its gradient: (loss: float, grad: scores' shape).
 
     scores: N x C x H x W float32, labels: N x H x W int32 with 0 <= l < C or
@@ -905,6 +905,9 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False):
     cross-entropy, SUMMED over the pixels whose label is not ignore_index and
     divided by N (the reference's normalization), or, with normalize=True,
     by the number of those pixels (0 pixels: loss 0.0 and a zero gradient).
+    weight (C finite numbers >= 0, as torch's F.cross_entropy(weight=)) scales
+    each pixel's term by its class's weight; normalize=True then divides by
+    the valid pixels' summed weight. None: every class 1, the reference.
     grad is the gradient of that loss (0 at ignored pixels). One kernel (the
     per-pixel pass, stable for logits of any magnitude) plus a fixed-order
     sum of its per-block partials: the same bits every run.
@@ -926,14 +929,36 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False):
         first = int(labels.ravel()[int(xp.argmax(bad.ravel()))])
         raise ValueError(f"labels must lie in [0, {c}) (C of scores) or equal ignore_index {ignore_index}, "
                          f"found {first}")
-    count = int(labels.size - int(xp.count_nonzero(ignored)))
-    divisor = count if normalize else n
+    weight = _class_weights(weight, c)
+    if weight is None:
+        valid = labels.size - int(xp.count_nonzero(ignored))
+    else:  # the valid pixels' summed weight
+        counts = be.to_numpy(xp.bincount(labels[~ignored].ravel(), minlength=c)).astype(np.float64)
+        valid = float(counts @ weight.astype(np.float64))
+    divisor = valid if normalize else n
     grad = be.empty(scores.shape)
     ws = be.empty((be.ext.softmax_xent_workspace(n * h * w),))
     total = be.empty((1,))
-    be.ext.softmax_xent(be.ptr(scores), be.ptr(labels), be.ptr(grad), be.ptr(ws), be.ptr(total), n, c, h * w,
-                        ignore_index, 1.0 / divisor if divisor else 0.0, be.stream())
+    dev_weight = None if weight is None else xp.asarray(weight)
+    be.ext.softmax_xent(be.ptr(scores), be.ptr(labels), 0 if weight is None else be.ptr(dev_weight), be.ptr(grad),
+                        be.ptr(ws), be.ptr(total), n, c, h * w, ignore_index, 1.0 / divisor if divisor else 0.0,
+                        be.stream())
     return (float(be.to_numpy(total)[0]) / divisor if divisor else 0.0), grad
+
+
+def _class_weights(weight, c):
+    """None, or C finite weights >= 0 as a float32 NumPy array."""
+    if weight is None:
+        return None
+    try:
+        w = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"weight must be C numbers, got {type(weight).__name__}") from None
+    if w.shape != (c,):
+        raise ValueError(f"weight must hold C = {c} class weights (C of scores), got shape {w.shape}")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError(f"weight must be finite and >= 0, got {w.tolist()}")
+    return w.astype(np.float32)
 
 
 def _dropout_args(p, seed, step):

@@ -324,6 +324,30 @@ def test_softmax_cross_entropy(be, rng, shape, normalize, magnitude):
     assert_close(grad, grad_ref)
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["per_image", "per_pixel"])
+def test_softmax_cross_entropy_class_weights(be, rng, normalize):
+    n, c, h, w = 2, 4, 5, 7
+    x = randn(rng, n, c, h, w)
+    labels = rng.integers(0, c, (n, h, w)).astype(np.int32)
+    labels[rng.random((n, h, w)) < 0.2] = 255
+    weight = np.array([1.0, 4.94, 0.0, 7.5], np.float32)
+    xt = t64(x, True)
+    ref = F.cross_entropy(xt, torch.from_numpy(labels.astype(np.int64)), weight=torch.from_numpy(weight).double(),
+                          ignore_index=255, reduction="mean" if normalize else "sum")
+    ref = ref if normalize else ref / n
+    ref.backward()
+    loss, grad = ops.softmax_cross_entropy(*dev(be, x, labels), normalize=normalize, weight=weight)
+    assert abs(loss - ref.item()) <= 1e-5 * abs(ref.item())
+    assert_close(grad, xt.grad)
+    ones, ones_grad = ops.softmax_cross_entropy(*dev(be, x, labels), normalize=normalize, weight=[1.0] * c)
+    plain, plain_grad = ops.softmax_cross_entropy(*dev(be, x, labels), normalize=normalize)
+    assert ones == plain and same_bits(ones_grad, plain_grad)
+    for bad, err, match in (([1.0] * 3, ValueError, "C = 4"), ([1.0, -1.0, 1.0, 1.0], ValueError, ">= 0"),
+                            ([1.0, np.inf, 1.0, 1.0], ValueError, "finite"), ("abcd", TypeError, "C numbers")):
+        with pytest.raises(err, match=match):
+            ops.softmax_cross_entropy(*dev(be, x, labels), weight=bad)
+
+
 def test_softmax_cross_entropy_other_ignore_and_all_ignored(be, rng):
     x = randn(rng, 2, 4, 3, 5)
     labels = rng.integers(0, 4, (2, 3, 5)).astype(np.int32)

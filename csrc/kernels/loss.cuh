@@ -2,10 +2,11 @@
 // gradient with respect to the scores, from one pass over the score map.
 //
 //   scores: N x C x H x W float32   labels: N x H x W int32 (0 <= l < C, or ignore)
-//   loss  = sum over pixels with l != ignore of  logsumexp_c(s) - s[l]
+//   weight: C class weights, or nullptr for all 1 (the reference)
+//   loss  = sum over pixels with l != ignore of  weight[l] * (logsumexp_c(s) - s[l])
 //           (then divided on the host by N, the reference's normalization,
-//            or by the number of valid pixels)
-//   grad[n][c][p] = (softmax(s)[c] - [c == l]) * inv_divisor, 0 at ignored pixels
+//            or by the valid pixels' summed weight: their count when unweighted)
+//   grad[n][c][p] = weight[l] * (softmax(s)[c] - [c == l]) * inv_divisor, 0 at ignored pixels
 //
 // softmax_xent: one thread per pixel walks its C channels (a warp reads 32
 //   consecutive pixels of one channel: coalesced). The max and the sum of
@@ -23,8 +24,9 @@ constexpr int kXentThreads = 256;
 
 // grid = ceil(N * HW / 256), block = 256; thread i owns pixel i = n * HW + p.
 __global__ void __launch_bounds__(kXentThreads)
-softmax_xent(const float* __restrict__ scores, const int* __restrict__ labels, float* __restrict__ grad,
-             float* __restrict__ partial, int pixels, int C, int HW, int ignore, float inv_divisor) {
+softmax_xent(const float* __restrict__ scores, const int* __restrict__ labels, const float* __restrict__ weight,
+             float* __restrict__ grad, float* __restrict__ partial, int pixels, int C, int HW, int ignore,
+             float inv_divisor) {
     __shared__ float s[kXentThreads];
     const int i = blockIdx.x * blockDim.x + threadIdx.x;  // Python leaves a block of int headroom
     float loss = 0.f;
@@ -46,12 +48,13 @@ softmax_xent(const float* __restrict__ scores, const int* __restrict__ labels, f
                     sum += expf(v - m);
                 }
             }
-            const float inv_sum = 1.f / sum;
+            const float w = weight ? __ldg(weight + label) : 1.f;
+            const float inv_sum = 1.f / sum, scale = w * inv_divisor;
             for (int c = 0; c < C; ++c) {
                 const float prob = expf(__ldg(x + c * HW) - m) * inv_sum;
-                g[c * HW] = (c == label ? prob - 1.f : prob) * inv_divisor;
+                g[c * HW] = (c == label ? prob - 1.f : prob) * scale;
             }
-            loss = logf(sum) + (m - __ldg(x + label * HW));
+            loss = w * (logf(sum) + (m - __ldg(x + label * HW)));
         }
     }
     const float sum = block_tree_sum<kXentThreads>(s, loss);

@@ -144,10 +144,11 @@ void launch_crop_backward(const float* g, float* db, int planes, int H, int W, i
                           cudaStream_t stream);
 void launch_score_feat_grad(const float* g, const float* w, float* dfeat, int N, int K, int C, int H, int W, int Hf,
                             int Wf, int oy, int ox, float scale, cudaStream_t stream);
-// workspace: softmax_xent_workspace(N * HW) floats; loss: one float (the sum over valid pixels).
+// workspace: softmax_xent_workspace(N * HW) floats; loss: one float (the weighted sum over valid pixels);
+// weight: C floats, or nullptr for all 1.
 int softmax_xent_workspace(int pixels);
-void launch_softmax_xent(const float* scores, const int* labels, float* grad, float* workspace, float* loss, int N,
-                         int C, int HW, int ignore, float inv_divisor, cudaStream_t stream);
+void launch_softmax_xent(const float* scores, const int* labels, const float* weight, float* grad, float* workspace,
+                         float* loss, int N, int C, int HW, int ignore, float inv_divisor, cudaStream_t stream);
 void launch_dropout(const float* x, float* y, int n, unsigned seed, unsigned step, unsigned threshold, float scale,
                     cudaStream_t stream);
 void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t stream);
