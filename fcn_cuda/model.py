@@ -149,6 +149,16 @@ BF16_WEIGHT_LAYERS = ("fc6", "fc7")
 FUSE_POOL = True
 
 
+def checked_class_names(names, num_classes):
+    """None, or `names` as a tuple of num_classes non-empty strings (else ValueError)."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not hasattr(names, "__len__") or len(names) != num_classes \
+            or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"class_names must be {num_classes} non-empty strings, got {names!r}")
+    return tuple(names)
+
+
 class FCN:
     """An FCN with its parameters on the active backend.
 
@@ -163,10 +173,7 @@ class FCN:
                  state_dict=None, class_names=None):
         V.choice(variant, "variant", VARIANTS)
         num_classes = V.integer(num_classes, "num_classes", minimum=1)
-        if class_names is not None:
-            class_names = tuple(class_names)
-            if len(class_names) != num_classes or not all(isinstance(n, str) and n for n in class_names):
-                raise ValueError(f"class_names must be {num_classes} non-empty strings, got {class_names!r}")
+        class_names = checked_class_names(class_names, num_classes)
         self.variant = variant
         self.num_classes = num_classes
         self.class_names = class_names

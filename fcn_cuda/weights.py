@@ -265,13 +265,12 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
 
 def _class_names(meta, num_classes):
     """The class names a weights file carries ("classes": a JSON list), or None."""
+    from .model import checked_class_names
+
     if "classes" not in meta:
         return None
     try:
-        names = json.loads(meta["classes"])
-    except ValueError:
-        names = None
-    if not (isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) and n for n in names)):
+        return checked_class_names(json.loads(meta["classes"]), num_classes)
+    except ValueError:  # not JSON, or not num_classes names
         raise WeightFileError(f"the weights' 'classes' metadata must be a JSON list of {num_classes} names, "
-                              f"got {meta['classes'][:80]!r}")
-    return tuple(names)
+                              f"got {meta['classes'][:80]!r}") from None
