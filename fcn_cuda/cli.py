@@ -69,6 +69,13 @@ def _dataset(spec, split, size, count, seed):
     return VOCSegmentation(spec, split)
 
 
+def _weights_list(text):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def cmd_train(args):
     import fcn_cuda
 
@@ -84,7 +91,8 @@ def cmd_train(args):
     config = TrainConfig(iterations=args.iterations, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, normalize=args.normalize, dropout=not args.no_dropout,
                          batch_size=args.batch_size, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, warmup=args.warmup, input_lr_mult=args.input_lr_mult)
+                         seed=args.seed, warmup=args.warmup, input_lr_mult=args.input_lr_mult,
+                         class_weights=args.class_weights)
     out = Path(args.out)
     if (out / "checkpoint.safetensors").exists() and not args.restart:
         trainer = Trainer.resume(out / "checkpoint.safetensors", out, config)
@@ -175,6 +183,8 @@ def build_parser():
     t.add_argument("--warmup", type=int, default=0, help="ramp the rate up linearly over this many steps")
     t.add_argument("--input-lr-mult", type=float, default=1.0,
                    help="conv1_1 weights' rate multiplier (from scratch: 1/3600 trains it as on unit-scale inputs)")
+    t.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
+                   help="per-class loss weights, one per class (default: all 1, the reference)")
     t.add_argument("--no-dropout", action="store_true")
     t.add_argument("--val-every", type=int, default=4000)
     t.add_argument("--checkpoint-every", type=int, default=4000)

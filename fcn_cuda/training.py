@@ -37,6 +37,7 @@ class TrainConfig:
     warmup: int = 0  # ramp the rate up linearly over this many steps (0: none, the reference)
     train_upsampling: bool = False  # the reference freezes the bilinear deconvolutions
     normalize: bool = False  # the reference sums the loss over pixels (divides by the batch only)
+    class_weights: tuple = None  # per-class loss weights, as torch's cross_entropy(weight=); None: all 1
     dropout: bool = True
     batch_size: int = 1
     val_every: int = 4000
@@ -58,6 +59,14 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
+        if self.class_weights is not None:  # a tuple, also when read back from a checkpoint's JSON list
+            w = self.class_weights
+            if (isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or not len(w)
+                    or not all(not isinstance(v, bool) and isinstance(v, (int, float, np.floating))
+                               and 0 <= v < math.inf for v in w)):
+                raise ValueError(f"TrainConfig.class_weights must be None or one finite number >= 0 per class, "
+                                 f"got {w!r}")
+            self.class_weights = tuple(float(v) for v in w)
 
     def resolved_lr(self, variant):
         return REFERENCE_LR[variant] if self.lr is None else self.lr
@@ -119,6 +128,10 @@ class Trainer:
     def __init__(self, model, config=None, out=None):
         self.model = model
         self.config = config or TrainConfig()
+        weights = self.config.class_weights
+        if weights is not None and len(weights) != model.num_classes:
+            raise ValueError(f"TrainConfig.class_weights holds {len(weights)} weights, the model has "
+                             f"{model.num_classes} classes")
         self.out = Path(out) if out else None
         self.step = 0
         self.history = History()
@@ -166,7 +179,7 @@ class Trainer:
         key = (cfg.seed, self.step) if cfg.dropout else None
         keep = {}
         scores = self.model.forward(x, keep=keep, dropout=key)
-        loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=cfg.normalize)
+        loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=cfg.normalize, weight=cfg.class_weights)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {self.step}; training stopped"
                                      + (f", the last good checkpoint is {self.checkpoint_path()}" if self.out else ""))

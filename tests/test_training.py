@@ -6,7 +6,7 @@ import pytest
 import fcn_cuda
 from fcn_cuda import ops
 from fcn_cuda.data import SyntheticShapes
-from fcn_cuda.training import Trainer, TrainConfig, batch_indices
+from fcn_cuda.training import Trainer, TrainConfig, batch_indices, make_batch
 
 WIDTHS = ((4, 4), (4, 4), (8, 8, 8), (8, 8, 8), (8, 8, 8))
 
@@ -65,7 +65,8 @@ def test_rates_follow_the_multipliers_and_the_warmup():
         np.testing.assert_allclose(m.params[name], before[name] - rate * (0.25 + 5e-4 * before[name]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("schedule", [{}, {"warmup": 5, "input_lr_mult": 0.5}], ids=["constant", "warmup"])
+@pytest.mark.parametrize("schedule", [{}, {"warmup": 5, "input_lr_mult": 0.5}, {"class_weights": (1, 3, 4.5, 6)}],
+                         ids=["constant", "warmup", "class-weights"])
 def test_training_resumes_exactly(tmp_path, schedule):
     data = SyntheticShapes(6, size=24, seed=1)
     val = SyntheticShapes(2, size=24, seed=2)
@@ -132,6 +133,20 @@ def test_a_signal_stops_training_after_the_step_with_a_checkpoint(tmp_path, monk
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
 
 
+def test_class_weights_weight_the_training_loss():
+    data = SyntheticShapes(2, size=24, seed=1)
+    x, labels = make_batch(data, [0, 1], fcn_cuda._backend.active())
+    weights = (0.5, 3.0, 4.0, 6.0)
+    m = small_model()
+    expected, _ = ops.softmax_cross_entropy(m.forward(x), labels, normalize=True, weight=weights)
+    plain, _ = ops.softmax_cross_entropy(m.forward(x), labels, normalize=True)
+    assert expected != pytest.approx(plain)  # the weights change this batch's loss
+    loss, _ = Trainer(small_model(), config(class_weights=weights, dropout=False)).train_step(x, labels)
+    assert loss == expected
+    with pytest.raises(ValueError, match="holds 3 weights, the model has 4 classes"):
+        Trainer(small_model(), config(class_weights=(1, 2, 3)))
+
+
 def test_evaluate_scores_a_dataset():
     m = small_model()
     scores = fcn_cuda.evaluate(m, SyntheticShapes(3, size=24, seed=0))
@@ -145,7 +160,10 @@ def test_train_rejects_unknown_options():
 
 
 @pytest.mark.parametrize("bad", [dict(warmup=-1), dict(batch_size=0), dict(iterations=2.5), dict(lr=float("nan")),
-                                 dict(input_lr_mult=-1.0), dict(momentum=1.0), dict(weight_decay="0.1")])
+                                 dict(input_lr_mult=-1.0), dict(momentum=1.0), dict(weight_decay="0.1"),
+                                 dict(class_weights=(1.0, -2.0)), dict(class_weights=(1.0, float("inf"))),
+                                 dict(class_weights=()), dict(class_weights="1,2"), dict(class_weights=3.0),
+                                 dict(class_weights=(1, True))])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=f"TrainConfig.{next(iter(bad))} must"):
         TrainConfig(**bad)
@@ -166,11 +184,15 @@ def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     run = tmp_path / "run32"
     common = ["--data", "synthetic", "--size", "24", "--count", "6", "--val-count", "2", "--width-divisor", "16",
               "--lr", "1e-4", "--momentum", "0.9", "--normalize", "--val-every", "2", "--checkpoint-every", "2",
-              "--backend", "host"]
+              "--class-weights", "1,2,2,3", "--backend", "host"]
     assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "2", *common]) == 0
     assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "4", *common]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "mean_iu" in out
+    assert Trainer.resume(run / "checkpoint.safetensors").config.class_weights == (1, 2, 2, 3)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--variant", "32s", "--out", str(run), *common, "--class-weights", "1,two"])
+    assert "expected comma-separated numbers" in capsys.readouterr().err
     assert (run / "final.safetensors").exists() and (run / "curves.png").exists()
     staged = tmp_path / "run16"
     assert cli.main(["train", "--variant", "16s", "--init", str(run / "final.safetensors"), "--out", str(staged),
