@@ -1,6 +1,7 @@
 """Times one training step of the bundled model's recipe (fcn_cuda.bundled.RECIPE:
-FCN-8s at 1/8 width, fc 128, 4 classes, batch 4 of 96 x 96 synthetic shapes,
-SGD with momentum, per-pixel-normalised loss, no dropout) on the host
+FCN-8s at 1/8 width, fc 128, 4 classes, batch 4 of 160 x 160 synthetic
+shapes, SGD with momentum, per-pixel-normalised class-weighted loss, no
+dropout) on the host
 backend, against the same step in PyTorch on the CPU, measured in the same
 run on the same weights and batch: forward + loss + backward + SGD update.
 
@@ -44,10 +45,12 @@ def torch_step(model, batch, recipe):
                           momentum=recipe["momentum"])
     x = torch.from_numpy(np.asarray(batch[0]))
     labels = torch.from_numpy(np.asarray(batch[1]).astype(np.int64))
+    weight = None if recipe.get("class_weights") is None else torch.tensor(recipe["class_weights"])
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), labels, ignore_index=255)  # mean: the normalised loss
+        # mean: the normalised loss (divided by the valid pixels' summed weight, as ours)
+        loss = torch.nn.functional.cross_entropy(net(x), labels, weight=weight, ignore_index=255)
         loss.backward()
         opt.step()
         return loss.detach().item()

@@ -28,6 +28,7 @@ def test_recipe_trains_with_this_engine(tmp_path):
     assert trainer.model.num_classes == 4 and trainer.model.variant == "8s"
     assert (tmp_path / "final.safetensors").exists() and (tmp_path / "curves.png").exists()
     assert trainer.config.lr == bundled.RECIPE["lr"] and trainer.config.normalize is bundled.RECIPE["normalize"]
+    assert trainer.config.class_weights == bundled.RECIPE["class_weights"]
     with pytest.raises(TypeError, match="unknown recipe fields"):
         bundled.train(tmp_path / "x", progress=False, learning_rate=1.0)
 
@@ -70,7 +71,7 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     tensors, meta = load_safetensors(dest)
     held = json.loads(meta["held_out"])
     assert held["seed"] == bundled.HELD_OUT_SEED and held["mean_iu"] == scores["mean_iu"]
-    assert json.loads(meta["recipe"]) == bundled.RECIPE and meta["trained_on"] == "host"
+    assert json.loads(meta["recipe"]) == json.loads(json.dumps(bundled.RECIPE)) and meta["trained_on"] == "host"
     shipped = fcn_cuda.load_model(dest)
     assert set(tensors) == set(shipped.state_dict()) and shipped.class_names == fcn_cuda.data.SHAPE_CLASSES
     from PIL import Image
