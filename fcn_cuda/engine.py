@@ -86,18 +86,20 @@ def backward(model, keep, grad_scores, dropout=None):
     return {k: grads[k] for k in p}
 
 
-def loss_and_grads(model, x, labels, dropout=False, normalize=False, seed=0, step=0):
+def loss_and_grads(model, x, labels, dropout=False, normalize=False, seed=0, step=0, class_weights=None):
     """(loss, {param name: gradient}) for one batch, keyed like state_dict().
 
     x: N x 3 x H x W preprocessed images; labels: N x H x W int32 (255 =
     ignore). The loss is the reference's: softmax cross-entropy summed over
     valid pixels and divided by N (normalize=True: by the valid pixel count).
+    class_weights (C numbers >= 0) weight each pixel's term by its class, as
+    torch's cross_entropy(weight=); normalize then divides by their sum.
     dropout=True applies p = 0.5 after fc6 and fc7 with masks keyed by
     (seed, step), the same on every backend.
     """
     key = (seed, step) if dropout else None
     keep = {}
     scores = model.forward(x, keep=keep, dropout=key)
-    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize)
+    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=class_weights)
     del scores
     return loss, backward(model, keep, grad, dropout=key)

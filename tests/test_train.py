@@ -12,15 +12,18 @@ from _util import FP32, assert_close, to_numpy
 from torch_fcn import random_fcn, state_dict_f32
 
 
-def torch_loss_and_grads(net, x, labels, normalize=False, masks=None):
+def torch_loss_and_grads(net, x, labels, normalize=False, masks=None, class_weights=None):
     net.zero_grad()
     if masks is None:
         scores = net(torch.from_numpy(x))
     else:
         scores = net.forward_with_masks(torch.from_numpy(x), masks)
     lbl = torch.from_numpy(labels.astype(np.int64))
-    loss = F.cross_entropy(scores, lbl, ignore_index=255, reduction="sum")
-    loss = loss / ((lbl != 255).sum() if normalize else x.shape[0])
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=scores.dtype)
+    if normalize:  # 'mean' divides by the valid pixels' summed weight
+        loss = F.cross_entropy(scores, lbl, weight=weight, ignore_index=255)
+    else:
+        loss = F.cross_entropy(scores, lbl, weight=weight, ignore_index=255, reduction="sum") / x.shape[0]
     loss.backward()
     return float(loss.detach()), {k: p.grad.numpy() for k, p in net.named_parameters()}
 
@@ -41,7 +44,8 @@ def route_pools_like(be, model, net, x):
 def check(be, net, x, labels, **kw):
     model = fcn_cuda.load_model(state_dict_f32(net), at_once=net.at_once)
     route_pools_like(be, model, net, x)
-    ref_loss, ref_grads = torch_loss_and_grads(net, x, labels, normalize=kw.get("normalize", False))
+    ref_loss, ref_grads = torch_loss_and_grads(net, x, labels, normalize=kw.get("normalize", False),
+                                               class_weights=kw.get("class_weights"))
     loss, grads = fcn_cuda.loss_and_grads(model, be.xp.asarray(x.astype(np.float32)), be.xp.asarray(labels), **kw)
     assert abs(loss - ref_loss) <= FP32 * abs(ref_loss), (loss, ref_loss)
     assert list(grads) == list(model.state_dict())
@@ -63,6 +67,14 @@ def test_batch_at_once_and_normalized_loss(be):
     net = random_fcn("8s", seed=2, num_classes=4, at_once=True, bilinear=False)
     x = rng.uniform(-120, 130, size=(2, 3, 19, 26))
     check(be, net, x, labels_with_ignore(rng, 2, 19, 26, 4), normalize=True)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_class_weighted_loss(be, normalize):
+    rng = np.random.default_rng(9)
+    net = random_fcn("8s", seed=4, num_classes=4)
+    x = rng.uniform(-120, 130, size=(2, 3, 17, 21))
+    check(be, net, x, labels_with_ignore(rng, 2, 17, 21, 4), normalize=normalize, class_weights=(0.5, 2.0, 0.0, 3.5))
 
 
 def test_dropout_uses_the_same_masks_in_forward_and_backward(be):
