@@ -70,10 +70,19 @@ def _dataset(spec, split, size, count, seed):
 
 
 def _weights_list(text):
+    return _numbers(text, float)
+
+
+def _steps_list(text):
+    return _numbers(text, int)
+
+
+def _numbers(text, kind):
     try:
-        return tuple(float(v) for v in text.split(","))
+        return tuple(kind(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        noun = "numbers" if kind is float else "integers"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
 
 
 def cmd_train(args):
@@ -92,7 +101,7 @@ def cmd_train(args):
                          weight_decay=args.weight_decay, normalize=args.normalize, dropout=not args.no_dropout,
                          batch_size=args.batch_size, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, warmup=args.warmup, input_lr_mult=args.input_lr_mult,
-                         class_weights=args.class_weights)
+                         class_weights=args.class_weights, lr_drops=args.lr_drops)
     out = Path(args.out)
     if (out / "checkpoint.safetensors").exists() and not args.restart:
         trainer = Trainer.resume(out / "checkpoint.safetensors", out, config)
@@ -185,6 +194,8 @@ def build_parser():
                    help="conv1_1 weights' rate multiplier (from scratch: 1/3600 trains it as on unit-scale inputs)")
     t.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
                    help="per-class loss weights, one per class (default: all 1, the reference)")
+    t.add_argument("--lr-drops", type=_steps_list, default=(), metavar="S1,S2,...",
+                   help="steps from which the rate is 10x lower, each (default: none, the reference)")
     t.add_argument("--no-dropout", action="store_true")
     t.add_argument("--val-every", type=int, default=4000)
     t.add_argument("--checkpoint-every", type=int, default=4000)

@@ -35,6 +35,7 @@ class TrainConfig:
     bias_lr_mult: float = 2.0  # biases: 2x lr, no decay
     input_lr_mult: float = 1.0  # conv1_1's weights (see Trainer.rate)
     warmup: int = 0  # ramp the rate up linearly over this many steps (0: none, the reference)
+    lr_drops: tuple = ()  # steps from which the rate is 10x lower, each ("multistep"; (): constant, the reference)
     train_upsampling: bool = False  # the reference freezes the bilinear deconvolutions
     normalize: bool = False  # the reference sums the loss over pixels (divides by the batch only)
     class_weights: tuple = None  # per-class loss weights, as torch's cross_entropy(weight=); None: all 1
@@ -59,6 +60,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
+        drops = self.lr_drops
+        if (isinstance(drops, (str, bytes)) or not hasattr(drops, "__iter__")
+                or not all(not isinstance(d, bool) and isinstance(d, (int, np.integer)) and d >= 1 for d in drops)):
+            raise ValueError(f"TrainConfig.lr_drops must be steps >= 1, got {drops!r}")
+        self.lr_drops = tuple(sorted(int(d) for d in drops))
         if self.class_weights is not None:  # a tuple, also when read back from a checkpoint's JSON list
             w = self.class_weights
             if (isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or not len(w)
@@ -161,7 +167,7 @@ class Trainer:
             lr *= cfg.input_lr_mult
         if cfg.warmup:
             lr *= min(1.0, (self.step + 1) / cfg.warmup)
-        return lr
+        return lr * 0.1 ** sum(self.step >= d for d in cfg.lr_drops)
 
     def sgd(self, grads):
         cfg = self.config
@@ -279,13 +285,19 @@ class Trainer:
         weights = {k: v for k, v in tensors.items() if not k.startswith("momentum.")}
         model = FCN(meta["variant"], int(meta["num_classes"]), at_once=meta["at_once"] == "True", state_dict=weights)
         saved = TrainConfig(**json.loads(meta["config"]))
-        if config is not None:  # a longer run: only the schedule may change
+        step = int(meta["step"])
+        if config is not None:  # a longer run: only the schedule may change, and only from this step on
             for k in ("iterations", "val_every", "checkpoint_every", "target_mean_iu"):
                 setattr(saved, k, getattr(config, k))
+            past = [d for d in saved.lr_drops if d < step]
+            if [d for d in config.lr_drops if d < step] != past:
+                raise ValueError(f"{path} is at step {step}: lr_drops before it are {past} and cannot change "
+                                 f"(asked for {list(config.lr_drops)})")
+            saved.lr_drops = config.lr_drops
         trainer = cls(model, saved, out or Path(path).parent)
         be = _backend.active()
         trainer.velocity = {k: be.xp.asarray(tensors[f"momentum.{k}"]) for k in model.params}
-        trainer.step = int(meta["step"])
+        trainer.step = step
         trainer.history = History(**json.loads(meta["history"]))
         return trainer
 

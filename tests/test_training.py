@@ -65,8 +65,9 @@ def test_rates_follow_the_multipliers_and_the_warmup():
         np.testing.assert_allclose(m.params[name], before[name] - rate * (0.25 + 5e-4 * before[name]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("schedule", [{}, {"warmup": 5, "input_lr_mult": 0.5}, {"class_weights": (1, 3, 4.5, 6)}],
-                         ids=["constant", "warmup", "class-weights"])
+@pytest.mark.parametrize("schedule", [{}, {"warmup": 5, "input_lr_mult": 0.5}, {"class_weights": (1, 3, 4.5, 6)},
+                                      {"lr_drops": (2, 5), "lr": 1e-3}],
+                         ids=["constant", "warmup", "class-weights", "lr-drops"])
 def test_training_resumes_exactly(tmp_path, schedule):
     data = SyntheticShapes(6, size=24, seed=1)
     val = SyntheticShapes(2, size=24, seed=2)
@@ -83,6 +84,27 @@ def test_training_resumes_exactly(tmp_path, schedule):
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v)
     assert first.history.val_step == [2] and resumed.history.val_step == [2, 4, 6]
     assert set(resumed.history.val[-1]) == {"pixel_acc", "mean_acc", "mean_iu", "fw_iu"}
+
+
+def test_rates_drop_tenfold_at_each_lr_drop():
+    t = Trainer(small_model(), config(lr=0.5, lr_drops=(4, 2)))
+    assert t.config.lr_drops == (2, 4)
+    for step, r in enumerate([0.5, 0.5, 0.05, 0.05, 0.005, 0.005]):
+        t.step = step
+        assert t.rate("conv2_1.weight") == pytest.approx(r)
+        assert t.rate("conv2_1.bias") == pytest.approx(2 * r)
+
+
+def test_a_resumed_run_may_change_only_future_lr_drops(tmp_path):
+    data = SyntheticShapes(6, size=24, seed=1)
+    out = tmp_path / "run"
+    fcn_cuda.train(small_model(), data, out=out, config=config(iterations=3, lr_drops=(2,)), progress=False)
+    with pytest.raises(ValueError, match=r"at step 3: lr_drops before it are \[2\] and cannot change"):
+        fcn_cuda.train(None, data, out=out, config=config(iterations=5, lr_drops=(1,)), progress=False)
+    unbroken = Trainer(small_model(), config(iterations=5, val_every=0, lr_drops=(2, 4)))
+    unbroken.fit(data, progress=False)
+    resumed = fcn_cuda.train(None, data, out=out, config=config(iterations=5, lr_drops=(2, 4)), progress=False)
+    assert resumed.config.lr_drops == (2, 4) and resumed.history.loss == unbroken.history.loss
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
@@ -163,7 +185,8 @@ def test_train_rejects_unknown_options():
                                  dict(input_lr_mult=-1.0), dict(momentum=1.0), dict(weight_decay="0.1"),
                                  dict(class_weights=(1.0, -2.0)), dict(class_weights=(1.0, float("inf"))),
                                  dict(class_weights=()), dict(class_weights="1,2"), dict(class_weights=3.0),
-                                 dict(class_weights=(1, True))])
+                                 dict(class_weights=(1, True)), dict(lr_drops=(0,)), dict(lr_drops=("5",)),
+                                 dict(lr_drops=3), dict(lr_drops=(True,))])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=f"TrainConfig.{next(iter(bad))} must"):
         TrainConfig(**bad)
@@ -184,12 +207,13 @@ def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     run = tmp_path / "run32"
     common = ["--data", "synthetic", "--size", "24", "--count", "6", "--val-count", "2", "--width-divisor", "16",
               "--lr", "1e-4", "--momentum", "0.9", "--normalize", "--val-every", "2", "--checkpoint-every", "2",
-              "--class-weights", "1,2,2,3", "--backend", "host"]
+              "--class-weights", "1,2,2,3", "--lr-drops", "3", "--backend", "host"]
     assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "2", *common]) == 0
     assert cli.main(["train", "--variant", "32s", "--out", str(run), "--iterations", "4", *common]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "mean_iu" in out
-    assert Trainer.resume(run / "checkpoint.safetensors").config.class_weights == (1, 2, 2, 3)
+    resumed = Trainer.resume(run / "checkpoint.safetensors").config
+    assert resumed.class_weights == (1, 2, 2, 3) and resumed.lr_drops == (3,)
     with pytest.raises(SystemExit):
         cli.main(["train", "--variant", "32s", "--out", str(run), *common, "--class-weights", "1,two"])
     assert "expected comma-separated numbers" in capsys.readouterr().err
