@@ -69,20 +69,14 @@ def _dataset(spec, split, size, count, seed):
     return VOCSegmentation(spec, split)
 
 
-def _weights_list(text):
-    return _numbers(text, float)
-
-
-def _steps_list(text):
-    return _numbers(text, int)
-
-
-def _numbers(text, kind):
-    try:
-        return tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        noun = "numbers" if kind is float else "integers"
-        raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+def _numbers(kind):
+    """An argparse type: comma-separated values of `kind` (float or int) -> tuple."""
+    def parse(text):
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
 
 
 def cmd_train(args):
@@ -192,9 +186,9 @@ def build_parser():
     t.add_argument("--warmup", type=int, default=0, help="ramp the rate up linearly over this many steps")
     t.add_argument("--input-lr-mult", type=float, default=1.0,
                    help="conv1_1 weights' rate multiplier (from scratch: 1/3600 trains it as on unit-scale inputs)")
-    t.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
+    t.add_argument("--class-weights", type=_numbers(float), metavar="W0,W1,...",
                    help="per-class loss weights, one per class (default: all 1, the reference)")
-    t.add_argument("--lr-drops", type=_steps_list, default=(), metavar="S1,S2,...",
+    t.add_argument("--lr-drops", type=_numbers(int), default=(), metavar="S1,S2,...",
                    help="steps from which the rate is 10x lower, each (default: none, the reference)")
     t.add_argument("--no-dropout", action="store_true")
     t.add_argument("--val-every", type=int, default=4000)

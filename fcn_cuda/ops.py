@@ -930,12 +930,12 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
         raise ValueError(f"labels must lie in [0, {c}) (C of scores) or equal ignore_index {ignore_index}, "
                          f"found {first}")
     weight = _class_weights(weight, c)
-    if weight is None:
-        valid = labels.size - int(xp.count_nonzero(ignored))
-    else:  # the valid pixels' summed weight
+    divisor = n  # the reference's; normalize: the valid pixels' count, or their summed weight
+    if normalize and weight is None:
+        divisor = labels.size - int(xp.count_nonzero(ignored))
+    elif normalize:
         counts = be.to_numpy(xp.bincount(labels[~ignored].ravel(), minlength=c)).astype(np.float64)
-        valid = float(counts @ weight.astype(np.float64))
-    divisor = valid if normalize else n
+        divisor = float(counts @ weight.astype(np.float64))
     grad = be.empty(scores.shape)
     ws = be.empty((be.ext.softmax_xent_workspace(n * h * w),))
     total = be.empty((1,))

@@ -24,6 +24,18 @@ from .weights import WeightFileError, load_safetensors, save_safetensors
 REFERENCE_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14}
 
 
+def _is_int_at_least(v, least):
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= least
+
+
+def _is_finite_nonnegative(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.floating)) and 0 <= v < math.inf
+
+
+def _is_sequence(v):
+    return isinstance(v, (tuple, list)) or (isinstance(v, np.ndarray) and v.ndim == 1)
+
+
 @dataclass
 class TrainConfig:
     """The reference recipe by default (FCN_REFERENCE.md: 'Training recipe')."""
@@ -49,27 +61,23 @@ class TrainConfig:
     def __post_init__(self):
         for name, least in (("iterations", 0), ("warmup", 0), ("batch_size", 1), ("val_every", 0),
                             ("checkpoint_every", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {v!r}")
+            if not _is_int_at_least(getattr(self, name), least):
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {getattr(self, name)!r}")
         for name in ("lr", "weight_decay", "bias_lr_mult", "input_lr_mult"):
             v = getattr(self, name)
             if name == "lr" and v is None:  # the reference's rate
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 <= v < math.inf:
+            if not _is_finite_nonnegative(v):
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
-        drops = self.lr_drops
-        if (isinstance(drops, (str, bytes)) or not hasattr(drops, "__iter__")
-                or not all(not isinstance(d, bool) and isinstance(d, (int, np.integer)) and d >= 1 for d in drops)):
-            raise ValueError(f"TrainConfig.lr_drops must be steps >= 1, got {drops!r}")
-        self.lr_drops = tuple(sorted(int(d) for d in drops))
-        if self.class_weights is not None:  # a tuple, also when read back from a checkpoint's JSON list
+        # Tuples, also when read back from a checkpoint's JSON lists.
+        if not _is_sequence(self.lr_drops) or not all(_is_int_at_least(d, 1) for d in self.lr_drops):
+            raise ValueError(f"TrainConfig.lr_drops must be steps >= 1, got {self.lr_drops!r}")
+        self.lr_drops = tuple(sorted(int(d) for d in self.lr_drops))
+        if self.class_weights is not None:
             w = self.class_weights
-            if (isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or not len(w)
-                    or not all(not isinstance(v, bool) and isinstance(v, (int, float, np.floating))
-                               and 0 <= v < math.inf for v in w)):
+            if not _is_sequence(w) or not len(w) or not all(_is_finite_nonnegative(v) for v in w):
                 raise ValueError(f"TrainConfig.class_weights must be None or one finite number >= 0 per class, "
                                  f"got {w!r}")
             self.class_weights = tuple(float(v) for v in w)

@@ -216,7 +216,7 @@ def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     assert resumed.class_weights == (1, 2, 2, 3) and resumed.lr_drops == (3,)
     with pytest.raises(SystemExit):
         cli.main(["train", "--variant", "32s", "--out", str(run), *common, "--class-weights", "1,two"])
-    assert "expected comma-separated numbers" in capsys.readouterr().err
+    assert "expected comma-separated floats" in capsys.readouterr().err
     assert (run / "final.safetensors").exists() and (run / "curves.png").exists()
     staged = tmp_path / "run16"
     assert cli.main(["train", "--variant", "16s", "--init", str(run / "final.safetensors"), "--out", str(staged),
