@@ -127,21 +127,23 @@ def _commit():
 
 def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICTURE, trained_on="unknown",
          count=HELD_OUT_COUNT):
-    """Scores `weights`; at TARGET_MEAN_IU or better writes the default model,
+    """Scores `weights` (a weights file or a training checkpoint); at
+    TARGET_MEAN_IU or better writes the default model,
     the sample image and the README picture (all atomically); returns the scores."""
     import fcn_cuda
     from PIL import Image
 
     from .colors import overlay
     from .data import SHAPE_CLASSES
-    from .weights import load_safetensors, save_png, save_safetensors
+    from .weights import read, save_png, save_safetensors
 
     scores = score(weights, count)
     if not scores["mean_iu"] >= TARGET_MEAN_IU:
         raise ValueError(f"{weights}: mean IU {scores['mean_iu']:.4f} on {count} held-out images is below the "
                          f"target {TARGET_MEAN_IU}; not shipped")
-    tensors, meta = load_safetensors(weights)
-    meta = {"format": meta.get("format", "fcn_cuda"), **{k: v for k, v in meta.items() if k != "format"},
+    tensors, meta = read(weights)[:2]  # a checkpoint's weights without its momentum, history and config
+    kept = {k: meta[k] for k in ("variant", "num_classes", "at_once", "step") if k in meta}
+    meta = {"format": "fcn_cuda", **kept,
             "recipe": json.dumps(RECIPE), "held_out": json.dumps({"seed": HELD_OUT_SEED, "count": count, **scores}),
             "trained_on": trained_on, "commit": _commit(), "shipped": time.strftime("%Y-%m-%d"),
             "classes": json.dumps(SHAPE_CLASSES)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _backend, metrics, ops
 from .engine import backward
-from .weights import WeightFileError, load_safetensors, save_safetensors
+from .weights import CHECKPOINT_FORMAT, MOMENTUM_PREFIX, WeightFileError, load_safetensors, save_safetensors
 
 REFERENCE_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14}
 
@@ -275,8 +275,8 @@ class Trainer:
         """Weights, momentum, step, history and config in one file, written atomically."""
         be = _backend.active()
         tensors = dict(self.model.state_dict())
-        tensors.update({f"momentum.{k}": be.to_numpy(v) for k, v in self.velocity.items()})
-        meta = {"format": "fcn_cuda-checkpoint", "variant": self.model.variant,
+        tensors.update({f"{MOMENTUM_PREFIX}{k}": be.to_numpy(v) for k, v in self.velocity.items()})
+        meta = {"format": CHECKPOINT_FORMAT, "variant": self.model.variant,
                 "num_classes": str(self.model.num_classes), "at_once": str(self.model.at_once),
                 "step": str(self.step), "history": json.dumps(asdict(self.history)),
                 "config": json.dumps(asdict(self.config))}
@@ -288,9 +288,9 @@ class Trainer:
         from .model import FCN
 
         tensors, meta = load_safetensors(path)
-        if meta.get("format") != "fcn_cuda-checkpoint":
+        if meta.get("format") != CHECKPOINT_FORMAT:
             raise WeightFileError(f"{path} is not an fcn_cuda training checkpoint")
-        weights = {k: v for k, v in tensors.items() if not k.startswith("momentum.")}
+        weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
         model = FCN(meta["variant"], int(meta["num_classes"]), at_once=meta["at_once"] == "True", state_dict=weights)
         saved = TrainConfig(**json.loads(meta["config"]))
         step = int(meta["step"])
@@ -304,7 +304,7 @@ class Trainer:
             saved.lr_drops = config.lr_drops
         trainer = cls(model, saved, out or Path(path).parent)
         be = _backend.active()
-        trainer.velocity = {k: be.xp.asarray(tensors[f"momentum.{k}"]) for k in model.params}
+        trainer.velocity = {k: be.xp.asarray(tensors[f"{MOMENTUM_PREFIX}{k}"]) for k in model.params}
         trainer.step = step
         trainer.history = History(**json.loads(meta["history"]))
         return trainer

@@ -23,6 +23,10 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.in
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
+CHECKPOINT_FORMAT = "fcn_cuda-checkpoint"  # training.Trainer.save_checkpoint's files
+MOMENTUM_PREFIX = "momentum."  # a checkpoint's SGD velocity, beside the weights
+
+
 class WeightFileError(ValueError):
     """A weight file that is corrupt, truncated, or of an unknown layout."""
 
@@ -163,6 +167,7 @@ def read(src):
     """(state dict of NumPy arrays, metadata, layout) from a path or a dict.
 
     layout is 'fcn' (our names, also pytorch-fcn's) or 'vgg16' (torchvision).
+    A training checkpoint reads as its model's weights (momentum left out).
     """
     meta = {}
     if isinstance(src, (str, os.PathLike)):
@@ -173,6 +178,8 @@ def read(src):
             sd = _torch_load(path)
         else:
             sd, meta = load_safetensors(path)
+            if meta.get("format") == CHECKPOINT_FORMAT:
+                sd = {k: v for k, v in sd.items() if not k.startswith(MOMENTUM_PREFIX)}
     elif isinstance(src, dict):
         sd = src.get("model_state_dict", src)
     else:

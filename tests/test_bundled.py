@@ -82,6 +82,19 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     assert Image.open(picture).size[1] == 2 * rgb.shape[0]
 
 
+
+def test_ship_takes_a_training_checkpoint_and_writes_only_its_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundled, "TARGET_MEAN_IU", 0.0)
+    run = bundled.train(tmp_path / "run", progress=False, max_seconds=0, **TOY)
+    dest = tmp_path / "default.safetensors"
+    bundled.ship(tmp_path / "run" / "checkpoint.safetensors", dest=dest, sample=tmp_path / "s.png",
+                 picture=tmp_path / "p.png", count=2)
+    tensors, meta = load_safetensors(dest)
+    assert set(tensors) == set(run.model.state_dict())  # no momentum
+    for k, v in run.model.state_dict().items():
+        np.testing.assert_array_equal(tensors[k], v)
+    assert meta["format"] == "fcn_cuda" and meta["step"] == "1" and "history" not in meta and "config" not in meta
+
 def test_held_out_set_is_not_a_training_or_validation_set():
     seeds = {bundled.RECIPE["seed"], bundled.RECIPE["seed"] + 1_000_003}
     assert bundled.HELD_OUT_SEED not in seeds

@@ -107,6 +107,17 @@ def test_a_resumed_run_may_change_only_future_lr_drops(tmp_path):
     assert resumed.config.lr_drops == (2, 4) and resumed.history.loss == unbroken.history.loss
 
 
+
+def test_a_checkpoint_loads_as_its_model_for_eval_and_infer(tmp_path):
+    data = SyntheticShapes(4, size=24, seed=1)
+    run = fcn_cuda.train(small_model(), data, out=tmp_path, config=config(iterations=2, val_every=0), progress=False)
+    loaded = fcn_cuda.load_model(tmp_path / "checkpoint.safetensors")
+    assert set(loaded.state_dict()) == set(run.model.state_dict())
+    for k, v in run.model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v)
+    img, _ = data[0]
+    np.testing.assert_array_equal(fcn_cuda.infer(img, loaded), fcn_cuda.infer(img, run.model))
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     data = SyntheticShapes(4, size=24, seed=1)
     out = tmp_path / "run"
