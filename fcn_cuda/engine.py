@@ -86,6 +86,16 @@ def backward(model, keep, grad_scores, dropout=None):
     return {k: grads[k] for k in p}
 
 
+def forward_loss(model, x, labels, dropout=None, normalize=False, class_weights=None):
+    """The training-mode forward and the loss kernel: (scores, loss, d loss /
+    d scores, kept activations), ready for `backward`. dropout: a (seed, step)
+    key, or None for no dropout."""
+    keep = {}
+    scores = model.forward(x, keep=keep, dropout=dropout)
+    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=class_weights)
+    return scores, loss, grad, keep
+
+
 def loss_and_grads(model, x, labels, dropout=False, normalize=False, seed=0, step=0, class_weights=None):
     """(loss, {param name: gradient}) for one batch, keyed like state_dict().
 
@@ -98,8 +108,6 @@ def loss_and_grads(model, x, labels, dropout=False, normalize=False, seed=0, ste
     (seed, step), the same on every backend.
     """
     key = (seed, step) if dropout else None
-    keep = {}
-    scores = model.forward(x, keep=keep, dropout=key)
-    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=class_weights)
+    scores, loss, grad, keep = forward_loss(model, x, labels, key, normalize, class_weights)
     del scores
     return loss, backward(model, keep, grad, dropout=key)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _backend, metrics, ops
-from .engine import backward
+from .engine import backward, forward_loss
 from .weights import CHECKPOINT_FORMAT, MOMENTUM_PREFIX, WeightFileError, load_safetensors, save_safetensors
 
 REFERENCE_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14}
@@ -191,9 +191,7 @@ class Trainer:
         """One SGD step on one batch; returns (loss, pixel accuracy of the batch)."""
         cfg = self.config
         key = (cfg.seed, self.step) if cfg.dropout else None
-        keep = {}
-        scores = self.model.forward(x, keep=keep, dropout=key)
-        loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=cfg.normalize, weight=cfg.class_weights)
+        scores, loss, grad, keep = forward_loss(self.model, x, labels, key, cfg.normalize, cfg.class_weights)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {self.step}; training stopped"
                                      + (f", the last good checkpoint is {self.checkpoint_path()}" if self.out else ""))
