@@ -144,7 +144,8 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     if not scores["mean_iu"] >= TARGET_MEAN_IU:
         raise ValueError(f"{weights}: mean IU {scores['mean_iu']:.4f} on {count} held-out images is below the "
                          f"target {TARGET_MEAN_IU}; not shipped")
-    tensors, meta = read(weights)[:2]  # a checkpoint's weights without its momentum, history and config
+    tensors = fcn_cuda.load_model(weights).state_dict()  # as scored: a checkpoint's without its class prior
+    meta = read(weights)[1]  # a checkpoint's momentum, history and config are left behind
     kept = {k: meta[k] for k in ("variant", "num_classes", "at_once", "step") if k in meta}
     meta = {"format": "fcn_cuda", **kept,
             "recipe": json.dumps(RECIPE), "held_out": json.dumps({"seed": HELD_OUT_SEED, "count": count, **scores}),

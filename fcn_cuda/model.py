@@ -116,6 +116,33 @@ def param_shapes(variant, num_classes, widths=VGG16_BLOCKS, fc=4096):
     return shapes
 
 
+def score_bias_name(variant):
+    """The bias added last before the final upsample: score_pool3's (8s),
+    score_pool4's (16s). A constant added there reaches every output score
+    unchanged through a bilinear upsample, because the crop keeps only
+    pixels that two taps reach in each direction (offset 31 >= stride 8, 27
+    >= 16, and the window ends inside; true at every image size). FCN-32s
+    has none: its crop starts at 19 < 32, where one tap of weight < 1 does."""
+    if not SKIPS[variant]:
+        raise ValueError("FCN-32s has no bias whose constant reaches every output score unchanged "
+                         "(its crop offset 19 is below the upsampling stride 32)")
+    return f"{SKIPS[variant][-1]}.bias"
+
+
+def passes_constants(w, stride):
+    """True when a per-channel deconvolution weight (C x C x k x k) maps a
+    constant map to the same constant away from its border: each channel's
+    kernel, split into its stride x stride phases, sums to 1 in every phase.
+    Bilinear kernels do (fcn_cuda.bilinear.bilinear_weights)."""
+    w = np.asarray(w, np.float64)
+    if not _is_per_channel(w) or w.shape[2] % stride or w.shape[3] % stride:
+        return False
+    kernels = w[np.arange(w.shape[0]), np.arange(w.shape[0])]  # C x k x k
+    c, k, kw = kernels.shape
+    phases = kernels.reshape(c, k // stride, stride, kw // stride, stride).sum(axis=(1, 3))
+    return bool(np.allclose(phases, 1.0, rtol=0, atol=1e-6))
+
+
 def _is_per_channel(w):
     """True when a C x C x k x k deconvolution weight is zero off the diagonal."""
     diagonal = np.zeros_like(w)
@@ -229,6 +256,24 @@ class FCN:
         # (So upsampling weights change only through load_state_dict.)
         self.upsample_variant = {k.rsplit(".", 1)[0]: ("bilinear" if _is_per_channel(v) else "gather")
                                  for k, v in arrays.items() if k.startswith("upscore")}
+
+    def shift_scores(self, offset):
+        """Adds offset[c] to every output score of class c (to float
+        rounding), by folding it into score_bias_name(variant): only the
+        last, bilinear upsample lies between that bias and the output, and it
+        passes constants through. FCN-16s and 8s only. Raises ValueError for
+        FCN-32s and when the last upsample's weights are trained (not
+        passes_constants)."""
+        offset = np.asarray(offset, np.float64)
+        if offset.shape != (self.num_classes,) or not np.isfinite(offset).all():
+            raise ValueError(f"offset must be {self.num_classes} finite numbers, one per class, got {offset!r}")
+        bias = score_bias_name(self.variant)
+        name, _, stride = HEADS[self.variant][-1]
+        be = self._check_backend()
+        if not passes_constants(be.to_numpy(self.params[f"{name}.weight"]), stride):
+            raise ValueError(f"{name} is not a bilinear upsampling, so a bias before it does not shift the scores "
+                             "by a constant")
+        self.params[bias] = be.xp.asarray((be.to_numpy(self.params[bias]) + offset).astype(np.float32))
 
     def state_dict(self):
         """{name: float32 NumPy array}, in layer order."""

@@ -136,8 +136,43 @@ def evaluate(model, dataset, num_classes=None, progress=None):
     return metrics.scores(hist)
 
 
+def class_prior(class_weights):
+    """log w_c per class (0 where w_c = 0): how far a loss that weights class
+    c by w_c lifts class c's scores. The weighted loss is least where
+    softmax(scores)_c = w_c p_c / sum_k w_k p_k, p the true class
+    frequencies, so scores trained under it exceed an unweighted model's by
+    log w_c plus a constant. Weights buy recall of rare classes during
+    training but, kept at inference, paint their edges over the background;
+    FCN.shift_scores(-class_prior(w)) takes them back out (logit
+    adjustment). A class of weight 0 never learned its scores and keeps them."""
+    w = np.asarray(class_weights, np.float64)
+    return np.log(np.where(w > 0, w, 1.0))
+
+
+def deployed(model, class_weights):
+    """The model a run trained with `class_weights` is used as: a copy with
+    the class prior removed (class_prior), or `model` itself when the loss
+    was unweighted, or no bias shifts the scores exactly (FCN-32s, a trained
+    last upsample: FCN.shift_scores)."""
+    from .model import FCN, HEADS, passes_constants
+
+    if class_weights is None or model.variant == "32s":
+        return model
+    name, _, stride = HEADS[model.variant][-1]
+    sd = model.state_dict()
+    if not passes_constants(sd[f"{name}.weight"], stride):
+        return model
+    out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=sd, class_names=model.class_names)
+    out.shift_scores(-class_prior(class_weights))
+    return out
+
+
 class Trainer:
-    """Holds the model, the momentum buffers and the history of one run."""
+    """Holds the model, the momentum buffers and the history of one run.
+
+    With class_weights, validation scores and final.safetensors hold the
+    model with the class prior removed (`deployed`); checkpoints keep the
+    trained weights, and load_model reads them as the deployed model too."""
 
     def __init__(self, model, config=None, out=None):
         self.model = model
@@ -234,7 +269,7 @@ class Trainer:
                 bar.update(1, f"loss {loss:.4g} acc {acc:.3f} {rate:.2f} img/s")
             if val_dataset is not None and cfg.val_every and self.step % cfg.val_every == 0:
                 h.val_step.append(self.step)
-                h.val.append(evaluate(self.model, val_dataset))
+                h.val.append(evaluate(deployed(self.model, cfg.class_weights), val_dataset))
                 if bar:
                     bar.stream.write(f"\nstep {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in h.val[-1].items()) + "\n")
             if self.out and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -252,7 +287,7 @@ class Trainer:
                 return self.history
         if self.out:
             self.save_checkpoint()
-            self.model.save(self.out / "final.safetensors")
+            deployed(self.model, self.config.class_weights).save(self.out / "final.safetensors")
             plot_history(self.history, self.out / "curves.png")
         return self.history
 

@@ -167,7 +167,8 @@ def read(src):
     """(state dict of NumPy arrays, metadata, layout) from a path or a dict.
 
     layout is 'fcn' (our names, also pytorch-fcn's) or 'vgg16' (torchvision).
-    A training checkpoint reads as its model's weights (momentum left out).
+    A training checkpoint reads as its model's weights (momentum left out;
+    load_model then removes the class prior, as the run's final file does).
     """
     meta = {}
     if isinstance(src, (str, os.PathLike)):
@@ -237,6 +238,8 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
     The variant comes from the keys (or `variant` for VGG16 weights, default
     '32s'); VGG16 weights get zero score layers and bilinear upsampling with
     `num_classes` (default 21) classes, as the reference's transplant does.
+    A training checkpoint loads as the model its run's final.safetensors
+    holds (training.deployed: the class prior removed).
     """
     from .model import FCN, VARIANTS, param_shapes
 
@@ -267,7 +270,12 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
             raise WeightFileError("the weights have no score_fr.weight")
     if at_once is None:
         at_once = meta.get("at_once") == "True"
-    return FCN(variant, num_classes, at_once=at_once, state_dict=sd, class_names=_class_names(meta, num_classes))
+    model = FCN(variant, num_classes, at_once=at_once, state_dict=sd, class_names=_class_names(meta, num_classes))
+    if meta.get("format") == CHECKPOINT_FORMAT:  # read as the run's final.safetensors would hold it
+        from .training import deployed
+
+        model = deployed(model, json.loads(meta.get("config", "{}")).get("class_weights"))
+    return model
 
 
 def _class_names(meta, num_classes):

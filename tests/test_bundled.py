@@ -10,6 +10,7 @@ import pytest
 import fcn_cuda
 from fcn_cuda import bundled
 from fcn_cuda.weights import load_safetensors
+from fcn_cuda.training import deployed
 
 # The recipe at toy scale: the same code path, seconds instead of hours.
 TOY = dict(width_divisor=16, fc=16, size=24, count=4, batch_size=2, val_count=2, val_every=1,
@@ -83,7 +84,7 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
 
 
 
-def test_ship_takes_a_training_checkpoint_and_writes_only_its_weights(tmp_path, monkeypatch):
+def test_ship_takes_a_training_checkpoint_and_writes_the_deployed_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "TARGET_MEAN_IU", 0.0)
     run = bundled.train(tmp_path / "run", progress=False, max_seconds=0, **TOY)
     dest = tmp_path / "default.safetensors"
@@ -91,7 +92,9 @@ def test_ship_takes_a_training_checkpoint_and_writes_only_its_weights(tmp_path, 
                  picture=tmp_path / "p.png", count=2)
     tensors, meta = load_safetensors(dest)
     assert set(tensors) == set(run.model.state_dict())  # no momentum
-    for k, v in run.model.state_dict().items():
+    shipped = deployed(run.model, bundled.RECIPE["class_weights"]).state_dict()  # as its final file would hold
+    assert not np.array_equal(shipped["score_pool3.bias"], run.model.state_dict()["score_pool3.bias"])
+    for k, v in shipped.items():
         np.testing.assert_array_equal(tensors[k], v)
     assert meta["format"] == "fcn_cuda" and meta["step"] == "1" and "history" not in meta and "config" not in meta
 

@@ -55,6 +55,50 @@ def test_parity_with_pytorch_fcn(be, variant, size, bilinear):
     check_scores(run_ours(net, x), ref)
 
 
+
+@pytest.mark.parametrize("variant", ["16s", "8s"])
+@pytest.mark.parametrize("size", [(1, 1), (37, 53), (131, 97)])
+def test_shift_scores_moves_every_output_score_by_its_class_offset(be, variant, size):
+    net = random_fcn(variant, seed=7, num_classes=5)
+    model = fcn_cuda.load_model(state_dict_f32(net))
+    x = be.xp.asarray(np.random.default_rng(2).uniform(-120, 130, size=(2, 3, *size)).astype(np.float32))
+    before = to_numpy(model(x))
+    offset = np.array([0.0, -1.6, -1.75, -2.0, 0.5])
+    model.shift_scores(offset)
+    after = to_numpy(model(x))
+    np.testing.assert_allclose(after - before, np.broadcast_to(offset[None, :, None, None], before.shape),
+                               rtol=0, atol=1e-4 * (1 + np.abs(before).max()))  # every pixel, borders too
+    assert to_numpy(model.labels(x)).tolist() == after.argmax(1).tolist()
+
+
+def test_shift_scores_refuses_bad_offsets_and_trained_upsampling(be):
+    model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=1, num_classes=3)))
+    before = model.state_dict()
+    for bad in ([0.0, 1.0], [0.0, np.nan, 1.0], [[0.0, 0.0, 0.0]]):
+        with pytest.raises(ValueError, match="3 finite numbers"):
+            model.shift_scores(bad)
+    trained = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=1, num_classes=3, bilinear=False)))
+    with pytest.raises(ValueError, match="upscore8 is not a bilinear upsampling"):
+        trained.shift_scores([0.0, 1.0, 2.0])
+    fcn32 = fcn_cuda.load_model(state_dict_f32(random_fcn("32s", seed=1, num_classes=3)))
+    with pytest.raises(ValueError, match="FCN-32s has no bias"):
+        fcn32.shift_scores([0.0, 1.0, 2.0])
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])  # nothing changed
+
+
+def test_bilinear_kernels_pass_constants_and_others_do_not():
+    from fcn_cuda import bilinear_weights
+
+    for k, stride in ((4, 2), (16, 8), (32, 16), (64, 32)):
+        assert M.passes_constants(bilinear_weights(3, k), stride)
+    w = bilinear_weights(3, 16)
+    w[1, 1, 0, 0] += 0.01
+    assert not M.passes_constants(w, 8)
+    w = bilinear_weights(3, 4)
+    w[0, 1] = w[0, 0]  # not per-channel
+    assert not M.passes_constants(w, 2)
+
 @pytest.mark.parametrize("variant", ["16s", "8s"])
 def test_parity_batch_and_at_once(be, variant):
     net = random_fcn(variant, seed=3, at_once=True)

@@ -118,6 +118,47 @@ def test_a_checkpoint_loads_as_its_model_for_eval_and_infer(tmp_path):
     img, _ = data[0]
     np.testing.assert_array_equal(fcn_cuda.infer(img, loaded), fcn_cuda.infer(img, run.model))
 
+
+def test_the_weighted_loss_is_least_where_scores_carry_the_class_prior():
+    """class_prior's claim, on the loss kernel itself: with labels in
+    proportion p and class weights w, the summed gradient vanishes at scores
+    log(w p), i.e. the unweighted optimum log p shifted by class_prior(w)."""
+    from fcn_cuda.training import class_prior
+
+    counts, w = np.array([50, 20, 10, 20]), np.array([1.0, 4.94, 5.77, 0.5])
+    labels = np.repeat(np.arange(4), counts).astype(np.int32).reshape(1, 10, 10)
+    z = np.log(counts / counts.sum()) + class_prior(w)
+    scores = np.broadcast_to(z[None, :, None, None], (1, 4, 10, 10)).astype(np.float32).copy()
+    for normalize in (False, True):
+        _, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=w)
+        np.testing.assert_allclose(np.asarray(grad).sum(axis=(0, 2, 3)), 0, atol=1e-5)
+        _, unshifted = ops.softmax_cross_entropy(scores - class_prior(w)[None, :, None, None].astype(np.float32),
+                                                 labels, normalize=normalize, weight=w)
+        assert np.abs(np.asarray(unshifted).sum(axis=(0, 2, 3))).max() > 1e-2
+    np.testing.assert_array_equal(class_prior([2.0, 0.0, 1.0]), [np.log(2.0), 0.0, 0.0])
+
+
+def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tmp_path):
+    from fcn_cuda.training import class_prior, deployed, evaluate
+
+    data, val = SyntheticShapes(4, size=24, seed=1), SyntheticShapes(2, size=24, seed=2)
+    w = (1.0, 3.0, 4.5, 6.0)
+    run = fcn_cuda.train(small_model(), data, val, out=tmp_path, config=config(iterations=2, class_weights=w),
+                         progress=False)
+    raw = run.model.state_dict()
+    final = fcn_cuda.load_model(tmp_path / "final.safetensors").state_dict()
+    from_checkpoint = fcn_cuda.load_model(tmp_path / "checkpoint.safetensors").state_dict()
+    for k, v in raw.items():
+        if k == "score_pool3.bias":  # the bias just before the final, bilinear upsample
+            np.testing.assert_allclose(final[k], v - class_prior(w), rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(final[k], v)
+        np.testing.assert_array_equal(from_checkpoint[k], final[k])
+    assert run.history.val[-1] == evaluate(deployed(run.model, w), val)
+    unweighted = fcn_cuda.train(small_model(), data, out=tmp_path / "plain", config=config(iterations=1),
+                                progress=False)
+    assert deployed(unweighted.model, None) is unweighted.model
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     data = SyntheticShapes(4, size=24, seed=1)
     out = tmp_path / "run"
