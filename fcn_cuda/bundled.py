@@ -44,7 +44,8 @@ RECIPE = dict(
                          # step costs about 1.5x that of 96-pixel images
     count=20_000,        # training images
     batch_size=4,
-    iterations=30_000,
+    iterations=5_000,    # the stand-in below scored 0.855 held-out mean IU at step 4000 and 0.862 at 5000, with the
+                         # class prior removed (training.deployed)
     lr=2e-2,             # SGD on the per-pixel-normalised loss; biases 2x, no decay on them. At 3e-2 our
                          # run blew up at step 290 (loss 0.95 -> 13.7 in one step; the gradients there match
                          # torch in float64 to 1e-4): too close to the edge of stability
@@ -62,7 +63,7 @@ RECIPE = dict(
     dropout=False,
     val_every=500,
     val_count=50,
-    target_mean_iu=0.88,  # stop at this validation mean IU: a margin over TARGET_MEAN_IU
+    target_mean_iu=0.88,  # stop early at this validation mean IU: a margin over TARGET_MEAN_IU
     checkpoint_every=100,
     seed=0,
 )
