@@ -261,19 +261,24 @@ class FCN:
         """Adds offset[c] to every output score of class c (to float
         rounding), by folding it into score_bias_name(variant): only the
         last, bilinear upsample lies between that bias and the output, and it
-        passes constants through. FCN-16s and 8s only. Raises ValueError for
-        FCN-32s and when the last upsample's weights are trained (not
-        passes_constants)."""
+        passes constants through. Raises ValueError where that does not hold
+        (not scores_shiftable: FCN-32s, a trained last upsample)."""
         offset = np.asarray(offset, np.float64)
         if offset.shape != (self.num_classes,) or not np.isfinite(offset).all():
             raise ValueError(f"offset must be {self.num_classes} finite numbers, one per class, got {offset!r}")
         bias = score_bias_name(self.variant)
+        if not self.scores_shiftable():
+            raise ValueError(f"{HEADS[self.variant][-1][0]} is not a bilinear upsampling, so a bias before it does "
+                             "not shift the scores by a constant")
+        be = self._check_backend()
+        self.params[bias] = be.xp.asarray((be.to_numpy(self.params[bias]) + offset).astype(np.float32))
+
+    def scores_shiftable(self):
+        """Whether shift_scores can shift every score exactly: FCN-16s or 8s
+        with a last upsample that passes constants (bilinear)."""
         name, _, stride = HEADS[self.variant][-1]
         be = self._check_backend()
-        if not passes_constants(be.to_numpy(self.params[f"{name}.weight"]), stride):
-            raise ValueError(f"{name} is not a bilinear upsampling, so a bias before it does not shift the scores "
-                             "by a constant")
-        self.params[bias] = be.xp.asarray((be.to_numpy(self.params[bias]) + offset).astype(np.float32))
+        return self.variant != "32s" and passes_constants(be.to_numpy(self.params[f"{name}.weight"]), stride)
 
     def state_dict(self):
         """{name: float32 NumPy array}, in layer order."""

@@ -154,15 +154,12 @@ def deployed(model, class_weights):
     the class prior removed (class_prior), or `model` itself when the loss
     was unweighted, or no bias shifts the scores exactly (FCN-32s, a trained
     last upsample: FCN.shift_scores)."""
-    from .model import FCN, HEADS, passes_constants
+    from .model import FCN
 
-    if class_weights is None or model.variant == "32s":
+    if class_weights is None or not model.scores_shiftable():
         return model
-    name, _, stride = HEADS[model.variant][-1]
-    sd = model.state_dict()
-    if not passes_constants(sd[f"{name}.weight"], stride):
-        return model
-    out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=sd, class_names=model.class_names)
+    out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=model.state_dict(),
+              class_names=model.class_names)
     out.shift_scores(-class_prior(class_weights))
     return out
 

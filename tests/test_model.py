@@ -83,6 +83,7 @@ def test_shift_scores_refuses_bad_offsets_and_trained_upsampling(be):
     fcn32 = fcn_cuda.load_model(state_dict_f32(random_fcn("32s", seed=1, num_classes=3)))
     with pytest.raises(ValueError, match="FCN-32s has no bias"):
         fcn32.shift_scores([0.0, 1.0, 2.0])
+    assert model.scores_shiftable() and not trained.scores_shiftable() and not fcn32.scores_shiftable()
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])  # nothing changed
 

@@ -158,6 +158,8 @@ def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tm
     unweighted = fcn_cuda.train(small_model(), data, out=tmp_path / "plain", config=config(iterations=1),
                                 progress=False)
     assert deployed(unweighted.model, None) is unweighted.model
+    fcn32 = fcn_cuda.FCN("32s", 4, widths=WIDTHS, fc=16)  # no bias reaches every score unchanged: kept as trained
+    assert deployed(fcn32, w) is fcn32
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     data = SyntheticShapes(4, size=24, seed=1)
