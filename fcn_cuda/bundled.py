@@ -111,12 +111,12 @@ def held_out(count=HELD_OUT_COUNT, size=RECIPE["size"]):
 
 
 def score(weights, count=HELD_OUT_COUNT, progress=True):
-    """The four reference scores of `weights` on the held-out synthetic set."""
+    """The four reference scores of `weights` (a file, or a loaded FCN) on the held-out synthetic set."""
     import fcn_cuda
 
     from ._progress import Progress
 
-    model = fcn_cuda.load_model(weights)
+    model = weights if isinstance(weights, fcn_cuda.FCN) else fcn_cuda.load_model(weights)
     data = held_out(count)
     return fcn_cuda.evaluate(model, data, progress=Progress(len(data), "score") if progress else None)
 
@@ -141,11 +141,12 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     from .data import SHAPE_CLASSES
     from .weights import read, save_png, save_safetensors
 
-    scores = score(weights, count)
+    model = fcn_cuda.load_model(weights)  # a checkpoint loads without its class prior, as final.safetensors
+    scores = score(model, count)
     if not scores["mean_iu"] >= TARGET_MEAN_IU:
         raise ValueError(f"{weights}: mean IU {scores['mean_iu']:.4f} on {count} held-out images is below the "
                          f"target {TARGET_MEAN_IU}; not shipped")
-    tensors = fcn_cuda.load_model(weights).state_dict()  # as scored: a checkpoint's without its class prior
+    tensors = model.state_dict()
     meta = read(weights)[1]  # a checkpoint's momentum, history and config are left behind
     kept = {k: meta[k] for k in ("variant", "num_classes", "at_once", "step") if k in meta}
     meta = {"format": "fcn_cuda", **kept,

@@ -9,8 +9,8 @@ import pytest
 
 import fcn_cuda
 from fcn_cuda import bundled
-from fcn_cuda.weights import load_safetensors
 from fcn_cuda.training import deployed
+from fcn_cuda.weights import load_safetensors
 
 # The recipe at toy scale: the same code path, seconds instead of hours.
 TOY = dict(width_divisor=16, fc=16, size=24, count=4, batch_size=2, val_count=2, val_every=1,
@@ -83,7 +83,6 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     assert Image.open(picture).size[1] == 2 * rgb.shape[0]
 
 
-
 def test_ship_takes_a_training_checkpoint_and_writes_the_deployed_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "TARGET_MEAN_IU", 0.0)
     run = bundled.train(tmp_path / "run", progress=False, max_seconds=0, **TOY)
@@ -97,6 +96,7 @@ def test_ship_takes_a_training_checkpoint_and_writes_the_deployed_weights(tmp_pa
     for k, v in shipped.items():
         np.testing.assert_array_equal(tensors[k], v)
     assert meta["format"] == "fcn_cuda" and meta["step"] == "1" and "history" not in meta and "config" not in meta
+
 
 def test_held_out_set_is_not_a_training_or_validation_set():
     seeds = {bundled.RECIPE["seed"], bundled.RECIPE["seed"] + 1_000_003}

@@ -107,7 +107,6 @@ def test_a_resumed_run_may_change_only_future_lr_drops(tmp_path):
     assert resumed.config.lr_drops == (2, 4) and resumed.history.loss == unbroken.history.loss
 
 
-
 def test_a_checkpoint_loads_as_its_model_for_eval_and_infer(tmp_path):
     data = SyntheticShapes(4, size=24, seed=1)
     run = fcn_cuda.train(small_model(), data, out=tmp_path, config=config(iterations=2, val_every=0), progress=False)
@@ -160,6 +159,7 @@ def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tm
     assert deployed(unweighted.model, None) is unweighted.model
     fcn32 = fcn_cuda.FCN("32s", 4, widths=WIDTHS, fc=16)  # no bias reaches every score unchanged: kept as trained
     assert deployed(fcn32, w) is fcn32
+
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     data = SyntheticShapes(4, size=24, seed=1)
