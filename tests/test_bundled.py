@@ -9,6 +9,7 @@ import pytest
 
 import fcn_cuda
 from fcn_cuda import bundled
+from fcn_cuda.colors import colorize, overlay
 from fcn_cuda.training import deployed
 from fcn_cuda.weights import load_safetensors
 
@@ -78,9 +79,15 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     from PIL import Image
 
     rgb = np.asarray(Image.open(sample))
-    expected, _ = bundled.held_out(bundled.SAMPLE_INDEX + 1)[bundled.SAMPLE_INDEX]
+    expected, expected_truth = bundled.held_out(bundled.SAMPLE_INDEX + 1)[bundled.SAMPLE_INDEX]
     np.testing.assert_array_equal(rgb, expected)
-    assert Image.open(picture).size[1] == 2 * rgb.shape[0]
+    labels = fcn_cuda.infer(rgb, shipped)
+    sheet = np.asarray(Image.open(picture).convert("RGB"))
+    h, w = 2 * rgb.shape[0], 2 * rgb.shape[1]
+    assert sheet.shape == (22 + h + 22, 4 * (w + 8) - 8, 3)
+    for i, panel in enumerate((rgb, overlay(rgb, labels), colorize(labels), colorize(expected_truth))):
+        x = i * (w + 8)
+        np.testing.assert_array_equal(sheet[22:22 + h, x:x + w], panel.repeat(2, 0).repeat(2, 1))
 
 
 def test_ship_takes_a_training_checkpoint_and_writes_the_deployed_weights(tmp_path, monkeypatch):
