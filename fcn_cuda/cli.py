@@ -6,7 +6,9 @@
     fcn-cuda train --data DIR|synthetic --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DIR|synthetic --weights W
-        prints pixel accuracy, mean accuracy, mean IU and frequency-weighted IU.
+        prints pixel accuracy, mean accuracy, mean IU and frequency-weighted IU;
+    fcn-cuda curves CHECKPOINT [--out PNG]
+        draws a run's loss and metric curves from its checkpoint, at any step.
 """
 
 import argparse
@@ -162,6 +164,17 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_curves(args):
+    from .training import plot_history, read_history
+
+    history = read_history(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("curves.png")
+    plot_history(history, out)
+    last = f"; validation mean IU {history.val[-1]['mean_iu']:.4f} at step {history.val_step[-1]}" if history.val else ""
+    print(f"{out}: steps 1..{history.step[-1] if history.step else 0}{last}")
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="fcn-cuda", description="FCN semantic segmentation from handwritten CUDA kernels")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -211,6 +224,11 @@ def build_parser():
     e.add_argument("--seed", type=int, default=12345, help="synthetic: a seed no training run used")
     e.add_argument("--backend", choices=("host", "cuda"))
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("curves", help="draw a run's loss and metric curves from its checkpoint")
+    c.add_argument("checkpoint", help="a run's checkpoint.safetensors")
+    c.add_argument("--out", help="PNG to write (default: curves.png beside the checkpoint)")
+    c.set_defaults(func=cmd_curves)
     return ap
 
 

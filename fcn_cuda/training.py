@@ -336,7 +336,7 @@ class Trainer:
         be = _backend.active()
         trainer.velocity = {k: be.xp.asarray(tensors[f"{MOMENTUM_PREFIX}{k}"]) for k in model.params}
         trainer.step = step
-        trainer.history = History(**json.loads(meta["history"]))
+        trainer.history = History(**json.loads(meta["history"]))  # as read_history
         return trainer
 
 
@@ -375,8 +375,27 @@ class _StopRequests:
         return False
 
 
+def read_history(path):
+    """The History (losses, accuracies, validation scores) a training checkpoint recorded."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = load_safetensors(path)[1]
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise WeightFileError(f"{path} is not an fcn_cuda training checkpoint (its final weights keep no history)")
+    return History(**json.loads(meta["history"]))
+
+
+def running_mean(ys, window):
+    """The mean of the last `window` values at each point (fewer at the start)."""
+    sums = np.cumsum(np.concatenate([[0.0], np.asarray(ys, np.float64)]))
+    n = np.arange(1, len(ys) + 1)
+    lo = np.maximum(n - window, 0)
+    return (sums[n] - sums[lo]) / (n - lo)
+
+
 def plot_history(history, path):
-    """Loss and accuracy curves as a PNG (drawn with Pillow, no plotting library)."""
+    """Loss and accuracy curves as a PNG (drawn with Pillow, no plotting library): each step's value in a pale
+    line, its running mean over a 50th of the run in a dark one; the loss on a log scale."""
     from PIL import Image, ImageDraw
 
     from .weights import save_png
@@ -384,33 +403,40 @@ def plot_history(history, path):
     w, h, pad = 640, 360, 40
     img = Image.new("RGB", (w, 2 * h), "white")
     draw = ImageDraw.Draw(img)
-    panels = [("training loss", history.step, history.loss, (200, 30, 30)),
-              ("pixel accuracy (train: grey, validation mean IU: blue)", history.step, history.pixel_acc, (120, 120, 120))]
-    for row, (title, xs, ys, color) in enumerate(panels):
+    panels = [("training loss (log scale; pale: each step, dark: running mean)", history.loss, (200, 30, 30), True),
+              ("pixel accuracy (train: grey), validation mean IU (blue)", history.pixel_acc, (90, 90, 90), False)]
+    for row, (title, ys, color, log) in enumerate(panels):
         top = row * h
         draw.text((pad, top + 8), title, fill="black")
         draw.rectangle([pad, top + pad, w - pad, top + h - pad], outline="black")
-        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
-        series = [(pts, color)]
+        pts = [(x, y) for x, y in zip(history.step, ys) if y is not None and math.isfinite(y) and (y > 0 or not log)]
+        pale = tuple(255 - (255 - c) // 4 for c in color)
+        series = [(pts, pale, False)]
+        if pts:
+            smooth = running_mean([y for _, y in pts], max(1, len(pts) // 50))
+            series.append(([(x, y) for (x, _), y in zip(pts, smooth)], color, False))
         if row == 1:
-            series.append(([(s, v["mean_iu"]) for s, v in zip(history.val_step, history.val)], (30, 60, 200)))
-        all_pts = [p for s, _ in series for p in s]
+            series.append(([(s, v["mean_iu"]) for s, v in zip(history.val_step, history.val)], (30, 60, 200), True))
+        all_pts = [p for s, _, _ in series for p in s]
         if not all_pts:
             continue
         x0, x1 = min(p[0] for p in all_pts), max(p[0] for p in all_pts)
         y0, y1 = min(p[1] for p in all_pts), max(p[1] for p in all_pts)
         if row == 1:
             y0, y1 = 0.0, 1.0
+        fy = math.log10 if log else float
         sx = (w - 2 * pad) / max(x1 - x0, 1)
-        sy = (h - 2 * pad) / (y1 - y0 if y1 > y0 else 1)
+        sy = (h - 2 * pad) / (fy(y1) - fy(y0) if y1 > y0 else 1)
         draw.text((pad, top + h - pad + 4), f"step {x0} .. {x1}", fill="black")
         draw.text((w - pad - 120, top + 8), f"{y0:.3g} .. {y1:.3g}", fill="black")
-        for s, col in series:
-            xy = [(pad + (x - x0) * sx, top + h - pad - (y - y0) * sy) for x, y in s]
+        for s, col, labelled in series:
+            xy = [(pad + (x - x0) * sx, top + h - pad - (fy(y) - fy(y0)) * sy) for x, y in s]
             if len(xy) > 1:
                 draw.line(xy, fill=col, width=2)
             for p in xy[-1:]:
                 draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=col)
+                if labelled:
+                    draw.text((p[0] - 34, p[1] + 6), f"{s[-1][1]:.3f}", fill=col)
     save_png(path, img)
 
 

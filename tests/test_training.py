@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fcn_cuda
 from fcn_cuda import ops
 from fcn_cuda.data import SyntheticShapes
-from fcn_cuda.training import Trainer, TrainConfig, batch_indices, make_batch
+from fcn_cuda.training import Trainer, TrainConfig, batch_indices, make_batch, running_mean
 
 WIDTHS = ((4, 4), (4, 4), (8, 8, 8), (8, 8, 8), (8, 8, 8))
 
@@ -284,3 +285,15 @@ def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     assert cli.main(["eval", "--data", "synthetic", "--size", "24", "--count", "3", "--weights",
                      str(staged / "final.safetensors"), "--backend", "host"]) == 0
     assert "mean_iu" in capsys.readouterr().out
+    assert cli.main(["curves", str(run / "checkpoint.safetensors"), "--out", str(tmp_path / "c.png")]) == 0
+    assert "steps 1..4; validation mean IU" in capsys.readouterr().out
+    assert Image.open(tmp_path / "c.png").size == Image.open(run / "curves.png").size
+    assert cli.main(["curves", str(run / "final.safetensors")]) == 2  # final weights keep no history
+    assert "not an fcn_cuda training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("window", [1, 3, 50])
+def test_running_mean_is_the_mean_of_the_last_window_values(window):
+    ys = np.random.default_rng(window).normal(size=41)
+    expected = [ys[max(0, i + 1 - window):i + 1].mean() for i in range(len(ys))]
+    np.testing.assert_allclose(running_mean(ys, window), expected, rtol=1e-12, atol=1e-12)
