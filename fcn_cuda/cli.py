@@ -170,7 +170,9 @@ def cmd_curves(args):
     history = read_history(args.checkpoint)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("curves.png")
     plot_history(history, out)
-    last = f"; validation mean IU {history.val[-1]['mean_iu']:.4f} at step {history.val_step[-1]}" if history.val else ""
+    last = ""
+    if history.val:
+        last = f"; validation mean IU {history.val[-1]['mean_iu']:.4f} at step {history.val_step[-1]}"
     print(f"{out}: steps 1..{history.step[-1] if history.step else 0}{last}")
     return 0
 

@@ -180,6 +180,7 @@ class Trainer:
                              f"{model.num_classes} classes")
         self.out = Path(out) if out else None
         self.step = 0
+        self.saved_step = None  # the step of the checkpoint in out/, if any
         self.history = History()
         self.stopped_by = None  # why the last fit() returned early: "the time limit", "SIGINT", "SIGTERM"
         be = _backend.active()
@@ -225,8 +226,8 @@ class Trainer:
         key = (cfg.seed, self.step) if cfg.dropout else None
         scores, loss, grad, keep = forward_loss(self.model, x, labels, key, cfg.normalize, cfg.class_weights)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss} at step {self.step}; training stopped"
-                                     + (f", the last good checkpoint is {self.checkpoint_path()}" if self.out else ""))
+            raise FloatingPointError(f"the loss is {loss} at step {self.step + 1}; training stopped"
+                                     + self._nan_advice())
         pred = ops.argmax(scores)
         valid = labels != 255
         correct = int(((pred == labels) & valid).sum())
@@ -298,6 +299,15 @@ class Trainer:
         return self.step >= self.config.iterations or self.reached_target()
 
     # ------------------------------------------------------------ checkpoints
+    def _nan_advice(self):
+        if not self.out or self.saved_step is None:
+            return ""
+        s = self.saved_step
+        drops = ",".join(str(d) for d in sorted({*self.config.lr_drops, s}))
+        return (f". The last good checkpoint is {self.checkpoint_path()} (step {s}). Resuming it as it is replays "
+                f"the same batches into the same blow-up; to go on 10x slower after step {s}, resume with "
+                f"lr_drops ({drops}) (fcn-cuda train ... --lr-drops {drops})")
+
     def checkpoint_path(self):
         return self.out / "checkpoint.safetensors"
 
@@ -311,6 +321,7 @@ class Trainer:
                 "step": str(self.step), "history": json.dumps(asdict(self.history)),
                 "config": json.dumps(asdict(self.config))}
         save_safetensors(self.checkpoint_path(), tensors, meta)
+        self.saved_step = self.step
 
     @classmethod
     def resume(cls, path, out=None, config=None):
@@ -335,7 +346,7 @@ class Trainer:
         trainer = cls(model, saved, out or Path(path).parent)
         be = _backend.active()
         trainer.velocity = {k: be.xp.asarray(tensors[f"{MOMENTUM_PREFIX}{k}"]) for k in model.params}
-        trainer.step = step
+        trainer.step = trainer.saved_step = step
         trainer.history = History(**json.loads(meta["history"]))  # as read_history
         return trainer
 

@@ -170,12 +170,16 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     good = (out / "checkpoint.safetensors").read_bytes()
     trainer.config.iterations = 50
     trainer.config.lr = 1e30
-    with pytest.raises(FloatingPointError, match="checkpoint"):
+    with pytest.raises(FloatingPointError, match="checkpoint") as stop:
         trainer.fit(data, progress=False)
     kept = Trainer.resume(out / "checkpoint.safetensors")
     assert all(np.isfinite(v).all() for v in kept.model.state_dict().values())
     assert kept.step >= 2 and (out / "checkpoint.safetensors").read_bytes() != b""
     assert good  # the first good checkpoint existed before the run blew up
+    # The error says how to get past the blow-up: an lr drop at the checkpoint's step, which resume accepts.
+    assert f"(step {kept.step})" in str(stop.value) and f"--lr-drops {kept.step}" in str(stop.value)
+    slower = Trainer.resume(out / "checkpoint.safetensors", config=config(iterations=50, lr_drops=(kept.step,)))
+    assert slower.rate("fc6.weight") == pytest.approx(0.1 * kept.rate("fc6.weight"), rel=1e-12)
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
