@@ -285,11 +285,12 @@ class FCN:
         be = self._check_backend()
         return {k: np.ascontiguousarray(be.to_numpy(v)) for k, v in self.params.items()}
 
-    def save(self, path):
-        """Writes the weights as safetensors, atomically (temp file + rename)."""
+    def save(self, path, **notes):
+        """Writes the weights as safetensors, atomically (temp file + rename);
+        `notes` (strings: how the weights were made) go into its metadata."""
         from .weights import save_safetensors
 
-        meta = {"format": "fcn_cuda", "variant": self.variant, "num_classes": str(self.num_classes),
+        meta = {**notes, "format": "fcn_cuda", "variant": self.variant, "num_classes": str(self.num_classes),
                 "at_once": str(self.at_once)}
         if self.class_names:
             meta["classes"] = json.dumps(self.class_names)

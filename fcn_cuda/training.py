@@ -285,7 +285,8 @@ class Trainer:
                 return self.history
         if self.out:
             self.save_checkpoint()
-            deployed(self.model, self.config.class_weights).save(self.out / "final.safetensors")
+            deployed(self.model, self.config.class_weights).save(self.out / "final.safetensors", step=str(self.step),
+                                                                 config=json.dumps(asdict(self.config)))
             plot_history(self.history, self.out / "curves.png")
         return self.history
 

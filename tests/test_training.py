@@ -1,5 +1,7 @@
 """The training loop: SGD recipe, exact resume, NaN stop, validation, curves."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ import fcn_cuda
 from fcn_cuda import ops
 from fcn_cuda.data import SyntheticShapes
 from fcn_cuda.training import Trainer, TrainConfig, batch_indices, make_batch, running_mean
+from fcn_cuda.weights import load_safetensors
 
 WIDTHS = ((4, 4), (4, 4), (8, 8, 8), (8, 8, 8), (8, 8, 8))
 
@@ -155,6 +158,8 @@ def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tm
             np.testing.assert_array_equal(final[k], v)
         np.testing.assert_array_equal(from_checkpoint[k], final[k])
     assert run.history.val[-1] == evaluate(deployed(run.model, w), val)
+    meta = load_safetensors(tmp_path / "final.safetensors")[1]  # how the final weights were made
+    assert meta["step"] == "2" and json.loads(meta["config"])["class_weights"] == list(w)
     unweighted = fcn_cuda.train(small_model(), data, out=tmp_path / "plain", config=config(iterations=1),
                                 progress=False)
     assert deployed(unweighted.model, None) is unweighted.model
