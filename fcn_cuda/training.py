@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -153,10 +154,16 @@ def deployed(model, class_weights):
     """The model a run trained with `class_weights` is used as: a copy with
     the class prior removed (class_prior), or `model` itself when the loss
     was unweighted, or no bias shifts the scores exactly (FCN-32s, a trained
-    last upsample: FCN.shift_scores)."""
+    last upsample: FCN.shift_scores), which it warns of."""
     from .model import FCN
 
-    if class_weights is None or not model.scores_shiftable():
+    if class_weights is None:
+        return model
+    if not model.scores_shiftable():
+        warnings.warn(f"FCN-{model.variant} trained with class_weights keeps their prior (log w) in its scores, "
+                      "which favours the weighted classes: no bias reaches every score of "
+                      + ("FCN-32s" if model.variant == "32s" else "a trained last upsample")
+                      + " unchanged (FCN.shift_scores)", stacklevel=2)
         return model
     out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=model.state_dict(),
               class_names=model.class_names)

@@ -164,7 +164,8 @@ def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tm
                                 progress=False)
     assert deployed(unweighted.model, None) is unweighted.model
     fcn32 = fcn_cuda.FCN("32s", 4, widths=WIDTHS, fc=16)  # no bias reaches every score unchanged: kept as trained
-    assert deployed(fcn32, w) is fcn32
+    with pytest.warns(UserWarning, match="keeps their prior"):
+        assert deployed(fcn32, w) is fcn32
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
@@ -265,6 +266,7 @@ def test_training_learns():
     assert np.mean(loss[-8:]) < 0.8 * np.mean(loss[:8]), loss
 
 
+@pytest.mark.filterwarnings("ignore:FCN-32s trained with class_weights")  # that warning has its own test
 def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     from fcn_cuda import cli
 
