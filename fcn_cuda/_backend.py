@@ -6,8 +6,10 @@ GPU, else ``'host'``; ``FCN_CUDA_BACKEND=host|cuda`` or ``use_backend()``
 override that.
 """
 
+import contextlib
 import importlib
 import os
+import threading
 
 import numpy as np
 
@@ -47,6 +49,7 @@ _host = None
 _cuda = None
 _cuda_error = None
 _active = None
+_local = threading.local()  # .backend: a `using` block's backend, for this thread only
 
 
 def _host_backend():
@@ -106,8 +109,12 @@ def _select(name):
 
 
 def active():
-    """The Backend object in use (chosen on first use)."""
+    """The Backend object in use (chosen on first use); inside a `using`
+    block, that block's, in its thread only."""
     global _active
+    scoped = getattr(_local, "backend", None)
+    if scoped is not None:
+        return scoped
     if _active is None:
         env = os.environ.get("FCN_CUDA_BACKEND", "").strip().lower()
         if env:
@@ -133,6 +140,19 @@ def use_backend(name):
     previous = _active.name if _active is not None else None
     _active = _select(name.strip().lower())
     return previous
+
+
+@contextlib.contextmanager
+def using(name):
+    """Makes backend `name` the active one inside the block, for the calling
+    thread only (other threads keep theirs): fcn_cuda.torch runs each op on
+    the backend of its tensors' device, also from autograd's worker threads."""
+    previous = getattr(_local, "backend", None)
+    _local.backend = _select(name)
+    try:
+        yield _local.backend
+    finally:
+        _local.backend = previous
 
 
 def set_emulator_workers(n):

@@ -8,6 +8,8 @@ launcher in csrc/ops through csrc/bindings.cpp. Semantics are PyTorch's
 (see each docstring), checked in tests/ against torch in float64.
 """
 
+import math
+
 import numpy as np
 
 from . import _backend
@@ -606,7 +608,7 @@ __all__ += ["preprocess", "MEAN_BGR"]
 
 # ---- backward
 
-__all__ += ["relu_backward", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d_grad_input",
+__all__ += ["relu_backward", "conv2d_grad_input", "conv2d_grad_weight", "bias_grad", "conv_transpose2d_grad_input",
             "conv_transpose2d_grad_weight", "max_pool2d_backward", "crop_backward", "score_crop_add_backward",
             "softmax_cross_entropy", "dropout", "dropout_backward", "philox4x32_10", "sgd_step"]
 
@@ -624,7 +626,7 @@ def _real(v, name):
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
-    if not np.isfinite(v):
+    if not math.isfinite(v):  # math, not NumPy: torch.compile traces this check in fcn_cuda.torch's wrappers
         raise ValueError(f"{name} must be finite, got {v}")
     return v
 
@@ -725,6 +727,16 @@ def _bias_grad(be, dy, mask):
     db = be.empty((k,))
     be.ext.bias_grad(be.ptr(dy), be.ptr(mask) if mask is not None else 0, be.ptr(db), n, k, p * q, be.stream())
     return db
+
+
+def bias_grad(grad_y):
+    """grad_y (N x K x P x Q) summed over n, p, q: the gradient of the bias
+    of a convolution or transposed convolution, == grad_y.sum((0, 2, 3)).
+    The kernel conv2d_grad_weight runs for its grad_b: one block per
+    channel, a fixed order, the same bits every run."""
+    be = _backend.active()
+    grad_y = V.array(grad_y, "grad_y", ndim=4, shape_hint="N x K x P x Q", be=be)
+    return _bias_grad(be, grad_y, None)
 
 
 def conv2d_grad_weight(x, grad_y, kernel_size, stride=1, padding=0, relu_y=None):
