@@ -53,14 +53,14 @@ OPS = {}  # name -> torch.library.CustomOpDef, registered in the namespace fcn_c
 
 
 # ----------------------------------------------------------------- tensors in, tensors out
-@contextlib.contextmanager
 def _device_backend(device):
-    """fcn_cuda's backend for a torch device, active in this thread for the
-    block; on a GPU, CuPy launches go to torch's current stream of that device."""
-    if device.type == "cpu":
-        with _backend.using("host"):
-            yield
-        return
+    """fcn_cuda's backend for a torch device, active in this thread for a
+    with-block; on a GPU, CuPy launches go to torch's current stream of that device."""
+    return _backend.using("host") if device.type == "cpu" else _on_cuda(device)
+
+
+@contextlib.contextmanager
+def _on_cuda(device):
     with _backend.using("cuda") as be:
         cupy = be.xp
         ptr = torch.cuda.current_stream(device).cuda_stream
@@ -88,15 +88,13 @@ def _to_tensor(a):
 def _on_tensors(fn):
     """fn, written on fcn_cuda arrays, as a kernel on torch tensors: the
     tensors go in and the results come out without a copy."""
-    signature = inspect.signature(fn)
+    names = tuple(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
-    def kernel(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs).arguments
-        device = next(v.device for v in bound.values() if isinstance(v, torch.Tensor))
+    def kernel(*args):  # the dispatcher passes every argument positionally (no schema has keyword-only ones)
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
         with _device_backend(device):
-            arrays = {k: _to_array(v, k, device) if isinstance(v, torch.Tensor) else v for k, v in bound.items()}
-            out = fn(**arrays)
+            out = fn(*(_to_array(a, k, device) if isinstance(a, torch.Tensor) else a for k, a in zip(names, args)))
             return tuple(map(_to_tensor, out)) if isinstance(out, tuple) else _to_tensor(out)
 
     return kernel
