@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {"fp32": FP32, "tf32": TF32, "bf16": HALF}
 SMOKE_ONLY = ["1x48x48/conv1_1/", "1x48x48/pool1/", "1x48x48/upscore8/", "1x48x48/score_pool4/",
               "1x48x48/crop_add(score_pool4)", "1x48x48/softmax_argmax/", "1x48x48/preprocess/",
-              "1x48x48/forward/", "2x32x32/infer/", "train_step"]
+              "1x48x48/forward/", "2x32x32/infer/", "train_step", "1x48x48/conv2d(conv5_1)/", "2x32x32/FCN-8s forward/"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,12 @@ def test_smoke_json_schema(smoke):
             assert r["err"]["label_mismatch"] < 1e-3, r["name"]
         assert "nonfinite" not in r["err"]
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"layer", "kernel", "end_to_end", "train_step"}
+    assert kinds == {"layer", "kernel", "end_to_end", "train_step", "dispatch"}
+    dispatch = {r["layer"]: r for r in rows if r["kind"] == "dispatch"}
+    assert set(dispatch) == {"conv2d(conv5_1)", "crop_add(score_pool4)", "FCN-8s forward"}
+    assert dispatch["conv2d(conv5_1)"]["ours"] == "torch.ops.fcn_cuda" and dispatch["conv2d(conv5_1)"]["ref"] == "fcn_cuda.ops"
+    for r in dispatch.values():
+        assert r["err"]["rel_l2"] == 0.0  # the same kernels, called two ways
     layers = {(r["config"], r["layer"], r["ours"]) for r in rows}
     for v in fcn_cuda.ops.CONV2D_VARIANTS:
         assert ("1x48x48", "conv1_1", v) in layers
