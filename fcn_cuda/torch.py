@@ -46,8 +46,8 @@ from .model import FCN as _EngineFCN
 if torch.__version__ < "2.4":
     raise ImportError(f"fcn_cuda.torch needs PyTorch >= 2.4 (torch.library.custom_op), found {torch.__version__}")
 
-__all__ = ["OPS", "FCN", "conv2d", "conv2d_relu_maxpool", "conv_transpose2d", "conv_transpose2d_window", "max_pool2d", "crop_add",
-           "score_crop_add", "softmax", "argmax", "upsample_argmax", "softmax_cross_entropy", "dropout"]
+__all__ = ["OPS", "FCN", "conv2d", "conv2d_relu_maxpool", "conv_transpose2d", "conv_transpose2d_window", "max_pool2d",
+           "crop_add", "score_crop_add", "softmax", "argmax", "upsample_argmax", "softmax_cross_entropy", "dropout"]
 
 OPS = {}  # name -> torch.library.CustomOpDef, registered in the namespace fcn_cuda
 
@@ -117,13 +117,8 @@ def _op(schema):
 def _no_backward(what):
     """A backward that refuses: fcn_cuda has no kernel for this gradient."""
     def backward(ctx, *grads):
-        raise NotImplementedError(f"fcn_cuda has no backward kernel for {what}; train through "
-                                  "fcn_cuda.torch.softmax_cross_entropy, whose gradient is the loss kernel's")
+        raise NotImplementedError(f"fcn_cuda has no backward kernel for {what}")
     return backward
-
-
-def _contiguous(g):
-    return None if g is None else g.contiguous()
 
 
 # ----------------------------------------------------------------- conv2d
@@ -200,9 +195,9 @@ def _conv2d_relu_maxpool(x, weight, bias, padding):
     """The end of a VGG block at inference, as fcn_cuda.FCN runs it: one
     fused kernel where conv2d's default variant has that epilogue, else
     conv2d then max_pool2d; the same bits either way."""
-    fused = x.ndim == 4 and weight.ndim == 4 and ops._conv2d_relu_maxpool_variant(x.shape, weight.shape, padding)
-    if fused:
-        return ops.conv2d_relu_maxpool(x, weight, bias, padding=padding, variant=fused)
+    variant = x.ndim == 4 and weight.ndim == 4 and ops._conv2d_relu_maxpool_variant(x.shape, weight.shape, padding)
+    if variant:
+        return ops.conv2d_relu_maxpool(x, weight, bias, padding=padding, variant=variant)
     return ops.max_pool2d(ops.conv2d(x, weight, bias, padding=padding, relu=True), 2, 2, ceil_mode=True)
 
 
@@ -499,8 +494,10 @@ def _(x, weight, stride, size, offset):
     return x.new_empty((x.shape[0], *size), dtype=torch.int32), x.new_empty((*x.shape[:2], *size))
 
 
-_softmax.register_autograd(_no_backward("softmax"))
-_upsample_softmax_argmax.register_autograd(_no_backward("upsample_argmax's probabilities"))
+_softmax.register_autograd(_no_backward("softmax (train through softmax_cross_entropy, whose gradient is the "
+                                         "loss kernel's)"))
+_upsample_softmax_argmax.register_autograd(_no_backward("upsample_argmax's probabilities (train through "
+                                                        "conv_transpose2d_window and softmax_cross_entropy)"))
 
 
 # ----------------------------------------------------------------- the loss and dropout
@@ -543,7 +540,8 @@ def _dropout_setup(ctx, inputs, output):
 
 
 def _dropout_backward(ctx, grad_y):
-    """ops.dropout_backward: the same Philox mask, recomputed from (p, seed, step)."""
+    """The dropout kernel on the gradient (ops.dropout_backward is the same
+    call): the same Philox mask, recomputed from (p, seed, step)."""
     return _dropout(grad_y.contiguous(), *ctx.args), None, None, None
 
 
