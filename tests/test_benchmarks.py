@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {"fp32": FP32, "tf32": TF32, "bf16": HALF}
 SMOKE_ONLY = ["1x48x48/conv1_1/", "1x48x48/pool1/", "1x48x48/upscore8/", "1x48x48/score_pool4/",
               "1x48x48/crop_add(score_pool4)", "1x48x48/softmax_argmax/", "1x48x48/preprocess/",
-              "1x48x48/forward/", "2x32x32/infer/", "train_step", "1x48x48/conv2d(conv5_1)/", "2x32x32/FCN-8s forward/"]
+              "1x48x48/forward/", "2x32x32/infer/", "train_step", "1x48x48/conv2d(conv5_1)/"]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_smoke_json_schema(smoke):
     kinds = {r["kind"] for r in rows}
     assert kinds == {"layer", "kernel", "end_to_end", "train_step", "dispatch"}
     dispatch = {r["layer"]: r for r in rows if r["kind"] == "dispatch"}
-    assert set(dispatch) == {"conv2d(conv5_1)", "crop_add(score_pool4)", "FCN-8s forward"}
+    assert set(dispatch) == {"conv2d(conv5_1)", "crop_add(score_pool4)"}
     assert dispatch["conv2d(conv5_1)"]["ours"] == "torch.ops.fcn_cuda" and dispatch["conv2d(conv5_1)"]["ref"] == "fcn_cuda.ops"
     for r in dispatch.values():
         assert r["err"]["rel_l2"] == 0.0  # the same kernels, called two ways
@@ -258,6 +258,24 @@ def test_configs_follow_the_issue():
     assert gpu.fc == 4096 and gpu.repeats >= 20 and gpu.sets >= 2
     host = suite.config_for("host", quick=False)
     assert "emulat" in host.note and host.widths != fcn_cuda.model.VGG16_BLOCKS
+
+
+def test_dispatch_rows_call_the_same_kernels_both_ways():
+    """Every dispatch row (each op through torch.ops.fcn_cuda and directly;
+    the nn.Module against fcn_cuda.FCN) computes the same bits both ways
+    (called once each here: the smoke run times a few of them)."""
+    cfg = suite.config_for("host", quick=True)
+    ctx = suite.Context("host", cfg, log=lambda *a: None)
+    try:
+        n, h, w = 1, 32, 32
+        cases = suite.dispatch_cases(ctx, "1x32x32", n, h, w, suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc,
+                                                                                   cfg.classes))
+        assert len(cases) == 12 and {c.kind for c in cases} == {"dispatch"}
+        for case in cases:
+            ours, ref = ctx.ours_numpy(case.ours_fns[0]()), ctx.ref_numpy(case.ref_fns[0]())
+            assert set(suite.compare(ours, ref).values()) == {0.0}, case.name
+    finally:
+        ctx.close()
 
 
 def test_compare_sees_differences():

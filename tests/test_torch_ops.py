@@ -417,6 +417,19 @@ def test_module_forward_equals_the_engine_bit_for_bit(variant, at_once):
         np.testing.assert_array_equal(probs.numpy(), model.labels(x, probs=True)[1])
 
 
+def test_module_loads_our_weight_files(tmp_path):
+    """An fcn_cuda safetensors file, read by the safetensors package's torch loader, is a state dict for the module."""
+    from safetensors.torch import load_file
+
+    model = engine_model("16s")
+    model.save(tmp_path / "fcn16s.safetensors")
+    net = fct.FCN("16s", 5, widths=SMALL_WIDTHS, fc=SMALL_FC).eval()
+    net.load_state_dict(load_file(tmp_path / "fcn16s.safetensors"))
+    x = images(6, 1, 17, 22)
+    with torch.no_grad():
+        np.testing.assert_array_equal(net(torch.from_numpy(x)).numpy(), model(x))
+
+
 def test_module_loads_pytorch_fcn_state_dicts_and_matches_it():
     ref_net = random_fcn("8s", seed=5, num_classes=5)
     net = fct.FCN("8s", 5, widths=SMALL_WIDTHS, fc=SMALL_FC).eval()
