@@ -206,8 +206,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_softmax_xent(P<const float>(scores), P<const int>(labels), P<const float>(weight), P<float>(grad),
                                  P<float>(ws), P<float>(loss), N, C, HW, ignore, inv_divisor, S(s));
     }, nogil);
-    m.def("dropout", [](Addr x, Addr y, int n, unsigned seed, unsigned step, unsigned threshold, float scale, Addr s) {
-        fcn::launch_dropout(P<const float>(x), P<float>(y), n, seed, step, threshold, scale, S(s));
+    m.def("dropout", [](Addr x, Addr y, int n, unsigned long long offset, unsigned seed, unsigned step,
+                        unsigned threshold, float scale, Addr s) {
+        fcn::launch_dropout(P<const float>(x), P<float>(y), n, offset, seed, step, threshold, scale, S(s));
     }, nogil);
     m.def("philox_probe", [](Addr in, Addr out, int n, Addr s) {
         fcn::launch_philox_probe(P<const unsigned>(in), P<unsigned>(out), n, S(s));

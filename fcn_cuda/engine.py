@@ -65,7 +65,7 @@ def backward(model, keep, grad_scores, dropout=None):
     for name, src_key, ksize, relu in fc:
         src = keep[f"{src_key}_drop"] if dropout is not None and src_key in ("fc6", "fc7") else keep[src_key]
         if relu and dropout is not None:
-            g = ops.dropout_backward(g, DROPOUT_P, *dropout_key(dropout, 0 if name == "fc6" else 1))
+            g = ops.dropout_backward(g, DROPOUT_P, *dropout_key(dropout, 0 if name == "fc6" else 1, g))
         mask = keep[name] if relu else None
         grads[f"{name}.weight"], grads[f"{name}.bias"] = ops.conv2d_grad_weight(src, g, ksize, relu_y=mask)
         g = ops.conv2d_grad_input(g, p[f"{name}.weight"], src.shape, relu_y=mask)
@@ -86,13 +86,14 @@ def backward(model, keep, grad_scores, dropout=None):
     return {k: grads[k] for k in p}
 
 
-def forward_loss(model, x, labels, dropout=None, normalize=False, class_weights=None):
+def forward_loss(model, x, labels, dropout=None, normalize=False, class_weights=None, divisor=None):
     """The training-mode forward and the loss kernel: (scores, loss, d loss /
     d scores, kept activations), ready for `backward`. dropout: a (seed, step)
-    key, or None for no dropout."""
+    key (model.dropout_key), or None for no dropout; divisor: the loss's
+    (ops.softmax_cross_entropy), None for this batch's own."""
     keep = {}
     scores = model.forward(x, keep=keep, dropout=dropout)
-    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=class_weights)
+    loss, grad = ops.softmax_cross_entropy(scores, labels, normalize=normalize, weight=class_weights, divisor=divisor)
     return scores, loss, grad, keep
 
 

@@ -41,10 +41,15 @@ DROPOUT_P = 0.5
 PIXEL_STD = 60.0
 
 
-def dropout_key(dropout, layer):
-    """(seed, step) of one dropout layer: fc6 and fc7 draw different masks."""
-    seed, step = dropout
-    return seed, (2 * step + layer) % 2**32
+def dropout_key(dropout, layer, h):
+    """(seed, step, offset) of ops.dropout for one dropout layer on
+    activations h: fc6 and fc7 draw different masks. `dropout` is (seed,
+    step), or (seed, step, first) for a share of a larger batch whose first
+    image sits at place `first` in it (a data-parallel rank's): each image's
+    mask is keyed by its place in the batch, so the shares draw the masks of
+    the whole batch."""
+    seed, step, *first = dropout
+    return seed, (2 * step + layer) % 2**32, (first[0] if first else 0) * (h.size // h.shape[0])
 
 
 @dataclass(frozen=True)
@@ -438,7 +443,7 @@ class FCN:
             h = ops.conv2d(h, self._fc_weight(name, training), p[f"{name}.bias"], relu=relu)
             store[name] = h
             if dropout is not None and relu:
-                h = ops.dropout(h, DROPOUT_P, *dropout_key(dropout, layer))
+                h = ops.dropout(h, DROPOUT_P, *dropout_key(dropout, layer, h))
                 store[f"{name}_drop"] = h
         return h
 

@@ -610,7 +610,7 @@ __all__ += ["preprocess", "MEAN_BGR"]
 
 __all__ += ["relu_backward", "conv2d_grad_input", "conv2d_grad_weight", "bias_grad", "conv_transpose2d_grad_input",
             "conv_transpose2d_grad_weight", "max_pool2d_backward", "crop_backward", "score_crop_add_backward",
-            "softmax_cross_entropy", "dropout", "dropout_backward", "philox4x32_10", "sgd_step"]
+            "softmax_cross_entropy", "class_pixel_counts", "loss_divisor", "dropout", "dropout_backward", "philox4x32_10", "sgd_step"]
 
 _UINT32 = 2**32
 
@@ -909,7 +909,7 @@ def score_crop_add_backward(grad_out, feat, w, offset, scale=1.0):
     return dfeat, dw, _bias_grad(be, grad_out, None)
 
 
-def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, weight=None):
+def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, weight=None, divisor=None):
     """FCN's loss and its gradient: (loss: float, grad: scores' shape).
 
     scores: N x C x H x W float32, labels: N x H x W int32 with 0 <= l < C or
@@ -920,6 +920,9 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     weight (C finite numbers >= 0, as torch's F.cross_entropy(weight=)) scales
     each pixel's term by its class's weight; normalize=True then divides by
     the valid pixels' summed weight. None: every class 1, the reference.
+    divisor (a number >= 0) replaces that divisor (loss_divisor): a
+    data-parallel rank holding part of a batch passes the whole batch's, so
+    that its loss and gradient are its share of the whole batch's.
     grad is the gradient of that loss (0 at ignored pixels). One kernel (the
     per-pixel pass, stable for logits of any magnitude) plus a fixed-order
     sum of its per-block partials: the same bits every run.
@@ -930,24 +933,17 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     n, c, h, w = scores.shape
     if labels.shape != (n, h, w):
         raise ValueError(f"labels must be N x H x W = {(n, h, w)} (from scores), got {tuple(labels.shape)}")
-    ignore_index = V.integer(ignore_index, "ignore_index", minimum=-2**31, maximum=2**31 - 1)
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    if divisor is not None and not _real(divisor, "divisor") >= 0:
+        raise ValueError(f"divisor must be a finite number >= 0, got {divisor!r}")
     V.fits_int32(scores.size + 255, "scores (rounded up to whole blocks)")
     xp = be.xp
-    ignored = labels == ignore_index
-    bad = ~ignored & ((labels < 0) | (labels >= c))
-    if bool(bad.any()):
-        first = int(labels.ravel()[int(xp.argmax(bad.ravel()))])
-        raise ValueError(f"labels must lie in [0, {c}) (C of scores) or equal ignore_index {ignore_index}, "
-                         f"found {first}")
+    _check_labels(labels, c, ignore_index, xp)
     weight = _class_weights(weight, c)
-    divisor = n  # the reference's; normalize: the valid pixels' count, or their summed weight
-    if normalize and weight is None:
-        divisor = labels.size - int(xp.count_nonzero(ignored))
-    elif normalize:
-        counts = be.to_numpy(xp.bincount(labels[~ignored].ravel(), minlength=c)).astype(np.float64)
-        divisor = float(counts @ weight.astype(np.float64))
+    if divisor is None:
+        divisor = loss_divisor(class_pixel_counts(labels, c, ignore_index) if normalize else None, n, normalize,
+                               weight)
     grad = be.empty(scores.shape)
     ws = be.empty((be.ext.softmax_xent_workspace(n * h * w),))
     total = be.empty((1,))
@@ -956,6 +952,43 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
                         be.ptr(ws), be.ptr(total), n, c, h * w, ignore_index, 1.0 / divisor if divisor else 0.0,
                         be.stream())
     return (float(be.to_numpy(total)[0]) / divisor if divisor else 0.0), grad
+
+
+def _check_labels(labels, c, ignore_index, xp):
+    """ValueError unless every label is in [0, c) or equal to ignore_index; returns the ignored mask."""
+    ignore_index = V.integer(ignore_index, "ignore_index", minimum=-2**31, maximum=2**31 - 1)
+    ignored = labels == ignore_index
+    bad = ~ignored & ((labels < 0) | (labels >= c))
+    if bool(bad.any()):
+        first = int(labels.ravel()[int(xp.argmax(bad.ravel()))])
+        raise ValueError(f"labels must lie in [0, {c}) (C of scores) or equal ignore_index {ignore_index}, "
+                         f"found {first}")
+    return ignored
+
+
+def class_pixel_counts(labels, num_classes, ignore_index=255):
+    """How many pixels of `labels` (int32, any shape, active backend) carry
+    each class: num_classes int64s (NumPy); ignore_index is not counted, any
+    other label outside [0, num_classes) is a ValueError."""
+    be = _backend.active()
+    labels = V.array(labels, "labels", dtype=np.int32, be=be)
+    num_classes = V.integer(num_classes, "num_classes", minimum=1)
+    ignored = _check_labels(labels, num_classes, ignore_index, be.xp)
+    return be.to_numpy(be.xp.bincount(labels[~ignored].ravel(), minlength=num_classes)).astype(np.int64)
+
+
+def loss_divisor(counts, n, normalize=False, weight=None):
+    """What softmax_cross_entropy divides its summed loss by: the batch's
+    image count n (the reference), or with normalize the batch's valid pixels
+    (counts: class_pixel_counts of its labels), weighted by class with
+    `weight`. Summing counts over the shares of a batch gives the whole
+    batch's divisor, bit for bit."""
+    if not normalize:
+        return n
+    counts = np.asarray(counts, np.int64)
+    if weight is None:
+        return int(counts.sum())
+    return float(counts.astype(np.float64) @ _class_weights(weight, len(counts)).astype(np.float64))
 
 
 def _class_weights(weight, c):
@@ -982,32 +1015,36 @@ def _dropout_args(p, seed, step):
     return p, seed, step
 
 
-def _dropout(x, name, p, seed, step):
+def _dropout(x, name, p, seed, step, offset):
     be = _backend.active()
     x = V.array(x, name, be=be)
     p, seed, step = _dropout_args(p, seed, step)
+    offset = V.integer(offset, "offset", minimum=0, maximum=2**62)
     V.fits_int32(x.size + 4 * 256, f"{name} (rounded up to whole blocks)")
     y = be.empty(x.shape)
     threshold = int(p * _UINT32)  # P(word >= threshold) = 1 - p, to 2^-32
-    be.ext.dropout(be.ptr(x), be.ptr(y), x.size, seed, step, threshold, float(np.float32(1.0 / (1.0 - p))),
+    be.ext.dropout(be.ptr(x), be.ptr(y), x.size, offset, seed, step, threshold, float(np.float32(1.0 / (1.0 - p))),
                    be.stream())
     return y
 
 
-def dropout(x, p, seed, step):
+def dropout(x, p, seed, step, offset=0):
     """Training-mode dropout: x / (1 - p) where kept, 0 where dropped, any
     shape. The mask is Philox4x32-10 (philox4x32_10) keyed by (seed, step)
-    with counter (i // 4, 0, 0, 0) for element i (flat index), word i % 4;
-    element i is kept when that word >= floor(p * 2^32). Nothing is stored:
-    dropout_backward recomputes the mask from (p, seed, step). seed and step:
-    ints in [0, 2^32); p in [0, 1)."""
-    return _dropout(x, "x", p, seed, step)
+    with counter (g // 4 mod 2^32, g // 4 // 2^32, 0, 0) for element i at
+    g = offset + i (flat index), word g % 4; element i is kept when that word
+    >= floor(p * 2^32). `offset` (default 0) places x within a larger batch:
+    dropout(x[k:], ..., offset=k * x[0].size) draws dropout(x)[k:]'s mask, as
+    a data-parallel rank holding images k.. of the batch needs. Nothing is
+    stored: dropout_backward recomputes the mask from (p, seed, step, offset).
+    seed and step: ints in [0, 2^32); p in [0, 1); offset in [0, 2^62]."""
+    return _dropout(x, "x", p, seed, step, offset)
 
 
-def dropout_backward(grad_y, p, seed, step):
-    """The gradient of dropout(x, p, seed, step): grad_y masked and scaled by
-    the same mask (recomputed, not stored)."""
-    return _dropout(grad_y, "grad_y", p, seed, step)
+def dropout_backward(grad_y, p, seed, step, offset=0):
+    """The gradient of dropout(x, p, seed, step, offset): grad_y masked and
+    scaled by the same mask (recomputed, not stored)."""
+    return _dropout(grad_y, "grad_y", p, seed, step, offset)
 
 
 def philox4x32_10(counters, keys):

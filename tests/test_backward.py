@@ -325,6 +325,36 @@ def test_softmax_cross_entropy(be, rng, shape, normalize, magnitude):
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["per_image", "per_pixel"])
+@pytest.mark.parametrize("weight", [None, (1.0, 4.94, 0.0, 7.5)], ids=["unweighted", "weighted"])
+def test_shares_of_a_batch_with_its_divisor_give_its_loss_and_gradient(be, rng, normalize, weight):
+    """A data-parallel rank's loss: its images, divided by the whole batch's
+    divisor (loss_divisor over the summed class_pixel_counts), give the whole
+    batch's gradient for those images bit for bit, and the shares' losses sum
+    to the batch's."""
+    n, c, h, w = 5, 4, 3, 7
+    x = randn(rng, n, c, h, w)
+    labels = rng.integers(0, c, (n, h, w)).astype(np.int32)
+    labels[rng.random((n, h, w)) < 0.2] = 255
+    loss, grad = ops.softmax_cross_entropy(*dev(be, x, labels), normalize=normalize, weight=weight)
+    shares = [slice(0, 2), slice(2, 5)]
+    counts = [ops.class_pixel_counts(dev(be, labels[s])[0], c) for s in shares]
+    np.testing.assert_array_equal(sum(counts), np.bincount(labels[labels != 255], minlength=c))
+    divisor = ops.loss_divisor(sum(counts), n, normalize, weight)
+    total = 0.0
+    for s in shares:
+        part, part_grad = ops.softmax_cross_entropy(*dev(be, x[s], labels[s]), normalize=normalize, weight=weight,
+                                                    divisor=divisor)
+        np.testing.assert_array_equal(to_numpy(part_grad), to_numpy(grad)[s])
+        total += part
+    assert abs(total - loss) <= 1e-6 * abs(loss)
+    for bad, err in ((-1.0, ValueError), (float("nan"), ValueError), ("2", TypeError)):
+        with pytest.raises(err, match="divisor"):
+            ops.softmax_cross_entropy(*dev(be, x, labels), divisor=bad)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        ops.class_pixel_counts(be.xp.asarray(np.full((2, 2), 4, np.int32)), c)
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["per_image", "per_pixel"])
 def test_softmax_cross_entropy_class_weights(be, rng, normalize):
     n, c, h, w = 2, 4, 5, 7
     x = randn(rng, n, c, h, w)
@@ -441,6 +471,45 @@ def test_dropout_statistics_determinism_backward(be, rng):
         gx = to_numpy(ops.dropout_backward(be.xp.asarray(g), p, 3, 11))
         np.testing.assert_array_equal(gx, np.where(y != 0, g * np.float32(1 / (1 - p)), np.float32(0)))
     np.testing.assert_array_equal(to_numpy(ops.dropout(x, 0.0, 0, 0)), to_numpy(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 3, 7), (4, 2, 1, 1), (2, 8, 4, 4)], ids=str)
+def test_dropout_of_a_share_of_the_batch_draws_the_batch_masks(be, rng, shape):
+    """offset = k * (elements of one image) keys images k.. of x by their places
+    in the whole batch, for per-image sizes that are and are not multiples of 4
+    (x[k:]'s first element then sits mid-counter)."""
+    x = randn(rng, *shape)
+    whole = to_numpy(ops.dropout(be.xp.asarray(x), 0.5, 21, 8))
+    grad = to_numpy(ops.dropout_backward(be.xp.asarray(x), 0.5, 21, 8))
+    per_image = x[0].size
+    for k in range(1, shape[0]):
+        for first, last in ((k, shape[0]), (k - 1, k)):
+            share = be.xp.asarray(np.ascontiguousarray(x[first:last]))
+            np.testing.assert_array_equal(to_numpy(ops.dropout(share, 0.5, 21, 8, offset=first * per_image)),
+                                          whole[first:last])
+            np.testing.assert_array_equal(
+                to_numpy(ops.dropout_backward(share, 0.5, 21, 8, offset=first * per_image)), grad[first:last])
+
+
+@pytest.mark.parametrize("offset", [2**34 + 5, 2**40 - 3, 2**62], ids=hex)
+def test_dropout_counters_beyond_32_bits_are_philox(be, rng, offset):
+    """The counter's second word carries g // 4 // 2^32: masks past 2^34 elements (a large global batch)."""
+    x = randn(rng, 3, 11)
+    y = to_numpy(ops.dropout(be.xp.asarray(x), 0.5, 77, 3, offset=offset))
+    g = offset + np.arange(x.size, dtype=np.uint64)
+    j = g // np.uint64(4)
+    ctr = np.stack([(j & np.uint64(0xffffffff)).astype(np.uint32), (j >> np.uint64(32)).astype(np.uint32),
+                    np.zeros_like(j, np.uint32), np.zeros_like(j, np.uint32)], 1)
+    words = philox_numpy(ctr, 77, 3)[np.arange(x.size), (g % np.uint64(4)).astype(np.int64)]
+    keep = (words >= np.uint32(2**31)).reshape(x.shape)
+    np.testing.assert_array_equal(y, np.where(keep, x * np.float32(2), np.float32(0)))
+
+
+@pytest.mark.parametrize("bad", [-1, 2**62 + 1, 1.5])
+def test_dropout_rejects_bad_offsets(be, bad):
+    x = be.xp.ones((2, 3), np.float32)
+    with pytest.raises(TypeError if isinstance(bad, float) else ValueError, match="offset"):
+        ops.dropout(x, 0.5, 1, 2, offset=bad)
 
 
 # ---------------------------------------------------------------- SGD

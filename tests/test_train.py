@@ -89,8 +89,8 @@ def test_dropout_uses_the_same_masks_in_forward_and_backward(be):
     model.forward(be.xp.asarray(x.astype(np.float32)), keep=keep)
     route_pools_like(be, model, net, x)
     seed, step = 9, 4
-    masks = {name: to_numpy(ops.dropout(be.xp.ones(keep[name].shape, np.float32), 0.5,
-                                        *fcn_cuda.model.dropout_key((seed, step), i)))
+    ones = {name: be.xp.ones(keep[name].shape, np.float32) for name in ("fc6", "fc7")}
+    masks = {name: to_numpy(ops.dropout(ones[name], 0.5, *fcn_cuda.model.dropout_key((seed, step), i, ones[name])))
              for i, name in enumerate(("fc6", "fc7"))}
 
     def forward_with_masks(t, m):

@@ -9,11 +9,14 @@
 // SC'11): a bijection of a 128-bit counter under a 64-bit key built from
 // 32x32->64-bit multiplies and xors, so it gives the same bits on a GPU and
 // in the emulator (and in the tests' NumPy twin). Key = (seed, step): every
-// training step draws a fresh mask; counter = (i / 4, 0, 0, 0): one call
-// yields the four words of elements 4j .. 4j+3.
+// training step draws a fresh mask. Element i of x sits at g = offset + i in
+// the batch; counter = (g / 4 mod 2^32, g / 4 / 2^32, 0, 0): one call yields
+// the four words of elements 4j .. 4j+3. The offset lets a data-parallel rank
+// holding images k.. of a batch draw the very masks a one-process run draws
+// for them (offset = k * the elements of one image); 0 otherwise.
 //
-//   dropout: one thread per 4 elements (one Philox call), any n. The
-//     backward pass is the same kernel applied to the gradient.
+//   dropout: one thread per Philox counter (4 elements), any n and offset.
+//     The backward pass is the same kernel applied to the gradient.
 //   philox_probe: raw Philox outputs for given counters and keys, for the
 //     known-answer tests.
 #pragma once
@@ -38,18 +41,21 @@ __host__ __device__ __forceinline__ Philox4 philox4x32_10(Philox4 ctr, unsigned 
 
 constexpr int kDropoutThreads = 256;
 
-// grid = ceil(ceil(n / 4) / 256), block = 256; thread j owns elements
-// 4j .. 4j+3 (the four words of Philox counter j).
+// grid = ceil(ceil((offset % 4 + n) / 4) / 256), block = 256; thread t owns
+// Philox counter j = offset / 4 + t, the batch elements 4j .. 4j+3, of which
+// those in offset .. offset + n - 1 are x's (all four but at x's two ends).
 __global__ void __launch_bounds__(kDropoutThreads)
-dropout(const float* __restrict__ x, float* __restrict__ y, int n, unsigned seed, unsigned step, unsigned threshold,
-        float scale) {
-    const unsigned j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= unsigned(ceil_div(n, 4))) return;
-    const Philox4 r = philox4x32_10({{j, 0u, 0u, 0u}}, seed, step);
+dropout(const float* __restrict__ x, float* __restrict__ y, int n, unsigned long long offset, unsigned seed,
+        unsigned step, unsigned threshold, float scale) {
+    const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int lead = int(offset % 4);  // x[0]'s word within its counter
+    if (t >= unsigned(ceil_div(lead + n, 4))) return;
+    const unsigned long long j = offset / 4 + t;
+    const Philox4 r = philox4x32_10({{unsigned(j), unsigned(j >> 32), 0u, 0u}}, seed, step);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-        const int i = int(j * 4 + e);
-        if (i < n) y[i] = r.v[e] >= threshold ? __ldg(x + i) * scale : 0.f;
+        const long long i = 4ll * t + e - lead;
+        if (i >= 0 && i < n) y[i] = r.v[e] >= threshold ? __ldg(x + i) * scale : 0.f;
     }
 }
 

@@ -3,11 +3,11 @@
 
 namespace fcn {
 
-void launch_dropout(const float* x, float* y, int n, unsigned seed, unsigned step, unsigned threshold, float scale,
-                    cudaStream_t stream) {
-    const int vectors = ceil_div(n, 4);
+void launch_dropout(const float* x, float* y, int n, unsigned long long offset, unsigned seed, unsigned step,
+                    unsigned threshold, float scale, cudaStream_t stream) {
+    const int vectors = ceil_div(int(offset % 4) + n, 4);
     launch("dropout", dropout, dim3(ceil_div(vectors, kDropoutThreads)), dim3(kDropoutThreads), 0, stream, x, y, n,
-           seed, step, threshold, scale);
+           offset, seed, step, threshold, scale);
 }
 
 void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t stream) {

@@ -149,8 +149,8 @@ void launch_score_feat_grad(const float* g, const float* w, float* dfeat, int N,
 int softmax_xent_workspace(int pixels);
 void launch_softmax_xent(const float* scores, const int* labels, const float* weight, float* grad, float* workspace,
                          float* loss, int N, int C, int HW, int ignore, float inv_divisor, cudaStream_t stream);
-void launch_dropout(const float* x, float* y, int n, unsigned seed, unsigned step, unsigned threshold, float scale,
-                    cudaStream_t stream);
+void launch_dropout(const float* x, float* y, int n, unsigned long long offset, unsigned seed, unsigned step,
+                    unsigned threshold, float scale, cudaStream_t stream);
 void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t stream);
 void launch_sgd_step(float* w, const float* g, float* v, int n, float lr, float momentum, float weight_decay,
                      cudaStream_t stream);
