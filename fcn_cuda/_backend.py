@@ -87,6 +87,9 @@ def _cuda_backend():
     if count == 0:
         _cuda_error = "CuPy finds no GPU on this machine"
         return None
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if local_rank.isdigit():  # a torchrun rank: a GPU per local rank (more ranks than GPUs share them)
+        cupy.cuda.Device(int(local_rank) % count).use()
     _cuda = Backend("cuda", ext, cupy)
     return _cuda
 

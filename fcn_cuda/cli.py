@@ -1,14 +1,18 @@
 """The `fcn-cuda` command line.
 
-    fcn-cuda infer IMAGE... [--weights W] [--out DIR] [--backend host|cuda]
+    fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda]
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
-        for each image and prints how many pixels each class got;
+        for each image (a folder: its images) and prints how many pixels each
+        class got;
     fcn-cuda train --data DIR|synthetic --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DIR|synthetic --weights W
         prints pixel accuracy, mean accuracy, mean IU and frequency-weighted IU;
     fcn-cuda curves CHECKPOINT [--out PNG]
         draws a run's loss and metric curves from its checkpoint, at any step.
+
+Under torchrun (WORLD_SIZE > 1), train is data-parallel and infer shares the
+images out over the ranks (fcn_cuda.distributed); rank 0 prints.
 """
 
 import argparse
@@ -26,24 +30,44 @@ def _class_names(num_classes):
     return tuple(f"class {i}" for i in range(num_classes))
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def _image_paths(items):
+    """The files named, a folder standing for its image files (by suffix, sorted)."""
+    paths = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"{item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
 def cmd_infer(args):
     import fcn_cuda
     from PIL import Image
 
     from ._progress import Progress
     from .colors import overlay, palette_image
+    from .distributed import infer_share
     from .inference import default_model, load_image
     from .weights import save_png
 
     if args.backend:
         fcn_cuda.use_backend(args.backend)
+    paths = _image_paths(args.images)
+    mine, ranks = infer_share(paths)  # under torchrun: this rank's share of the images
     model = fcn_cuda.load_model(args.weights) if args.weights else default_model()
     names = getattr(model, "class_names", None) or _class_names(model.num_classes)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = np.zeros(model.num_classes, np.int64)
-    progress = Progress(len(args.images), "infer") if len(args.images) > 1 else None
-    for path in args.images:
+    progress = Progress(len(mine), "infer") if len(paths) > 1 and (ranks is None or ranks.rank == 0) else None
+    for path in mine:
         rgb = load_image(path)
         labels = fcn_cuda.infer(rgb, model)
         stem = Path(path).stem
@@ -53,8 +77,12 @@ def cmd_infer(args):
         total += counts
         if progress:
             progress.update(1, stem)
-        else:
+        elif len(paths) == 1:
             print(f"{path}: {labels.shape[1]}x{labels.shape[0]} -> {out_dir / (stem + '_overlay.png')}")
+    if ranks is not None:  # the summary counts every rank's images, and rank 0 prints it
+        total = ranks.sum(total).astype(np.int64)
+        if ranks.rank != 0:
+            return 0
     pixels = total.sum()
     print(f"{'class':>14s} {'pixels':>10s} {'share':>7s}")
     for c in np.flatnonzero(total):
@@ -84,9 +112,11 @@ def _numbers(kind):
 def cmd_train(args):
     import fcn_cuda
 
+    from .distributed import trainer_class
     from .model import FCN
-    from .training import TrainConfig, Trainer
+    from .training import TrainConfig
 
+    trainer_cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): a data-parallel rank
     if args.backend:
         fcn_cuda.use_backend(args.backend)
     # Validation data never overlaps training data: another split, or another seed.
@@ -100,8 +130,9 @@ def cmd_train(args):
                          class_weights=args.class_weights, lr_drops=args.lr_drops)
     out = Path(args.out)
     if (out / "checkpoint.safetensors").exists() and not args.restart:
-        trainer = Trainer.resume(out / "checkpoint.safetensors", out, config)
-        print(f"resuming from {out / 'checkpoint.safetensors'} at step {trainer.step}")
+        trainer = trainer_cls.resume(out / "checkpoint.safetensors", out, config)
+        if trainer.writes:
+            print(f"resuming from {out / 'checkpoint.safetensors'} at step {trainer.step}")
     else:
         if args.init:
             model = _load_init(args.init, args.variant, num_classes)
@@ -110,8 +141,10 @@ def cmd_train(args):
                            fcn_cuda.model.VGG16_BLOCKS)
             model = FCN(args.variant, num_classes, widths=widths, fc=max(1, 4096 // args.width_divisor),
                         seed=args.seed)
-        trainer = Trainer(model, config, out)
+        trainer = trainer_cls(model, config, out)
     trainer.fit(train_set, val_set)
+    if not trainer.writes:
+        return 0
     print(f"weights: {out / 'final.safetensors'}  curves: {out / 'curves.png'}")
     if trainer.history.val:
         print("  ".join(f"{k} {v:.4f}" for k, v in trainer.history.val[-1].items()))
@@ -181,7 +214,7 @@ def build_parser():
     ap = argparse.ArgumentParser(prog="fcn-cuda", description="FCN semantic segmentation from handwritten CUDA kernels")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="segment images, writing label and overlay PNGs")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--weights", help="weights: fcn_cuda .safetensors, pytorch-fcn .pth (default: the bundled model)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--backend", choices=("host", "cuda"), help="default: cuda when a GPU is present, else host")

@@ -122,19 +122,23 @@ def make_batch(dataset, indices, be):
     return x, be.xp.asarray(np.stack(lbls).astype(np.int32))
 
 
-def evaluate(model, dataset, num_classes=None, progress=None):
-    """The four reference scores over a whole dataset (one confusion matrix)."""
+def confusion(model, dataset, indices, num_classes, progress=None):
+    """The confusion matrix (C x C uint64, on the device) of the model's predictions on dataset[i], i in indices."""
     be = _backend.active()
-    c = num_classes or model.num_classes
-    hist = None
-    for i in range(len(dataset)):
+    hist = be.xp.zeros((num_classes, num_classes), dtype=np.uint64)
+    for i in indices:
         img, lbl = dataset[i]
         x = ops.preprocess(be.xp.asarray(img))
         pred = ops.argmax(model(x))
-        hist = metrics.confusion_matrix(be.xp.asarray(lbl.astype(np.int32))[None], pred, c, hist)
+        hist = metrics.confusion_matrix(be.xp.asarray(lbl.astype(np.int32))[None], pred, num_classes, hist)
         if progress:
             progress.update(1)
-    return metrics.scores(hist)
+    return hist
+
+
+def evaluate(model, dataset, num_classes=None, progress=None):
+    """The four reference scores over a whole dataset (one confusion matrix)."""
+    return metrics.scores(confusion(model, dataset, range(len(dataset)), num_classes or model.num_classes, progress))
 
 
 def class_prior(class_weights):
@@ -176,7 +180,13 @@ class Trainer:
 
     With class_weights, validation scores and final.safetensors hold the
     model with the class prior removed (`deployed`); checkpoints keep the
-    trained weights, and load_model reads them as the deployed model too."""
+    trained weights, and load_model reads them as the deployed model too.
+
+    One process sees each whole batch. distributed.DataParallelTrainer (a
+    torchrun rank) overrides the few methods under "data-parallel seams" to
+    see its share of it and sum what the ranks computed."""
+
+    writes = True  # whether this process writes the run's files (of data-parallel ranks, rank 0 alone)
 
     def __init__(self, model, config=None, out=None):
         self.model = model
@@ -228,21 +238,47 @@ class Trainer:
             self.model.load_state_dict(self.model.state_dict())
 
     def train_step(self, x, labels):
-        """One SGD step on one batch; returns (loss, pixel accuracy of the batch)."""
+        """One SGD step on one batch (this process's share of it: share());
+        returns (loss, pixel accuracy of the batch)."""
         cfg = self.config
-        key = (cfg.seed, self.step) if cfg.dropout else None
-        scores, loss, grad, keep = forward_loss(self.model, x, labels, key, cfg.normalize, cfg.class_weights)
+        key = (cfg.seed, self.step, self.share()[0]) if cfg.dropout else None  # masks keyed by place in the batch
+        scores, loss, grad, keep = forward_loss(self.model, x, labels, key, cfg.normalize, cfg.class_weights,
+                                                self.loss_divisor(labels))
+        pred = ops.argmax(scores)
+        valid = labels != 255
+        loss, correct, total = self.sum_over_ranks(loss, int(((pred == labels) & valid).sum()), int(valid.sum()))
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {self.step + 1}; training stopped"
                                      + self._nan_advice())
-        pred = ops.argmax(scores)
-        valid = labels != 255
-        correct = int(((pred == labels) & valid).sum())
-        total = int(valid.sum())
         del scores
-        self.sgd(backward(self.model, keep, grad, dropout=key))
+        self.sgd(self.sum_gradients(backward(self.model, keep, grad, dropout=key)))
         self.step += 1
         return loss, correct / total if total else float("nan")
+
+    # ------------------------------------------------------------ data-parallel seams
+    def share(self):
+        """(first, count): the places in each batch whose images this process reads (here: all)."""
+        return 0, self.config.batch_size
+
+    def loss_divisor(self, labels):
+        """What the loss divides by (ops.softmax_cross_entropy's divisor); None: the batch's own."""
+        return None
+
+    def sum_over_ranks(self, *values):
+        """The step's loss, correct and valid pixel counts over the whole batch."""
+        return values
+
+    def sum_gradients(self, grads):
+        """The whole batch's gradients from this process's."""
+        return grads
+
+    def agree_to_stop(self, reason):
+        """Why the run stops after this step (a signal's name, "the time limit") or None."""
+        return reason
+
+    def validate(self, dataset):
+        """The four scores of the deployed model on the validation set."""
+        return evaluate(deployed(self.model, self.config.class_weights), dataset)
 
     # ------------------------------------------------------------ the loop
     def fit(self, dataset, val_dataset=None, progress=True, max_seconds=None):
@@ -263,7 +299,9 @@ class Trainer:
         cfg = self.config
         be = _backend.active()
         while not self.finished:
-            x, labels = make_batch(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, self.step), be)
+            first, count = self.share()
+            indices = batch_indices(len(dataset), cfg.batch_size, cfg.seed, self.step)[first:first + count]
+            x, labels = make_batch(dataset, indices, be)
             loss, acc = self.train_step(x, labels)
             h = self.history
             h.step.append(self.step)
@@ -274,7 +312,7 @@ class Trainer:
                 bar.update(1, f"loss {loss:.4g} acc {acc:.3f} {rate:.2f} img/s")
             if val_dataset is not None and cfg.val_every and self.step % cfg.val_every == 0:
                 h.val_step.append(self.step)
-                h.val.append(evaluate(deployed(self.model, cfg.class_weights), val_dataset))
+                h.val.append(self.validate(val_dataset))
                 if bar:
                     bar.stream.write(f"\nstep {self.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in h.val[-1].items()) + "\n")
             if self.out and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -282,16 +320,17 @@ class Trainer:
             if self.reached_target():
                 break
             timed_out = max_seconds is not None and time.perf_counter() - started >= max_seconds
-            if timed_out or stop.requested:
-                self.stopped_by = stop.requested or "the time limit"
+            self.stopped_by = self.agree_to_stop(stop.requested or ("the time limit" if timed_out else None))
+            if self.stopped_by:
                 if self.out:
                     self.save_checkpoint()
-                if stop.requested and bar:
-                    bar.stream.write(f"\nstopped by {stop.requested} at step {self.step}"
+                if self.stopped_by != "the time limit" and bar:
+                    bar.stream.write(f"\nstopped by {self.stopped_by} at step {self.step}"
                                      + (f"; checkpoint in {self.checkpoint_path()}\n" if self.out else "\n"))
                 return self.history
         if self.out:
             self.save_checkpoint()
+        if self.out and self.writes:
             deployed(self.model, self.config.class_weights).save(self.out / "final.safetensors", step=str(self.step),
                                                                  config=json.dumps(asdict(self.config)))
             plot_history(self.history, self.out / "curves.png")
@@ -321,6 +360,9 @@ class Trainer:
 
     def save_checkpoint(self):
         """Weights, momentum, step, history and config in one file, written atomically."""
+        if not self.writes:  # another data-parallel rank writes it
+            self.saved_step = self.step
+            return
         be = _backend.active()
         tensors = dict(self.model.state_dict())
         tensors.update({f"{MOMENTUM_PREFIX}{k}": be.to_numpy(v) for k, v in self.velocity.items()})
@@ -464,15 +506,20 @@ def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, 
     """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
     returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
     checkpoints go to out/checkpoint.safetensors and, if one is there and
-    resume=True, training continues from it exactly."""
+    resume=True, training continues from it exactly. Launched by torchrun
+    with WORLD_SIZE > 1, every rank runs this same call and the run is
+    data-parallel (fcn_cuda.distributed)."""
     config = config or TrainConfig()
     for k, v in overrides.items():
         if not hasattr(config, k):
             raise TypeError(f"unknown training option {k!r}")
         setattr(config, k, v)
+    from .distributed import trainer_class
+
+    cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): data-parallel, batch_size the global batch
     if out and resume and (Path(out) / "checkpoint.safetensors").exists():
-        trainer = Trainer.resume(Path(out) / "checkpoint.safetensors", out, config)
+        trainer = cls.resume(Path(out) / "checkpoint.safetensors", out, config)
     else:
-        trainer = Trainer(model, config, out)
+        trainer = cls(model, config, out)
     trainer.fit(dataset, val_dataset, progress=progress, max_seconds=max_seconds)
     return trainer
