@@ -152,7 +152,7 @@ def test_a_rank_that_stops_answering_times_out(tmp_path):
     assert "did not answer within 2 s" in run.stdout + run.stderr
     took = float((tmp_path / "log" / "lost_at0").read_text()) - float((tmp_path / "log" / "stalled_at").read_text())
     print(f"\nhung rank 1: rank 0 left {took:.2f} s later (timeout {limit} s)")
-    assert limit <= took < limit + 2
+    assert limit - 1 <= took < limit + 2  # rank 0's wait may have begun a little before rank 1 stalled
 
 
 def test_sigterm_on_one_rank_stops_every_rank_after_the_step(tmp_path):
@@ -236,6 +236,18 @@ def test_inference_shards_the_images_and_rank_0_prints_the_one_process_summary(t
             name = f"img{i}_{kind}.png"
             np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "two" / name)),
                                           np.asarray(Image.open(tmp_path / "one" / name)))
+
+
+def test_the_all_reduce_benchmark_times_three_ways_of_cutting_the_gradients(tmp_path):
+    """benchmarks/dist_allreduce.py at 1/16 width, one run each: it checks its sums and writes its rows."""
+    run = torchrun(str(ROOT / "benchmarks" / "dist_allreduce.py"), "--runs", "1", "--width-divisor", "16",
+                   "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "not a GPU figure" in run.stdout
+    (result,) = tmp_path.glob("host-gloo-dist-allreduce-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["way"] for r in rows] == ["per tensor", "25 MiB buckets", "one flat call"]
+    assert all(r["ms"] > 0 and r["bus_GBps"] > 0 for r in rows)
 
 
 # ---------------------------------------------------------------- in one process
