@@ -35,7 +35,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from . import _backend, metrics
+from . import _backend, metrics, ops
 from .training import Trainer, confusion, deployed
 
 TIMEOUT_ENV = "FCN_CUDA_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
@@ -220,8 +220,6 @@ class DataParallelTrainer(Trainer):
         return self.ranks.share(self.config.batch_size)
 
     def loss_divisor(self, labels):
-        from . import ops
-
         cfg = self.config
         counts = None
         if cfg.normalize:
@@ -256,15 +254,15 @@ class DataParallelTrainer(Trainer):
                  **{f"momentum.{k}": to_numpy(v) for k, v in self.velocity.items()}}
         if not self.ranks.fingerprint_agrees(state):
             raise ValueError(f"rank {self.ranks.rank}: the ranks start from different weights, momentum, step or "
-                             "training config; "
-                             "build the model the same way on every rank (same seed or file) and give every rank "
-                             "the same out folder (shared between machines) to resume from")
+                             "training config; build the model the same way on every rank (same seed or file) and "
+                             "give every rank the same out folder (shared between machines) to resume from")
         try:
             return super().fit(dataset, val_dataset, progress=progress and self.writes, max_seconds=max_seconds)
         except RankLost as e:
-            kept = (f"the last checkpoint, {self.checkpoint_path()} (step {self.saved_step}), is intact: run the same "
-                    "command again to resume from it") if self.out and self.saved_step is not None else \
-                "no checkpoint was written"
+            kept = "no checkpoint was written"
+            if self.out and self.saved_step is not None:
+                kept = (f"the last checkpoint, {self.checkpoint_path()} (step {self.saved_step}), is intact: run the "
+                        "same command again to resume from it")
             raise RankLost(f"{e}\nTraining stopped at step {self.step}; {kept}") from e
 
 
