@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from fcn_cuda.weights import atomic_write
+from fcn_cuda.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

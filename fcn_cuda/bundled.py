@@ -43,7 +43,7 @@ RECIPE = dict(
     count=20_000,        # training images
     batch_size=4,
     iterations=5_000,    # the shipped run: 0.851 held-out mean IU at step 4002 and 0.859 at 5000, with the class
-                         # prior removed (training.deployed); 0.823 with it left in
+                         # prior removed (model.deployed); 0.823 with it left in
     lr=2e-2,             # SGD on the per-pixel-normalised loss; biases 2x, no decay on them. At 3e-2 our
                          # run blew up at step 290 (loss 0.95 -> 13.7 in one step; the gradients there match
                          # torch in float64 to 1e-4): too close to the edge of stability
@@ -137,7 +137,8 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
 
     from .colors import colorize, overlay
     from .data import SHAPE_CLASSES
-    from .weights import read, save_png, save_safetensors
+    from .files import save_png
+    from .weights import read, save_safetensors
 
     model = fcn_cuda.load_model(weights)  # a checkpoint loads without its class prior, as final.safetensors
     scores = score(model, count)

@@ -55,7 +55,7 @@ def cmd_infer(args):
     from .colors import overlay, palette_image
     from .distributed import infer_share
     from .inference import default_model, load_image
-    from .weights import save_png
+    from .files import save_png
 
     if args.backend:
         fcn_cuda.use_backend(args.backend)

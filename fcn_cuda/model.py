@@ -7,6 +7,7 @@ Crop offsets are derived from the layer geometry (`Geometry`), not typed in.
 """
 
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from . import _backend
 from . import _validate as V
 from . import ops
 from .bilinear import bilinear_weights
+from .files import WeightFileError
 
 VARIANTS = ("32s", "16s", "8s")
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -23,6 +25,12 @@ CONV1_PAD = 100  # makes every later crop valid for any input size
 
 def trunk_layer_names():
     return [f"conv{b + 1}_{i + 1}" for b, block in enumerate(VGG16_BLOCKS) for i in range(len(block))]
+
+
+def trunk_widths(sd):
+    """The output channels of each conv layer of a state dict, block by block (VGG16_BLOCKS' layout)."""
+    return tuple(tuple(int(np.shape(sd[f"conv{b + 1}_{i + 1}.weight"])[0]) for i in range(len(block)))
+                 for b, block in enumerate(VGG16_BLOCKS))
 
 
 # The upsampling layers of each head: (name, kernel, stride).
@@ -121,6 +129,28 @@ def param_shapes(variant, num_classes, widths=VGG16_BLOCKS, fc=4096):
     return shapes
 
 
+def shapes_for(variant, num_classes, state_dict):
+    """param_shapes with the widths read from `state_dict` (VGG16's where a layer is missing)."""
+    def width(name):
+        w = state_dict.get(f"{name}.weight")
+        return None if w is None else int(np.shape(w)[0])
+
+    widths = []
+    for b, block in enumerate(VGG16_BLOCKS):
+        widths.append(tuple(width(f"conv{b + 1}_{i + 1}") or k for i, k in enumerate(block)))
+    fc = width("fc6") or 4096
+    return param_shapes(variant, num_classes, tuple(widths), fc)
+
+
+def infer_variant(sd):
+    """The variant whose last upsampling layer `sd` holds (upscore8: 8s, upscore16: 16s, upscore: 32s)."""
+    for variant in ("8s", "16s", "32s"):
+        if f"{HEADS[variant][-1][0]}.weight" in sd:
+            return variant
+    raise WeightFileError("cannot tell the variant: none of upscore.weight (32s), upscore16.weight (16s), "
+                          "upscore8.weight (8s) is present")
+
+
 def score_bias_name(variant):
     """The bias added last before the final upsample: score_pool3's (8s),
     score_pool4's (16s). A constant added there reaches every output score
@@ -191,6 +221,72 @@ def checked_class_names(names, num_classes):
     return tuple(names)
 
 
+def as_numpy(v):
+    """A NumPy array of a NumPy, CuPy or torch array (a torch tensor's memory is shared)."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    elif hasattr(v, "get"):
+        v = v.get()
+    return np.asarray(v)
+
+
+def state_dict_problems(sd, shapes):
+    """(missing, unknown, misshapen) keys of `sd` against {name: shape};
+    misshapen as (name, its shape, the expected shape)."""
+    missing = [k for k in shapes if k not in sd]
+    unknown = [k for k in sd if k not in shapes]
+    wrong = [(k, tuple(np.shape(sd[k])), tuple(shapes[k])) for k in shapes
+             if k in sd and tuple(np.shape(sd[k])) != tuple(shapes[k])]
+    return missing, unknown, wrong
+
+
+def check_state_dict(sd, shapes):
+    """float32 arrays in `shapes`' order, or one ValueError listing every problem."""
+    missing, unknown, wrong = state_dict_problems(sd, shapes)
+    if missing or unknown or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing}")
+        if unknown:
+            parts.append(f"unknown keys: {unknown}")
+        if wrong:
+            parts.append(f"shape mismatches: {[f'{k}: {got} != expected {want}' for k, got, want in wrong]}")
+        raise ValueError("state dict does not fit the model; " + "; ".join(parts))
+    out = {}
+    for k in shapes:
+        a = np.ascontiguousarray(as_numpy(sd[k]), dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"state dict entry {k} contains NaN or inf")
+        out[k] = a
+    return out
+
+
+def convolutionalize(sd):
+    """VGG16's fully connected fc6 / fc7 (OUT x IN matrices; fc6 reads pool5
+    flattened as C x 7 x 7) reshaped into the convolutions FCN runs: fc6
+    OUT x C x 7 x 7, fc7 OUT x IN x 1 x 1, C = conv5_3's outputs (the
+    reference's surgery.transplant). A new dict; ValueError names a layer
+    that does not fit."""
+    c5 = np.shape(sd["conv5_3.weight"])[0]
+    w6, w7 = as_numpy(sd["fc6.weight"]), as_numpy(sd["fc7.weight"])
+    if w6.ndim != 2 or w6.shape[1] != c5 * 49:
+        raise ValueError(f"fc6.weight is {w6.shape}, not OUT x {c5 * 49} (conv5_3's {c5} channels x 7 x 7)")
+    if w7.ndim != 2 or w7.shape[1] != w6.shape[0]:
+        raise ValueError(f"fc7.weight is {w7.shape}, not OUT x {w6.shape[0]} (fc6's outputs)")
+    return {**sd, "fc6.weight": w6.reshape(w6.shape[0], c5, 7, 7), "fc7.weight": w7.reshape(*w7.shape, 1, 1)}
+
+
+def transplant(vgg, variant="32s", num_classes=21):
+    """The state dict of an FCN `variant` starting from VGG16 (`vgg`: the
+    trunk and fc6 / fc7 under our names, convolutionalized): the
+    reference's transplant, with score layers zero and upsampling bilinear.
+    Widths come from `vgg`, so a reduced-width VGG16 gives a reduced FCN."""
+    V.choice(variant, "variant", VARIANTS)
+    fresh = FCN._fresh(param_shapes(variant, num_classes, trunk_widths(vgg), np.shape(vgg["fc6.weight"])[0]), seed=0)
+    fresh.update(vgg)
+    return fresh
+
+
 class FCN:
     """An FCN with its parameters on the active backend.
 
@@ -237,20 +333,10 @@ class FCN:
 
     def expected_shapes(self, state_dict):
         """The shapes this variant needs, with widths read from `state_dict`."""
-        def width(name):
-            w = state_dict.get(f"{name}.weight")
-            return None if w is None else int(np.shape(w)[0])
-
-        widths = []
-        for b, block in enumerate(VGG16_BLOCKS):
-            widths.append(tuple(width(f"conv{b + 1}_{i + 1}") or k for i, k in enumerate(block)))
-        fc = width("fc6") or 4096
-        return param_shapes(self.variant, self.num_classes, tuple(widths), fc)
+        return shapes_for(self.variant, self.num_classes, state_dict)
 
     def load_state_dict(self, state_dict):
         """Replaces every parameter; one ValueError lists all missing, unknown and misshapen keys."""
-        from .weights import check_state_dict
-
         arrays = check_state_dict(state_dict, self.expected_shapes(state_dict))
         be = _backend.active()
         self.params = {k: be.xp.asarray(v) for k, v in arrays.items()}
@@ -293,13 +379,13 @@ class FCN:
     def save(self, path, **notes):
         """Writes the weights as safetensors, atomically (temp file + rename);
         `notes` (strings: how the weights were made) go into its metadata."""
-        from .weights import save_safetensors
+        from .weights.safetensors import save
 
         meta = {**notes, "format": "fcn_cuda", "variant": self.variant, "num_classes": str(self.num_classes),
                 "at_once": str(self.at_once)}
         if self.class_names:
             meta["classes"] = json.dumps(self.class_names)
-        save_safetensors(path, self.state_dict(), meta)
+        save(path, self.state_dict(), meta)
 
     def _check_backend(self):
         be = _backend.active()
@@ -482,3 +568,35 @@ class FCN:
         bf16 = f", bf16_layers={self.bf16_layers}" if self.bf16_layers else ""
         return (f"FCN(variant={self.variant!r}, num_classes={self.num_classes}, "
                 f"params={self.num_params():,}, backend={self._backend!r}{bf16})")
+
+
+def class_prior(class_weights):
+    """log w_c per class (0 where w_c = 0): how far a loss that weights class
+    c by w_c lifts class c's scores. The weighted loss is least where
+    softmax(scores)_c = w_c p_c / sum_k w_k p_k, p the true class
+    frequencies, so scores trained under it exceed an unweighted model's by
+    log w_c plus a constant. Weights buy recall of rare classes during
+    training but, kept at inference, paint their edges over the background;
+    FCN.shift_scores(-class_prior(w)) takes them back out (logit
+    adjustment). A class of weight 0 never learned its scores and keeps them."""
+    w = np.asarray(class_weights, np.float64)
+    return np.log(np.where(w > 0, w, 1.0))
+
+
+def deployed(model, class_weights):
+    """The model a run trained with `class_weights` is used as: a copy with
+    the class prior removed (class_prior), or `model` itself when the loss
+    was unweighted, or no bias shifts the scores exactly (FCN-32s, a trained
+    last upsample: FCN.shift_scores), which it warns of."""
+    if class_weights is None:
+        return model
+    if not model.scores_shiftable():
+        warnings.warn(f"FCN-{model.variant} trained with class_weights keeps their prior (log w) in its scores, "
+                      "which favours the weighted classes: no bias reaches every score of "
+                      + ("FCN-32s" if model.variant == "32s" else "a trained last upsample")
+                      + " unchanged (FCN.shift_scores)", stacklevel=2)
+        return model
+    out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=model.state_dict(),
+              class_names=model.class_names)
+    out.shift_scores(-class_prior(class_weights))
+    return out

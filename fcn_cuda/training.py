@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import _backend, metrics, ops
 from .engine import backward, forward_loss
+from .model import deployed
 from .weights import CHECKPOINT_FORMAT, MOMENTUM_PREFIX, WeightFileError, load_safetensors, save_safetensors
 
 REFERENCE_LR = {"32s": 1e-10, "16s": 1e-12, "8s": 1e-14}
@@ -139,40 +139,6 @@ def confusion(model, dataset, indices, num_classes, progress=None):
 def evaluate(model, dataset, num_classes=None, progress=None):
     """The four reference scores over a whole dataset (one confusion matrix)."""
     return metrics.scores(confusion(model, dataset, range(len(dataset)), num_classes or model.num_classes, progress))
-
-
-def class_prior(class_weights):
-    """log w_c per class (0 where w_c = 0): how far a loss that weights class
-    c by w_c lifts class c's scores. The weighted loss is least where
-    softmax(scores)_c = w_c p_c / sum_k w_k p_k, p the true class
-    frequencies, so scores trained under it exceed an unweighted model's by
-    log w_c plus a constant. Weights buy recall of rare classes during
-    training but, kept at inference, paint their edges over the background;
-    FCN.shift_scores(-class_prior(w)) takes them back out (logit
-    adjustment). A class of weight 0 never learned its scores and keeps them."""
-    w = np.asarray(class_weights, np.float64)
-    return np.log(np.where(w > 0, w, 1.0))
-
-
-def deployed(model, class_weights):
-    """The model a run trained with `class_weights` is used as: a copy with
-    the class prior removed (class_prior), or `model` itself when the loss
-    was unweighted, or no bias shifts the scores exactly (FCN-32s, a trained
-    last upsample: FCN.shift_scores), which it warns of."""
-    from .model import FCN
-
-    if class_weights is None:
-        return model
-    if not model.scores_shiftable():
-        warnings.warn(f"FCN-{model.variant} trained with class_weights keeps their prior (log w) in its scores, "
-                      "which favours the weighted classes: no bias reaches every score of "
-                      + ("FCN-32s" if model.variant == "32s" else "a trained last upsample")
-                      + " unchanged (FCN.shift_scores)", stacklevel=2)
-        return model
-    out = FCN(model.variant, model.num_classes, at_once=model.at_once, state_dict=model.state_dict(),
-              class_names=model.class_names)
-    out.shift_scores(-class_prior(class_weights))
-    return out
 
 
 class Trainer:
@@ -459,7 +425,7 @@ def plot_history(history, path):
     line, its running mean over a 50th of the run in a dark one; the loss on a log scale."""
     from PIL import Image, ImageDraw
 
-    from .weights import save_png
+    from .files import save_png
 
     w, h, pad = 640, 360, 40
     img = Image.new("RGB", (w, 2 * h), "white")

@@ -10,7 +10,7 @@ import pytest
 import fcn_cuda
 from fcn_cuda import bundled
 from fcn_cuda.colors import colorize, overlay
-from fcn_cuda.training import deployed
+from fcn_cuda.model import deployed
 from fcn_cuda.weights import load_safetensors
 
 # The recipe at toy scale: the same code path, seconds instead of hours.

@@ -126,7 +126,7 @@ def test_the_weighted_loss_is_least_where_scores_carry_the_class_prior():
     """class_prior's claim, on the loss kernel itself: with labels in
     proportion p and class weights w, the summed gradient vanishes at scores
     log(w p), i.e. the unweighted optimum log p shifted by class_prior(w)."""
-    from fcn_cuda.training import class_prior
+    from fcn_cuda.model import class_prior
 
     counts, w = np.array([50, 20, 10, 20]), np.array([1.0, 4.94, 5.77, 0.5])
     labels = np.repeat(np.arange(4), counts).astype(np.int32).reshape(1, 10, 10)
@@ -142,7 +142,8 @@ def test_the_weighted_loss_is_least_where_scores_carry_the_class_prior():
 
 
 def test_a_weighted_run_validates_and_ships_the_model_without_its_class_prior(tmp_path):
-    from fcn_cuda.training import class_prior, deployed, evaluate
+    from fcn_cuda.model import class_prior, deployed
+    from fcn_cuda.training import evaluate
 
     data, val = SyntheticShapes(4, size=24, seed=1), SyntheticShapes(2, size=24, seed=2)
     w = (1.0, 3.0, 4.5, 6.0)
