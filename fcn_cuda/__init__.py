@@ -9,7 +9,7 @@ from ._backend import backend, cuda_unavailable_reason, emulator_workers, set_em
 from .bilinear import bilinear_weights
 from . import ops
 from .model import FCN
-from .weights import load_model
+from .weights import load_model, read_caffemodel
 from .inference import infer
 from .engine import loss_and_grads
 from .training import TrainConfig, evaluate, train
@@ -26,6 +26,7 @@ __all__ = [
     "ops",
     "FCN",
     "load_model",
+    "read_caffemodel",
     "infer",
     "loss_and_grads",
     "train",

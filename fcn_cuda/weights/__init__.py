@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..files import WeightFileError
 from ..model import FCN, as_numpy, checked_class_names, deployed, infer_variant, transplant
-from . import pth
+from . import caffe, pth
+from .caffe import read_caffemodel
 from .safetensors import load as load_safetensors, save as save_safetensors
 
 CHECKPOINT_FORMAT = "fcn_cuda-checkpoint"  # training.Trainer.save_checkpoint's files
@@ -57,6 +58,8 @@ def read(src):
         if not path.exists():
             raise FileNotFoundError(f"weights file not found: {path}")
         fmt = file_format(path)
+        if fmt == "caffe":
+            return caffe.load(path)
         if fmt == "pth":
             sd = pth.load(path)
         else:
