@@ -1,6 +1,7 @@
-"""Datasets: a deterministic synthetic shapes set and a PASCAL VOC loader.
+"""Datasets: a deterministic synthetic shapes set, PASCAL VOC (with the
+reference's seg11valid split) and SBD, the reference's training set.
 
-Both yield (rgb, labels): an H x W x 3 uint8 RGB image and an H x W int32
+Each yields (rgb, labels): an H x W x 3 uint8 RGB image and an H x W int32
 label map (255 = ignore, as in VOC).
 """
 
@@ -91,9 +92,48 @@ class SyntheticShapes:
         return synthetic_sample(self.seed, i % self.n, self.size)
 
 
+SEG11VALID = Path(__file__).parent / "data" / "seg11valid.txt"  # provenance: data/SOURCES.md
+
+
+def seg11valid_ids():
+    """The 736 VOC2011 segmentation-val images that are not in SBD's train
+    set: the reference's validation set (its published scores are on it)."""
+    return _ids(SEG11VALID)
+
+
+def _ids(path):
+    """The image ids a split file lists, one a line."""
+    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path} lists no images")
+    return ids
+
+
+def _rgb(path, name):
+    """An image file as H x W x 3 uint8 RGB; FileNotFoundError / ValueError name it."""
+    from PIL import Image
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (listed in the split file)")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read its image ({e})") from None
+
+
+def _same_size(name, rgb, labels):
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"{name}: image {rgb.shape[:2]} and labels {labels.shape} differ in size")
+    return rgb, labels
+
+
 class VOCSegmentation:
     """PASCAL VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png
-    (palette PNG: the pixel values are the labels), ImageSets/Segmentation/<split>.txt."""
+    (palette PNG: the pixel values are the labels), ImageSets/Segmentation/<split>.txt.
+    split="seg11valid" takes the reference's validation list (seg11valid_ids())
+    instead, from a VOC2011 folder (or VOC2012, whose segmentation set holds
+    VOC2011's), and checks up front that the folder has every one of them."""
 
     classes = None  # set from fcn_cuda.colors.VOC_CLASSES on first use
 
@@ -102,13 +142,22 @@ class VOCSegmentation:
 
         self.classes = VOC_CLASSES
         self.root = Path(root)
+        if split == "seg11valid":
+            self.ids = seg11valid_ids()
+            missing = [p for name in self.ids for p in self._paths(name) if not p.exists()]
+            if missing:
+                raise FileNotFoundError(f"{self.root} lacks {len(missing)} of the files of seg11valid's "
+                                        f"{len(self.ids)} images, first {', '.join(map(str, missing[:3]))}: "
+                                        "seg11valid needs a VOC2011 (or VOC2012) folder")
+            return
         ids_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not ids_file.exists():
             raise FileNotFoundError(f"{ids_file} not found: is {self.root} a VOC folder "
                                     "(JPEGImages, SegmentationClass, ImageSets/Segmentation)?")
-        self.ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
-        if not self.ids:
-            raise ValueError(f"{ids_file} lists no images")
+        self.ids = _ids(ids_file)
+
+    def _paths(self, name):
+        return self.root / "JPEGImages" / f"{name}.jpg", self.root / "SegmentationClass" / f"{name}.png"
 
     def __len__(self):
         return len(self.ids)
@@ -117,20 +166,63 @@ class VOCSegmentation:
         from PIL import Image
 
         name = self.ids[i]
-        img_path = self.root / "JPEGImages" / f"{name}.jpg"
-        lbl_path = self.root / "SegmentationClass" / f"{name}.png"
-        for p in (img_path, lbl_path):
-            if not p.exists():
-                raise FileNotFoundError(f"{p} not found (listed in the split file)")
+        img_path, lbl_path = self._paths(name)
+        if not lbl_path.exists():
+            raise FileNotFoundError(f"{lbl_path} not found (listed in the split file)")
+        rgb = _rgb(img_path, name)
         try:
-            with Image.open(img_path) as im:
-                rgb = np.asarray(im.convert("RGB"))
             with Image.open(lbl_path) as im:
                 if im.mode != "P":
                     raise ValueError(f"{lbl_path}: a VOC label image is a palette PNG, got mode {im.mode}")
                 labels = np.asarray(im).astype(np.int32)
         except OSError as e:
-            raise ValueError(f"{name}: cannot read its image or labels ({e})") from None
-        if rgb.shape[:2] != labels.shape:
-            raise ValueError(f"{name}: image {rgb.shape[:2]} and labels {labels.shape} differ in size")
-        return rgb, labels
+            raise ValueError(f"{name}: cannot read its labels ({e})") from None
+        return _same_size(name, rgb, labels)
+
+
+class SBDSegmentation:
+    """SBD, the Semantic Boundaries Dataset (Hariharan et al.), whose 8,498
+    train images the reference trains on. root: the unpacked
+    benchmark_RELEASE folder or its dataset folder, which holds
+    img/<id>.jpg, cls/<id>.mat (labels 0..20 in the MATLAB struct
+    GTcls.Segmentation, VOC's classes), train.txt and val.txt. The labels
+    are read with scipy.io.loadmat: scipy is needed (pip install scipy)."""
+
+    SPLITS = ("train", "val")
+
+    def __init__(self, root, split="train"):
+        from .colors import VOC_CLASSES
+
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS} (SBD's train.txt, val.txt), got {split!r}")
+        try:
+            import scipy.io  # noqa: F401  (checked here, before any image is asked for)
+        except ImportError:
+            raise ImportError("SBD's labels are MATLAB files: reading them needs scipy "
+                              "(pip install scipy, or pip install 'fcn_cuda[sbd]')") from None
+        self.classes = VOC_CLASSES
+        root = Path(root)
+        self.root = root / "dataset" if (root / "dataset").is_dir() else root
+        ids_file = self.root / f"{split}.txt"
+        if not ids_file.exists():
+            raise FileNotFoundError(f"{ids_file} not found: is {root} SBD's benchmark_RELEASE folder, or its "
+                                    "dataset folder (img, cls, train.txt, val.txt)?")
+        self.ids = _ids(ids_file)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        import scipy.io
+
+        name = self.ids[i]
+        mat = self.root / "cls" / f"{name}.mat"
+        if not mat.exists():
+            raise FileNotFoundError(f"{mat} not found (listed in the split file)")
+        rgb = _rgb(self.root / "img" / f"{name}.jpg", name)
+        try:
+            labels = scipy.io.loadmat(mat)["GTcls"]["Segmentation"][0, 0]
+        except (scipy.io.matlab.MatReadError, ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            raise ValueError(f"{mat}: not an SBD label file (a MATLAB struct GTcls with a Segmentation "
+                             f"field): {type(e).__name__}: {e}") from None
+        return _same_size(name, rgb, np.ascontiguousarray(labels, np.int32))  # MATLAB's arrays are column-major

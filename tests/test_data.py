@@ -1,11 +1,15 @@
-"""The synthetic shapes set and the VOC loader."""
+"""The synthetic shapes set, the VOC loader (seg11valid too) and the SBD loader."""
+
+import hashlib
+import re
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fcn_cuda.colors import palette_image
-from fcn_cuda.data import SyntheticShapes, VOCSegmentation, synthetic_sample
+from fcn_cuda.data import SEG11VALID, SBDSegmentation, SyntheticShapes, VOCSegmentation, seg11valid_ids, synthetic_sample
 
 
 def test_synthetic_set_is_deterministic_and_indexable():
@@ -88,3 +92,94 @@ def test_voc_loader_errors(tmp_path):
     (tmp_path / "ImageSets/Segmentation/val.txt").write_text("\n")
     with pytest.raises(ValueError, match="no images"):
         VOCSegmentation(tmp_path, "val")
+
+
+# ----------------------------------------------------------------- seg11valid, SBD
+def test_seg11valid_is_the_shipped_list_of_736():
+    ids = seg11valid_ids()
+    assert len(ids) == 736 == len(set(ids)) and ids[0] == "2007_000033" and ids == sorted(ids)
+    assert all(re.fullmatch(r"20(07|08|09|10|11)_\d{6}", i) for i in ids)
+    row = next(line for line in (SEG11VALID.parent / "SOURCES.md").read_text().splitlines() if "seg11valid.txt" in line)
+    assert hashlib.sha256(SEG11VALID.read_bytes()).hexdigest() in row
+
+
+def test_voc_seg11valid_split(tmp_path):
+    ids = seg11valid_ids()
+    make_voc(tmp_path, ids, size=(3, 4))
+    ds = VOCSegmentation(tmp_path, "seg11valid")
+    assert ds.ids == ids and len(ds) == 736
+    rgb, labels = ds[735]
+    assert rgb.shape == (3, 4, 3) and labels.shape == (3, 4)
+    (tmp_path / "JPEGImages" / f"{ids[100]}.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=f"lacks 1 of the files of seg11valid's 736 images, first .*{ids[100]}.jpg"):
+        VOCSegmentation(tmp_path, "seg11valid")
+
+
+def make_sbd(root, ids, split="train", size=(5, 7)):
+    """SBD's layout: dataset/img/<id>.jpg, dataset/cls/<id>.mat (the MATLAB
+    struct GTcls: Boundaries, a cell of sparse maps; Segmentation;
+    CategoriesPresent), dataset/<split>.txt."""
+    import scipy.io
+    import scipy.sparse
+
+    rng = np.random.default_rng(1)
+    dataset = root / "dataset"
+    for d in ("img", "cls"):
+        (dataset / d).mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for name in ids:
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(dataset / "img" / f"{name}.jpg")
+        labels = rng.integers(0, 21, size).astype(np.uint8)
+        boundaries = np.empty((20, 1), dtype=object)
+        for c in range(20):
+            boundaries[c, 0] = scipy.sparse.csc_matrix(labels == c + 1)
+        scipy.io.savemat(dataset / "cls" / f"{name}.mat", {"GTcls": {
+            "Boundaries": boundaries, "Segmentation": labels,
+            "CategoriesPresent": np.unique(labels[labels > 0]).astype(np.uint8)}})
+        truth[name] = labels
+    (dataset / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return truth
+
+
+@pytest.mark.parametrize("under", ["", "dataset"])
+def test_sbd_loader(tmp_path, under):
+    truth = make_sbd(tmp_path, ["2008_000002", "2008_000003", "2009_000001"])
+    make_sbd(tmp_path, ["2008_000009"], split="val", size=(4, 6))
+    ds = SBDSegmentation(tmp_path / under, "train")
+    assert len(ds) == 3 and ds.classes[15] == "person" and len(ds.classes) == 21
+    for i, name in enumerate(ds.ids):
+        rgb, labels = ds[i]
+        assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8 and labels.dtype == np.int32
+        assert labels.flags.c_contiguous  # loadmat gives MATLAB's column-major order
+        np.testing.assert_array_equal(labels, truth[name])
+    assert SBDSegmentation(tmp_path, "val")[0][1].shape == (4, 6)
+
+
+def test_sbd_loader_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="benchmark_RELEASE"):
+        SBDSegmentation(tmp_path)
+    with pytest.raises(ValueError, match="split must be one of"):
+        SBDSegmentation(tmp_path, "seg11valid")
+    make_sbd(tmp_path, ["a", "b", "c"])
+    dataset = tmp_path / "dataset"
+    ds = SBDSegmentation(tmp_path)
+    (dataset / "cls" / "a.mat").unlink()
+    with pytest.raises(FileNotFoundError, match="a.mat"):
+        ds[0]
+    (dataset / "img" / "b.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="b.jpg"):
+        ds[1]
+    (dataset / "cls" / "c.mat").write_bytes(b"not a mat file")
+    with pytest.raises(ValueError, match="c.mat: not an SBD label file"):
+        ds[2]
+    import scipy.io
+
+    scipy.io.savemat(dataset / "cls" / "c.mat", {"labels": np.zeros((5, 7), np.uint8)})
+    with pytest.raises(ValueError, match="c.mat: not an SBD label file"):
+        ds[2]
+    scipy.io.savemat(dataset / "cls" / "c.mat", {"GTcls": {"Segmentation": np.zeros((5, 6), np.uint8)}})
+    with pytest.raises(ValueError, match="differ in size"):
+        ds[2]
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # as where scipy is not installed
+    with pytest.raises(ImportError, match="pip install scipy"):
+        SBDSegmentation(tmp_path)
