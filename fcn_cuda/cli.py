@@ -4,18 +4,25 @@
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
         for each image (a folder: its images) and prints how many pixels each
         class got;
-    fcn-cuda train --data DIR|synthetic --variant 8s [--init W] --out DIR ...
+    fcn-cuda train --data DATA --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
-    fcn-cuda eval --data DIR|synthetic --weights W
+    fcn-cuda eval --data DATA [--split S] --weights W
         prints pixel accuracy, mean accuracy, mean IU and frequency-weighted IU;
     fcn-cuda curves CHECKPOINT [--out PNG]
-        draws a run's loss and metric curves from its checkpoint, at any step.
+        draws a run's loss and metric curves from its checkpoint, at any step;
+    fcn-cuda convert IN OUT.safetensors [--variant V --num-classes N]
+        writes any weights load_model reads (.caffemodel, .pth, ours) as our own file.
+
+DATA is 'synthetic', 'voc:DIR' (or a bare DIR: a PASCAL VOC folder; split
+seg11valid is the reference's validation list) or 'sbd:DIR' (SBD's
+benchmark_RELEASE folder: splits train, val).
 
 Under torchrun (WORLD_SIZE > 1), train is data-parallel and infer shares the
 images out over the ranks (fcn_cuda.distributed); rank 0 prints.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -91,12 +98,15 @@ def cmd_infer(args):
 
 
 def _dataset(spec, split, size, count, seed):
-    """'synthetic' (the shapes set; --size / --count) or a PASCAL VOC folder."""
-    from .data import SyntheticShapes, VOCSegmentation
+    """'synthetic' (the shapes set; --size / --count), 'sbd:DIR', or 'voc:DIR' / DIR (PASCAL VOC)."""
+    from .data import SBDSegmentation, SyntheticShapes, VOCSegmentation
 
     if spec == "synthetic":
         return SyntheticShapes(count, size=size, seed=seed)
-    return VOCSegmentation(spec, split)
+    kind, colon, folder = spec.partition(":")
+    if colon and kind == "sbd":
+        return SBDSegmentation(folder, split)
+    return VOCSegmentation(folder if colon and kind == "voc" else spec, split)
 
 
 def _numbers(kind):
@@ -121,7 +131,8 @@ def cmd_train(args):
         fcn_cuda.use_backend(args.backend)
     # Validation data never overlaps training data: another split, or another seed.
     train_set = _dataset(args.data, "train", args.size, args.count, args.seed)
-    val_set = _dataset(args.data, "val", args.size, args.val_count, args.seed + 1_000_003) if args.val_every else None
+    val_set = _dataset(args.val_data or args.data, args.val_split, args.size, args.val_count,
+                       args.seed + 1_000_003) if args.val_every else None
     num_classes = len(train_set.classes)
     config = TrainConfig(iterations=args.iterations, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, normalize=args.normalize, dropout=not args.no_dropout,
@@ -170,12 +181,10 @@ def _load_init(path, variant, num_classes):
 def _stage(model, variant):
     """A `variant` FCN starting from a coarser one's weights: new score layers
     zero, new upsampling bilinear (the reference's staged training)."""
-    from .model import FCN, VGG16_BLOCKS
+    from .model import FCN, trunk_widths
 
     sd = model.state_dict()
-    widths = tuple(tuple(sd[f"conv{b + 1}_{i + 1}.weight"].shape[0] for i in range(len(block)))
-                   for b, block in enumerate(VGG16_BLOCKS))
-    fresh = FCN(variant, model.num_classes, widths=widths, fc=sd["fc6.weight"].shape[0], at_once=model.at_once)
+    fresh = FCN(variant, model.num_classes, widths=trunk_widths(sd), fc=sd["fc6.weight"].shape[0], at_once=model.at_once)
     new = fresh.state_dict()
     new.update({k: v for k, v in sd.items() if k in new and v.shape == new[k].shape})
     fresh.load_state_dict(new)
@@ -210,20 +219,41 @@ def cmd_curves(args):
     return 0
 
 
+def cmd_convert(args):
+    import fcn_cuda
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"OUT must be a .safetensors file, got {dst}")
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise ValueError(f"OUT is IN ({src}): refusing to write over the input")
+    fcn_cuda.use_backend("host")  # converting runs no kernel: the weights need not visit a GPU
+    model = fcn_cuda.load_model(src, variant=args.variant, num_classes=args.num_classes)
+    model.save(dst, converted_from=src.name)
+    names = f" ({', '.join(model.class_names)})" if model.class_names else " (class names unknown)"
+    print(f"{dst}: FCN-{model.variant}{' at-once' if model.at_once else ''}, {model.num_params():,} parameters, "
+          f"{model.num_classes} classes{names}")
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="fcn-cuda", description="FCN semantic segmentation from handwritten CUDA kernels")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="segment images, writing label and overlay PNGs")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
-    p.add_argument("--weights", help="weights: fcn_cuda .safetensors, pytorch-fcn .pth (default: the bundled model)")
+    p.add_argument("--weights", help="weights: fcn_cuda .safetensors, pytorch-fcn .pth, the reference's .caffemodel "
+                                     "(default: the bundled model)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--backend", choices=("host", "cuda"), help="default: cuda when a GPU is present, else host")
     p.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")
-    t.add_argument("--data", required=True, help="'synthetic' or a PASCAL VOC folder")
+    t.add_argument("--data", required=True, help="'synthetic', 'voc:DIR' (or DIR) or 'sbd:DIR'")
+    t.add_argument("--val-data", help="validation data (default: --data)")
+    t.add_argument("--val-split", default="val", help="validation split (default: val; seg11valid for VOC)")
     t.add_argument("--variant", default="8s", choices=("32s", "16s", "8s"))
-    t.add_argument("--init", help="initial weights: VGG16 .pth, or a coarser FCN (staged 32s -> 16s -> 8s)")
+    t.add_argument("--init", help="initial weights: VGG16 (.caffemodel, .pth), or a coarser FCN (staged 32s -> 16s "
+                                  "-> 8s)")
     t.add_argument("--out", required=True, help="run folder: checkpoint, final weights, curves")
     t.add_argument("--iterations", type=int, default=100_000)
     t.add_argument("--lr", type=float, help="default: the reference's (1e-10 / 1e-12 / 1e-14)")
@@ -251,9 +281,9 @@ def build_parser():
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="the four reference scores of a model on a dataset")
-    e.add_argument("--data", required=True, help="'synthetic' or a PASCAL VOC folder")
-    e.add_argument("--weights", required=True)
-    e.add_argument("--split", default="val")
+    e.add_argument("--data", required=True, help="'synthetic', 'voc:DIR' (or DIR) or 'sbd:DIR'")
+    e.add_argument("--weights", required=True, help="any weights load_model reads (.safetensors, .pth, .caffemodel)")
+    e.add_argument("--split", default="val", help="default: val; seg11valid (VOC) is the reference's")
     e.add_argument("--size", type=int, default=64)
     e.add_argument("--count", type=int, default=100)
     e.add_argument("--seed", type=int, default=12345, help="synthetic: a seed no training run used")
@@ -264,6 +294,13 @@ def build_parser():
     c.add_argument("checkpoint", help="a run's checkpoint.safetensors")
     c.add_argument("--out", help="PNG to write (default: curves.png beside the checkpoint)")
     c.set_defaults(func=cmd_curves)
+
+    v = sub.add_parser("convert", help="write any weights load_model reads as an fcn_cuda .safetensors file")
+    v.add_argument("input", help=".caffemodel (the reference's FCN nets, VGG16), .pth, or ours")
+    v.add_argument("output", help="the .safetensors file to write (atomically; never the input)")
+    v.add_argument("--variant", choices=("32s", "16s", "8s"), help="VGG16 input: the FCN to start (default 32s)")
+    v.add_argument("--num-classes", type=int, help="VGG16 input: classes of the new score layers (default 21)")
+    v.set_defaults(func=cmd_convert)
     return ap
 
 

@@ -282,6 +282,7 @@ def transplant(vgg, variant="32s", num_classes=21):
     reference's transplant, with score layers zero and upsampling bilinear.
     Widths come from `vgg`, so a reduced-width VGG16 gives a reduced FCN."""
     V.choice(variant, "variant", VARIANTS)
+    num_classes = V.integer(num_classes, "num_classes", minimum=1)
     fresh = FCN._fresh(param_shapes(variant, num_classes, trunk_widths(vgg), np.shape(vgg["fc6.weight"])[0]), seed=0)
     fresh.update(vgg)
     return fresh

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fcn_cuda
+from fcn_cuda import cli
 from fcn_cuda import weights as Wt
 from fcn_cuda.colors import VOC_CLASSES
 from fcn_cuda.files import WeightFileError
@@ -360,3 +361,79 @@ def test_read_caffemodel_needs_an_existing_file(tmp_path):
         fcn_cuda.read_caffemodel(tmp_path / "missing.caffemodel")
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         fcn_cuda.load_model(tmp_path / "missing.caffemodel")
+
+
+# ----------------------------------------------------------------- the command line
+def test_convert_writes_our_file_with_the_class_names(tmp_path, capsys):
+    sd = small_fcn("8s", at_once=True, num_classes=21)
+    src = write_fcn(tmp_path / "fcn8s-atonce-pascal.caffemodel", sd, True, "v2")
+    dst = tmp_path / "out" / "fcn8s-atonce.safetensors"
+    assert cli.main(["convert", str(src), str(dst)]) == 0
+    assert "FCN-8s at-once" in capsys.readouterr().out
+    model = fcn_cuda.load_model(dst)
+    assert (model.variant, model.at_once, model.class_names) == ("8s", True, VOC_CLASSES)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v, err_msg=k)
+    assert Wt.load_safetensors(dst)[1]["converted_from"] == src.name
+    vgg = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    vgg.write_bytes(E.net(E.vgg16_layers(vgg16())))
+    assert cli.main(["convert", str(vgg), str(tmp_path / "fcn16s.safetensors"), "--variant", "16s",
+                     "--num-classes", "4"]) == 0
+    model = fcn_cuda.load_model(tmp_path / "fcn16s.safetensors")
+    assert (model.variant, model.num_classes, model.class_names) == ("16s", 4, None)
+
+
+def test_convert_never_damages_a_file(tmp_path, capsys):
+    good = tmp_path / "fcn.safetensors"
+    fcn_cuda.FCN("32s", 5, state_dict=small_fcn("32s")).save(good)
+    before = good.read_bytes()
+    assert cli.main(["convert", str(good), str(good)]) == 2
+    assert "refusing to write over the input" in capsys.readouterr().err
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(good)
+    assert cli.main(["convert", str(good), str(link)]) == 2
+    cut = tmp_path / "cut.caffemodel"
+    cut.write_bytes(E.net(E.fcn_layers(small_fcn("32s")))[:5000])
+    assert cli.main(["convert", str(cut), str(good)]) == 2  # a failed conversion leaves OUT as it was
+    assert "cut.caffemodel: not a Caffe model, or truncated" in capsys.readouterr().err
+    assert cli.main(["convert", str(cut), str(tmp_path / "out.pth")]) == 2
+    assert "must be a .safetensors file" in capsys.readouterr().err
+    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "cut.caffemodel", "fcn.safetensors", "link.safetensors"]
+    vgg = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    vgg.write_bytes(E.net(E.vgg16_layers(vgg16())))
+    assert cli.main(["convert", str(vgg), str(tmp_path / "x.safetensors"), "--num-classes", "0"]) == 2
+    assert "num_classes" in capsys.readouterr().err
+
+
+def test_eval_seg11valid_with_a_caffemodel_and_train_on_sbd(tmp_path, monkeypatch, capsys):
+    """fcn-cuda eval --data voc:DIR --split seg11valid --weights X.caffemodel
+    (seg11valid cut to 3 images here), and fcn-cuda train --data sbd:DIR
+    from VGG16's caffemodel, validating on VOC."""
+    from test_data import make_sbd, make_voc
+
+    ids = fcn_cuda.data.seg11valid_ids()[:3]
+    short = tmp_path / "seg11valid.txt"
+    short.write_text("\n".join(ids) + "\n")
+    monkeypatch.setattr(fcn_cuda.data, "SEG11VALID", short)
+    make_voc(tmp_path / "VOC2011", ids, size=(9, 11))
+    (tmp_path / "VOC2011/ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    weights = write_fcn(tmp_path / "fcn8s-heavy-pascal.caffemodel", small_fcn("8s", num_classes=21), False, "v2")
+    assert cli.main(["eval", "--data", f"voc:{tmp_path / 'VOC2011'}", "--split", "seg11valid",
+                     "--weights", str(weights), "--backend", "host"]) == 0
+    printed = capsys.readouterr().out
+    expected = fcn_cuda.evaluate(fcn_cuda.load_model(weights), fcn_cuda.data.VOCSegmentation(tmp_path / "VOC2011",
+                                                                                             "seg11valid"))
+    for k, v in expected.items():
+        assert f"{k:>10s} {100 * v:6.2f}" in printed
+    make_sbd(tmp_path / "benchmark_RELEASE", ["2008_000002", "2008_000003"])
+    vgg = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    vgg.write_bytes(E.net(E.vgg16_layers(vgg16())))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", f"sbd:{tmp_path / 'benchmark_RELEASE'}", "--val-data",
+                     f"voc:{tmp_path / 'VOC2011'}", "--val-split", "seg11valid", "--init", str(vgg), "--variant", "32s",
+                     "--iterations", "2", "--val-every", "2", "--checkpoint-every", "0", "--out", str(run),
+                     "--backend", "host"]) == 0
+    history = fcn_cuda.training.Trainer.resume(run / "checkpoint.safetensors").history
+    assert history.step == [1, 2] and history.val_step == [2]
+    assert fcn_cuda.load_model(run / "final.safetensors").num_classes == 21

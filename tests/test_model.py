@@ -296,3 +296,44 @@ def test_model_validates_its_input():
         m(np.zeros((1, 3, 8, 8), np.float64))
     with pytest.raises(ValueError, match="variant"):
         fcn_cuda.FCN("4s")
+
+
+def test_nothing_below_training_imports_it():
+    """The package's import graph (imports inside functions included): no
+    module that training.py needs leads back to training (weights.py once
+    imported training.deployed: model -> weights -> training -> model)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(fcn_cuda.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                mod = ".".join(p for p in (base, node.module) if p)
+                targets.add(mod)
+                targets.update(f"{mod}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+        # importing a.b.c runs a.b's __init__ too
+        graph[name] = {t.rsplit(".", i)[0] for t in targets if t.startswith("fcn_cuda.") for i in range(t.count("."))}
+    graph = {k: {t for t in v if t in graph and t != "fcn_cuda"} for k, v in graph.items()}
+    assert "fcn_cuda.weights.caffe" in graph and "fcn_cuda.weights" in graph["fcn_cuda.training"]
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for t in graph[todo.pop()] - seen:
+                seen.add(t)
+                todo.append(t)
+        return seen
+
+    below = reach("fcn_cuda.training") - {"fcn_cuda.training"}
+    assert "fcn_cuda.model" in below and "fcn_cuda.files" in below
+    leading_back = sorted(m for m in below if "fcn_cuda.training" in reach(m))
+    assert not leading_back, f"these modules below training import it: {leading_back}"

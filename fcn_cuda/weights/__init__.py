@@ -88,7 +88,7 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
     sd, meta, layout = read(src)
     if layout == "vgg16":
         variant = variant or "32s"
-        num_classes = num_classes or 21
+        num_classes = 21 if num_classes is None else num_classes
         sd = transplant(sd, variant, num_classes)
     else:
         found = infer_variant(sd)
