@@ -146,12 +146,12 @@ def cmd_train(args):
             print(f"resuming from {out / 'checkpoint.safetensors'} at step {trainer.step}")
     else:
         if args.init:
-            model = _load_init(args.init, args.variant, num_classes)
+            model = _load_init(args.init, args.variant, num_classes, args.at_once)
         else:
             widths = tuple(tuple(max(1, c // args.width_divisor) for c in block) for block in
                            fcn_cuda.model.VGG16_BLOCKS)
             model = FCN(args.variant, num_classes, widths=widths, fc=max(1, 4096 // args.width_divisor),
-                        seed=args.seed)
+                        seed=args.seed, at_once=args.at_once)
         trainer = trainer_cls(model, config, out)
     trainer.fit(train_set, val_set)
     if not trainer.writes:
@@ -162,16 +162,16 @@ def cmd_train(args):
     return 0
 
 
-def _load_init(path, variant, num_classes):
-    """Initial weights: VGG16 (transplanted into `variant`) or a trained FCN of
-    any variant (staged: its layers carried over, the new ones fresh)."""
+def _load_init(path, variant, num_classes, at_once=False):
+    """Initial weights: VGG16 (transplanted into `variant`, at once or not) or
+    a trained FCN of any variant (staged: its layers carried over, the new ones fresh)."""
     import fcn_cuda
 
     from .weights import read
 
     _, _, layout = read(path)
     if layout == "vgg16":
-        return fcn_cuda.load_model(path, variant=variant, num_classes=num_classes)
+        return fcn_cuda.load_model(path, variant=variant, num_classes=num_classes, at_once=at_once)
     model = fcn_cuda.load_model(path)
     if model.num_classes != num_classes:
         raise ValueError(f"{path} has {model.num_classes} classes but the data has {num_classes}")
@@ -254,6 +254,8 @@ def build_parser():
     t.add_argument("--variant", default="8s", choices=("32s", "16s", "8s"))
     t.add_argument("--init", help="initial weights: VGG16 (.caffemodel, .pth), or a coarser FCN (staged 32s -> 16s "
                                   "-> 8s)")
+    t.add_argument("--at-once", action="store_true",
+                   help="FCN-8s at once: pool4 x 0.01, pool3 x 1e-4 (the reference trains it from VGG16 at --lr 1e-10)")
     t.add_argument("--out", required=True, help="run folder: checkpoint, final weights, curves")
     t.add_argument("--iterations", type=int, default=100_000)
     t.add_argument("--lr", type=float, help="default: the reference's (1e-10 / 1e-12 / 1e-14)")

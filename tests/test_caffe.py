@@ -431,9 +431,10 @@ def test_eval_seg11valid_with_a_caffemodel_and_train_on_sbd(tmp_path, monkeypatc
     vgg.write_bytes(E.net(E.vgg16_layers(vgg16())))
     run = tmp_path / "run"
     assert cli.main(["train", "--data", f"sbd:{tmp_path / 'benchmark_RELEASE'}", "--val-data",
-                     f"voc:{tmp_path / 'VOC2011'}", "--val-split", "seg11valid", "--init", str(vgg), "--variant", "32s",
-                     "--iterations", "2", "--val-every", "2", "--checkpoint-every", "0", "--out", str(run),
-                     "--backend", "host"]) == 0
-    history = fcn_cuda.training.Trainer.resume(run / "checkpoint.safetensors").history
-    assert history.step == [1, 2] and history.val_step == [2]
-    assert fcn_cuda.load_model(run / "final.safetensors").num_classes == 21
+                     f"voc:{tmp_path / 'VOC2011'}", "--val-split", "seg11valid", "--init", str(vgg), "--variant", "8s",
+                     "--at-once", "--lr", "1e-10", "--iterations", "2", "--val-every", "2", "--checkpoint-every", "0",
+                     "--out", str(run), "--backend", "host"]) == 0
+    trainer = fcn_cuda.training.Trainer.resume(run / "checkpoint.safetensors")
+    assert trainer.history.step == [1, 2] and trainer.history.val_step == [2] and trainer.config.lr == 1e-10
+    final = fcn_cuda.load_model(run / "final.safetensors")
+    assert (final.variant, final.at_once, final.num_classes) == ("8s", True, 21)
