@@ -263,15 +263,17 @@ def _owned(view):
     while isinstance(mapping, np.ndarray):
         mapping = mapping.base
     mapping = mapping.obj if isinstance(mapping, memoryview) else mapping
+    release = isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
     stride = src.strides[0] if src.size else 1
+    if release:
+        first = src.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data  # the view's offset in the file
     step = max(1, RELEASE_EVERY // stride)
     for a in range(0, src.size, step):
         b = min(a + step, src.size)
         dst[a:b] = src[a:b]
-        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-            first = src[a:].ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
-            start = first // mmap.PAGESIZE * mmap.PAGESIZE
-            mapping.madvise(mmap.MADV_DONTNEED, start, first + (b - a) * stride - start)
+        if release:
+            start = (first + a * stride) // mmap.PAGESIZE * mmap.PAGESIZE
+            mapping.madvise(mmap.MADV_DONTNEED, start, first + b * stride - start)
     return out
 
 
@@ -292,18 +294,20 @@ def _params(layers, names, matrices=()):
 def _misfits(path, params, shapes, what):
     """One WeightFileError listing every layer of `params` that does not fit `shapes`, by layer name."""
     missing, unknown, wrong = state_dict_problems(params, shapes)
-    expected = {k.rsplit(".", 1)[0] for k in shapes}
-    held = {k.rsplit(".", 1)[0] for k in params}
-    lines = [f"{layer}: missing" for layer in dict.fromkeys(k.rsplit(".", 1)[0] for k in missing) if layer not in held]
-    lines += [f"{k.rsplit('.', 1)[0]}: no {k.rsplit('.', 1)[1]} blob" for k in missing if k.rsplit(".", 1)[0] in held]
-    lines += [f"{k.rsplit('.', 1)[0]}: {k.rsplit('.', 1)[1]} is {'x'.join(map(str, got)) or 'a scalar'}, "
-              f"expected {'x'.join(map(str, want))}" for k, got, want in wrong]
-    lines += [f"{layer}: not a layer of {what}" for layer in dict.fromkeys(k.rsplit(".", 1)[0] for k in unknown)
-              if layer not in expected]
-    lines += [f"{k.rsplit('.', 1)[0]}: an extra blob ({k.rsplit('.', 1)[1]})" for k in unknown
-              if k.rsplit(".", 1)[0] in expected]
+    held = {key.rsplit(".", 1)[0] for key in params}
+    expected = {key.rsplit(".", 1)[0] for key in shapes}
+    lines = []
+    for key in missing:
+        layer, part = key.rsplit(".", 1)
+        lines.append(f"{layer}: no {part} blob" if layer in held else f"{layer}: missing")
+    for key, got, want in wrong:
+        layer, part = key.rsplit(".", 1)
+        lines.append(f"{layer}: {part} is {'x'.join(map(str, got)) or 'a scalar'}, expected {'x'.join(map(str, want))}")
+    for key in unknown:
+        layer, part = key.rsplit(".", 1)
+        lines.append(f"{layer}: an extra blob ({part})" if layer in expected else f"{layer}: not a layer of {what}")
     if lines:
-        raise WeightFileError(f"{path} does not fit {what}: " + "; ".join(lines))
+        raise WeightFileError(f"{path} does not fit {what}: " + "; ".join(dict.fromkeys(lines)))
 
 
 def _is_classifier(layers):
