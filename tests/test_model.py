@@ -201,6 +201,28 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path):
     np.testing.assert_array_equal(back.state_dict()["fc6.weight"], m.state_dict()["fc6.weight"])
 
 
+def test_files_our_own_writer_made_load_bit_for_bit():
+    """The shipped model was written by the hand-written writer that the
+    safetensors package replaced: it reads as its header and offsets say,
+    value for value and bit for bit (parsed here from the format's spec)."""
+    import json
+    import struct
+
+    from fcn_cuda.inference import DEFAULT_WEIGHTS
+
+    raw = DEFAULT_WEIGHTS.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__")
+    tensors, got_meta = Wt.load_safetensors(DEFAULT_WEIGHTS)
+    assert got_meta == meta and set(tensors) == set(header)
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        assert info["dtype"] == "F32" and tensors[name].dtype == np.float32
+        expected = np.frombuffer(raw[8 + n + begin:8 + n + end], "<f4").reshape(info["shape"])
+        assert tensors[name].tobytes() == expected.tobytes(), name
+
+
 @pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
 def test_pytorch_fcn_state_dicts_and_checkpoints(tmp_path, variant):
     fcn_cuda.use_backend("host")
