@@ -73,7 +73,7 @@ def main(argv):
     for r in rows:
         print(f"  {r['way']:>15s}  {r['ms']:9.2f} ms  {r['bus_GBps']:7.2f} GB/s bus bandwidth")
     out = Path(args.out) / f"{device.replace(' ', '-')}-dist-allreduce-{datetime.date.today():%Y%m%d}.json"
-    from fcn_cuda.weights import atomic_write
+    from fcn_cuda.files import atomic_write
 
     atomic_write(out, [json.dumps({"device": device, "ranks": ranks.size, "transport": ranks.dist.get_backend(),
                                    "bytes": nbytes, "tensors": len(grads), "runs": args.runs,

@@ -88,7 +88,8 @@ def train(out, recipe=RECIPE, progress=True, max_seconds=None, **overrides):
     With max_seconds it stops after that long with a checkpoint (run it again
     to go on)."""
     from .data import SyntheticShapes
-    from .training import TrainConfig, train as run
+    from .distributed import train as run
+    from .training import TrainConfig
 
     recipe = {**recipe, **overrides}
     unknown = set(overrides) - set(RECIPE)

@@ -465,27 +465,3 @@ def plot_history(history, path):
                 if labelled:
                     draw.text((p[0] - 34, p[1] + 6), f"{s[-1][1]:.3f}", fill=col)
     save_png(path, img)
-
-
-def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, max_seconds=None,
-          **overrides):
-    """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
-    returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
-    checkpoints go to out/checkpoint.safetensors and, if one is there and
-    resume=True, training continues from it exactly. Launched by torchrun
-    with WORLD_SIZE > 1, every rank runs this same call and the run is
-    data-parallel (fcn_cuda.distributed)."""
-    config = config or TrainConfig()
-    for k, v in overrides.items():
-        if not hasattr(config, k):
-            raise TypeError(f"unknown training option {k!r}")
-        setattr(config, k, v)
-    from .distributed import trainer_class
-
-    cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): data-parallel, batch_size the global batch
-    if out and resume and (Path(out) / "checkpoint.safetensors").exists():
-        trainer = cls.resume(Path(out) / "checkpoint.safetensors", out, config)
-    else:
-        trainer = cls(model, config, out)
-    trainer.fit(dataset, val_dataset, progress=progress, max_seconds=max_seconds)
-    return trainer

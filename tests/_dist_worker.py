@@ -89,7 +89,8 @@ def main(argv):
     fcn_cuda.use_backend(os.environ.get("FCN_CUDA_BACKEND", "host"))
     if fcn_cuda.backend() == "host":
         fcn_cuda.set_emulator_workers(1)
-    from fcn_cuda import distributed, training, weights
+    from fcn_cuda import distributed, files, training
+    from fcn_cuda.weights import safetensors as own_files
 
     distributed.BUCKET_BYTES = 2048
     rank = int(os.environ["RANK"])
@@ -104,8 +105,8 @@ def main(argv):
         return wrapped
 
     training.save_safetensors = logging(training.save_safetensors)
-    weights.save_safetensors = logging(weights.save_safetensors)
-    weights.save_png = logging(weights.save_png)
+    own_files.save = logging(own_files.save)  # FCN.save: the final weights
+    files.save_png = logging(files.save_png)  # the curves
     step = training.Trainer.train_step
 
     def train_step(self, x, labels):
