@@ -216,4 +216,69 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("sgd_step", [](Addr w, Addr g, Addr v, int n, float lr, float momentum, float weight_decay, Addr s) {
         fcn::launch_sgd_step(P<float>(w), P<const float>(g), P<float>(v), n, lr, momentum, weight_decay, S(s));
     }, nogil);
+
+    // ---- crf (dense CRF; fcn_cuda/crf.py drives these in order)
+    m.def("crf_key_bits", [](int d, int H, int W, float sxy, float srgb) {
+        bool fits = false;
+        const int bits = fcn::crf_key_bits(d, H, W, sxy, srgb, &fits);
+        return py::make_tuple(bits, fits);
+    });
+    m.def("crf_lattice_workspace", &fcn::crf_lattice_workspace);
+    m.def("crf_lattice_points", [](Addr img, int H, int W, int P_, int d, float sxy, float srgb, Addr bary, Addr keys,
+                                   Addr entries, Addr s) {
+        fcn::launch_crf_lattice_points(P<const unsigned char>(img), H, W, P_, d, sxy, srgb, P<float>(bary),
+                                       P<unsigned long long>(keys), P<int>(entries), S(s));
+    }, nogil);
+    m.def("crf_sort_pairs", [](Addr keys, Addr vals, Addr keys_alt, Addr vals_alt, Addr ws, int n, int bits, Addr s) {
+        return fcn::launch_crf_sort_pairs(P<unsigned long long>(keys), P<int>(vals), P<unsigned long long>(keys_alt),
+                                          P<int>(vals_alt), P<int>(ws), n, bits, S(s));
+    }, nogil);
+    m.def("crf_vertex_count", [](Addr keys, int n, Addr first, Addr ws, Addr count, Addr s) {
+        fcn::launch_crf_vertex_count(P<const unsigned long long>(keys), n, P<int>(first), P<int>(ws), P<int>(count),
+                                     S(s));
+    }, nogil);
+    m.def("crf_lattice_tables", [](int d, int H, int W, int P_, float sxy, float srgb, Addr keys, Addr entries,
+                                   Addr first, int M, Addr bary, Addr vertex_start, Addr vertex_keys, Addr vertex_of,
+                                   Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr s) {
+        fcn::launch_crf_lattice_tables(d, H, W, P_, sxy, srgb, P<const unsigned long long>(keys), P<const int>(entries),
+                                       P<const int>(first), M, P<const float>(bary), P<int>(vertex_start),
+                                       P<unsigned long long>(vertex_keys), P<int>(vertex_of), P<int>(splat_pixel),
+                                       P<float>(splat_weight), P<int>(neighbours), S(s));
+    }, nogil);
+    // A lattice crosses as (d, N, P, M, bary, vertex_of, vertex_start, splat_pixel, splat_weight, neighbours).
+    const auto lattice = [](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
+                            Addr splat_pixel, Addr splat_weight, Addr neighbours) {
+        return fcn::CrfLatticeView{d, N, P_, M, P<const float>(bary), P<const int>(vertex_of),
+                                   P<const int>(vertex_start), P<const int>(splat_pixel),
+                                   P<const float>(splat_weight), P<const int>(neighbours)};
+    };
+    m.def("crf_lattice_norm", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
+                                        Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr ones, Addr a,
+                                        Addr b, Addr norm, Addr s) {
+        fcn::launch_crf_lattice_norm(lattice(d, N, P_, M, bary, vertex_of, vertex_start, splat_pixel, splat_weight,
+                                             neighbours),
+                                     P<const float>(ones), P<float>(a), P<float>(b), P<float>(norm), S(s));
+    }, nogil);
+    m.def("crf_lattice_message", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
+                                           Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr norm, Addr Q,
+                                           int V, float compat, Addr a, Addr b, Addr t_in, Addr t_out, Addr s) {
+        fcn::launch_crf_lattice_message(lattice(d, N, P_, M, bary, vertex_of, vertex_start, splat_pixel,
+                                                splat_weight, neighbours),
+                                        P<const float>(norm), P<const float>(Q), V, compat, P<float>(a), P<float>(b),
+                                        P<const float>(t_in), P<float>(t_out), S(s));
+    }, nogil);
+    m.def("crf_unary", [](Addr probs, int N, int C, int V, Addr t0, Addr Q, Addr s) {
+        fcn::launch_crf_unary(P<const float>(probs), N, C, V, P<float>(t0), P<float>(Q), S(s));
+    }, nogil);
+    m.def("crf_softmax", [](Addr t, int N, int C, int V, Addr Q, Addr out, Addr s) {
+        fcn::launch_crf_softmax(P<const float>(t), N, C, V, P<float>(Q), P<float>(out), S(s));
+    }, nogil);
+    m.def("crf_naive_setup", [](Addr img, int H, int W, int d, float sxy, float srgb, Addr f, Addr norm, Addr s) {
+        fcn::launch_crf_naive_setup(P<const unsigned char>(img), H, W, d, sxy, srgb, P<float>(f), P<float>(norm), S(s));
+    }, nogil);
+    m.def("crf_naive_message", [](Addr f, Addr norm, int d, int N, Addr Q, int C, int V, float compat, Addr t_in,
+                                  Addr t_out, Addr s) {
+        fcn::launch_crf_naive_message(P<const float>(f), P<const float>(norm), d, N, P<const float>(Q), C, V, compat,
+                                      P<const float>(t_in), P<float>(t_out), S(s));
+    }, nogil);
 }

@@ -155,4 +155,55 @@ void launch_philox_probe(const unsigned* in, unsigned* out, int n, cudaStream_t 
 void launch_sgd_step(float* w, const float* g, float* v, int n, float lr, float momentum, float weight_decay,
                      cudaStream_t stream);
 
+// ---- crf.cu  (dense CRF: fcn_cuda.dense_crf; kernels/crf.cuh)
+// d: 2 (Gaussian term: x, y) or 5 (bilateral: x, y, R, G, B). A lattice of an H x W image has P points (N = H*W
+// pixels, and pydensecrf's padding point of feature 0 when P = N + 1) and (d+1) * P entries e = r*P + point.
+// The bits of the lattice's sort keys, and whether pydensecrf's 16-bit keys hold them (fcn_cuda refuses otherwise).
+int crf_key_bits(int d, int H, int W, float sxy, float srgb, bool* fits_int16);
+// Ints of workspace for the sort and the vertex count of n entries.
+int crf_lattice_workspace(int n);
+// Per entry: barycentric weight, sort key, and the entry itself (what the sort carries along).
+void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, int d, float sxy, float srgb,
+                               float* bary, unsigned long long* keys, int* entries, cudaStream_t stream);
+// Stable sort of n (key, value) pairs by the low `bits` bits of the keys; returns 1 when the result is in the
+// _alt buffers, 0 when in keys / vals.
+int launch_crf_sort_pairs(unsigned long long* keys, int* vals, unsigned long long* keys_alt, int* vals_alt,
+                          int* workspace, int n, int bits, cudaStream_t stream);
+// first[i]: how many distinct keys come before sorted entry i; *count = the number of vertices M.
+void launch_crf_vertex_count(const unsigned long long* keys, int n, int* first, int* workspace, int* count,
+                             cudaStream_t stream);
+// The lattice's tables from the sorted entries: vertex_start (M + 1), vertex_keys (M), vertex_of ((d+1) * P,
+// by entry), splat_pixel / splat_weight ((d+1) * P, sorted order), neighbours ((d+1) x M int pairs).
+void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb, const unsigned long long* keys,
+                               const int* entries, const int* first, int M, const float* bary, int* vertex_start,
+                               unsigned long long* vertex_keys, int* vertex_of, int* splat_pixel,
+                               float* splat_weight, int* neighbours, cudaStream_t stream);
+// A built lattice, as the filtering launchers read it.
+struct CrfLatticeView {
+    int d, N, P, M;
+    const float* bary;
+    const int* vertex_of;
+    const int* vertex_start;
+    const int* splat_pixel;
+    const float* splat_weight;
+    const int* neighbours;
+};
+// norm (N) = 1 / sqrt(K 1 + 1e-20); ones: N floats 1; values_a / values_b: M + 1 floats each.
+void launch_crf_lattice_norm(const CrfLatticeView& L, const float* ones, float* values_a, float* values_b,
+                             float* norm, cudaStream_t stream);
+// t_out = t_in + compat * norm . K (norm . Q), Q and t pixel-major N x V (V: 1, 2 or a multiple of 4);
+// values_a / values_b: (M + 1) * V floats each. t_out may be t_in.
+void launch_crf_lattice_message(const CrfLatticeView& L, const float* norm, const float* Q, int V, float compat,
+                                float* values_a, float* values_b, const float* t_in, float* t_out,
+                                cudaStream_t stream);
+// probs: C x N -> t0 (N x V) = log clip(probs, 1e-5, 1) and Q (N x V) = its softmax.
+void launch_crf_unary(const float* probs, int N, int C, int V, float* t0, float* Q, cudaStream_t stream);
+// Q (N x V) = softmax(t) over the first C lanes; or, with out (C x N) given, written there instead.
+void launch_crf_softmax(const float* t, int N, int C, int V, float* Q, float* out, cudaStream_t stream);
+// The naive rung: features f (N x d) and norm (N), then the exact message of one term.
+void launch_crf_naive_setup(const unsigned char* img, int H, int W, int d, float sxy, float srgb, float* f,
+                            float* norm, cudaStream_t stream);
+void launch_crf_naive_message(const float* f, const float* norm, int d, int N, const float* Q, int C, int V,
+                              float compat, const float* t_in, float* t_out, cudaStream_t stream);
+
 }  // namespace fcn

@@ -1,0 +1,617 @@
+// crf.cuh: the fully connected CRF with Gaussian edge potentials (Krähenbühl
+// & Koltun, NIPS 2011; DeepLab's post-processing), mean-field inference as
+// pydensecrf computes it (DenseCRF2D, DIAG_KERNEL, NORMALIZE_SYMMETRIC, Potts).
+//
+//   t_0     = log clip(p, 1e-5, 1)                 (-U, pydensecrf's unary_from_softmax)
+//   Q_0     = softmax(t_0)                         per pixel, over the classes
+//   Q_{i+1} = softmax(t_0 + sum_k w_k * norm_k . K_k (norm_k . Q_i))
+//   K_k     = exp(-|f_m - f_n|^2 / 2) over every pair of pixels m, n (the pixel itself included),
+//             f = (x, y) / sxy for the Gaussian term (d = 2), (x, y) / sxy, (R, G, B) / srgb for the
+//             bilateral term (d = 5); norm_k = 1 / sqrt(K_k 1); w_k the Potts weight ("compat").
+//
+// Layout: probs and the result are C x N, N = H*W pixels with n = y*W + x; img is H x W x 3 uint8 RGB.
+// Between the kernels every per-pixel array is pixel-major, V floats per pixel: V = C rounded up to a
+// multiple of 4 for C >= 3 (a pixel's classes are float4s; the lanes past C hold 0 and are never read
+// out), V = C for C <= 2, where pydensecrf switches to its scalar routine (kSeq below).
+//
+// The two rungs of the ladder (fcn_cuda.dense_crf(variant=...)):
+//   naive:   K applied exactly: one thread per (pixel, class) sums the Gaussian over all N pixels.
+//            O(N^2 C) exponentials per iteration and term: the definition, for small images.
+//   lattice: pydensecrf's approximation of K, the permutohedral lattice (Adams, Baek & Davis 2010): each
+//            pixel is splatted onto the d+1 vertices of the lattice simplex around its feature vector,
+//            the vertex values are blurred along the d+1 lattice axes (axis 0 first: the order changes
+//            the result), and each pixel slices its value back. O(N d^2 + M d) per iteration (M vertices).
+//
+// Building a lattice (once per term and image) without a hash table, so that nothing depends on the
+// order in which threads run:
+//   crf_lattice_points      one thread per pixel: elevation, remainder-0 point, rank, barycentric
+//                           weights, and the d+1 vertex keys, packed into 64 bits (CrfKeyLayout);
+//   crf_sort_count/scatter  a stable LSD radix sort of (key, entry) pairs, 4 bits a pass, each thread
+//                           counting and placing one chunk of consecutive keys in order;
+//   crf_scan_*              the exclusive prefix sum that the sort and the vertex numbering rely on;
+//   crf_vertex_flags        sorted keys -> a flag where a new vertex starts; its scan numbers the vertices
+//                           in key order;
+//   crf_lattice_tables      per vertex: its first sorted entry (its splat list) and key; per entry: the
+//                           vertex id the slice reads, the pixel and weight the splat reads;
+//   crf_lattice_neighbours  per vertex and axis: the two neighbours, by binary search over the keys.
+// Each filtering then runs crf_splat (gather form: a vertex adds its entries in pixel order, the order
+// in which pydensecrf's serial loop adds them), d+1 crf_blur launches, and crf_slice_norm /
+// crf_slice_message; crf_softmax closes each iteration. No kernel uses atomics or shared state across
+// blocks, so results are the same bits on every run and for any number of emulator workers.
+#pragma once
+#include "common.cuh"
+
+namespace fcn {
+
+constexpr int kCrfThreads = 256;
+constexpr int kCrfMaxDim = 5;         // the bilateral term's (x, y, R, G, B)
+constexpr float kCrfMinProb = 1e-5f;  // unary_from_softmax's clip
+
+// How a lattice vertex becomes a 64-bit sort key. A vertex of remainder r (0..d) has stored
+// coordinates key_i = (d+1) q_i + r, i < d (the last one is implied: they sum to 0). The key holds r
+// in its low rem_bits bits and each q_i - qmin[i] in bits[i] bits at shift[i]; the launcher sizes the
+// fields from bounds on the features, so every key of an image fits (fcn_cuda checks the total <= 64).
+struct CrfKeyLayout {
+    int rem_bits;
+    int qmin[kCrfMaxDim];
+    int bits[kCrfMaxDim];
+    int shift[kCrfMaxDim];
+};
+
+// What crf_lattice_points needs to know about one term besides the arrays.
+struct CrfLatticeShape {
+    int N;      // pixels
+    int P;      // points: the N pixels, plus one of feature 0 when N % 4 != 0 (see crf_lattice_points)
+    int W;      // image width (n = y*W + x)
+    float sxy, srgb;
+    float scale[kCrfMaxDim];  // s_i = float(sqrt(2/3) (d+1)) / sqrt((i+1)(i+2)), pydensecrf's E
+    CrfKeyLayout layout;
+};
+
+// ---------------------------------------------------------------- helpers
+
+// The features of pixel n, divided in float as pydensecrf's addPairwiseGaussian / addPairwiseBilateral do.
+template <int D>
+__device__ __forceinline__ void crf_features(const unsigned char* __restrict__ img, int n, int W, float sxy,
+                                             float srgb, float (&f)[D]) {
+    f[0] = float(n % W) / sxy;
+    f[1] = float(n / W) / sxy;
+    if constexpr (D == 5) {
+#pragma unroll
+        for (int c = 0; c < 3; ++c) f[2 + c] = float(img[3 * n + c]) / srgb;
+    }
+}
+
+// kLanes consecutive floats: a float4 (16-byte aligned: V is a multiple of 4) or one float.
+template <int kLanes>
+struct CrfLanes {
+    float v[kLanes];
+};
+
+template <int kLanes>
+__device__ __forceinline__ CrfLanes<kLanes> crf_load(const float* p) {
+    CrfLanes<kLanes> r;
+    if constexpr (kLanes == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        r.v[0] = q.x, r.v[1] = q.y, r.v[2] = q.z, r.v[3] = q.w;
+    } else {
+        r.v[0] = *p;
+    }
+    return r;
+}
+
+template <int kLanes>
+__device__ __forceinline__ void crf_store(float* p, const CrfLanes<kLanes>& r) {
+    if constexpr (kLanes == 4) *reinterpret_cast<float4*>(p) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+    else *p = r.v[0];
+}
+
+// Eigen's expAndNormalize for one pixel: exp(t_c - max) / sum, written to out[c * stride] for c < C.
+__device__ __forceinline__ void crf_softmax_pixel(const float* __restrict__ t, int C, float* __restrict__ out,
+                                                  int stride) {
+    float m = t[0];
+    for (int c = 1; c < C; ++c) m = fmaxf(m, t[c]);
+    float sum = 0.f;
+    for (int c = 0; c < C; ++c) {
+        const float e = expf(t[c] - m);
+        out[c * stride] = e;
+        sum += e;
+    }
+    for (int c = 0; c < C; ++c) out[c * stride] = out[c * stride] / sum;
+}
+
+// ---------------------------------------------------------------- unary and softmax
+
+// One thread per pixel n; grid ceil(N / 256). t0[n][c] = log(clip(probs[c][n], 1e-5, 1)), the negated
+// unary of pydensecrf's unary_from_softmax, and Q[n] = softmax(t0[n]); lanes C..V-1 of both are 0. The
+// threads of a warp read 32 consecutive pixels of one class (coalesced).
+__global__ void __launch_bounds__(kCrfThreads)
+crf_unary(const float* __restrict__ probs, int N, int C, int V, float* __restrict__ t0, float* __restrict__ Q) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float* t = t0 + size_t(n) * V;
+    for (int c = 0; c < C; ++c) t[c] = logf(fminf(fmaxf(probs[size_t(c) * N + n], kCrfMinProb), 1.f));
+    for (int c = C; c < V; ++c) t[c] = Q[size_t(n) * V + c] = 0.f;
+    crf_softmax_pixel(t, C, Q + size_t(n) * V, 1);
+}
+
+// One thread per pixel n; grid ceil(N / 256). Q[n] = softmax(t[n]) (lanes past C written 0), or, when
+// `out` is given, the same probabilities written planar to out[c][n] instead (the last iteration).
+__global__ void __launch_bounds__(kCrfThreads)
+crf_softmax(const float* __restrict__ t, int N, int C, int V, float* __restrict__ Q, float* __restrict__ out) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    if (out) {
+        crf_softmax_pixel(t + size_t(n) * V, C, out + n, N);
+        return;
+    }
+    for (int c = C; c < V; ++c) Q[size_t(n) * V + c] = 0.f;
+    crf_softmax_pixel(t + size_t(n) * V, C, Q + size_t(n) * V, 1);
+}
+
+// ---------------------------------------------------------------- naive rung
+
+// One thread per pixel n; grid ceil(N / 256). f[n] = the pixel's D features.
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_naive_features(const unsigned char* __restrict__ img, int N, int W, float sxy, float srgb,
+                   float* __restrict__ f) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float g[D];
+    crf_features<D>(img, n, W, sxy, srgb, g);
+#pragma unroll
+    for (int i = 0; i < D; ++i) f[size_t(n) * D + i] = g[i];
+}
+
+template <int D>
+__device__ __forceinline__ float crf_gaussian(const float (&fi)[D], const float* __restrict__ fj) {
+    float d2 = 0.f;
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+        const float diff = fi[i] - fj[i];
+        d2 += diff * diff;
+    }
+    return expf(-0.5f * d2);
+}
+
+// One thread per pixel i; grid ceil(N / 256). norm[i] = 1 / sqrt(sum_j k(f_i, f_j)), j over every pixel
+// (i itself included, as in the lattice's normaliser). Every thread of a warp reads the same f_j.
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_naive_norm(const float* __restrict__ f, int N, float* __restrict__ norm) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    float fi[D];
+#pragma unroll
+    for (int k = 0; k < D; ++k) fi[k] = f[size_t(i) * D + k];
+    float sum = 0.f;
+    for (int j = 0; j < N; ++j) sum += crf_gaussian<D>(fi, f + size_t(j) * D);
+    norm[i] = 1.f / sqrtf(sum);
+}
+
+// One thread per (pixel i, class c), c fastest; grid ceil(N*C / 256). The symmetric-normalised message
+// m = norm_i * sum_j k(f_i, f_j) * norm_j * Q[j][c], applied through the Potts weight as the lattice rung
+// applies it: t_out = t_in - (-w) * m. The threads of a warp share one or two pixels i: they read the
+// same f_j and consecutive classes of Q[j].
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_naive_message(const float* __restrict__ f, const float* __restrict__ norm, const float* __restrict__ Q, int N,
+                  int C, int V, float compat, const float* t_in, float* t_out) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= N * C) return;
+    const int i = t / C, c = t - i * C;
+    float fi[D];
+#pragma unroll
+    for (int k = 0; k < D; ++k) fi[k] = f[size_t(i) * D + k];
+    float sum = 0.f;
+    for (int j = 0; j < N; ++j) sum += crf_gaussian<D>(fi, f + size_t(j) * D) * (norm[j] * Q[size_t(j) * V + c]);
+    const size_t o = size_t(i) * V + c;
+    t_out[o] = t_in[o] - (-compat) * (sum * norm[i]);
+}
+
+// ---------------------------------------------------------------- lattice: points and keys
+
+// One thread per point n < P; grid ceil(P / 256). Writes, for r = 0..D, entry e = r*P + n: the sort key
+// of the point's remainder-r vertex, e itself (what the sort carries along), and the barycentric weight.
+// Point N (present when N % 4 != 0) is pydensecrf's padding: it elevates 4 pixels at a time, the lanes
+// past N carry the feature 0, and their vertices enter the lattice although nothing is splatted to
+// them; they take part in the blur (leaving them out moves Q by up to 5e-3). Float arithmetic in
+// pydensecrf's order; arrays are indexed with compile-time indices only, so they stay in registers.
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_lattice_points(const unsigned char* __restrict__ img, CrfLatticeShape s, float* __restrict__ bary,
+                   unsigned long long* __restrict__ keys, int* __restrict__ entries) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= s.P) return;
+    float f[D] = {};
+    if (n < s.N) crf_features<D>(img, n, s.W, s.sxy, s.srgb, f);
+
+    // Elevate onto the plane sum = 0 of R^(D+1) (E f, Adams et al. p. 5).
+    float el[D + 1];
+    float sm = 0.f;
+#pragma unroll
+    for (int j = D; j > 0; --j) {
+        const float cf = f[j - 1] * s.scale[j - 1];
+        el[j] = sm - float(j) * cf;
+        sm += cf;
+    }
+    el[0] = sm;
+
+    // The nearest remainder-0 point: coordinates (D+1) z_i, rounded half to even as pydensecrf's SSE does.
+    constexpr float kDown = 1.f / (D + 1);
+    int z[D + 1];
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i <= D; ++i) {
+        z[i] = int(rintf(el[i] * kDown));
+        sum += z[i];
+    }
+
+    // rank_i: coordinate i's place when the differences el - rem0 are sorted; then back onto the plane.
+    int rank[D + 1] = {};
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+        const float di = el[i] - float((D + 1) * z[i]);
+#pragma unroll
+        for (int j = i + 1; j <= D; ++j) {
+            if (di < el[j] - float((D + 1) * z[j])) ++rank[i];
+            else ++rank[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i <= D; ++i) {
+        rank[i] += sum;
+        if (rank[i] < 0) {
+            rank[i] += D + 1;
+            z[i] += 1;
+        } else if (rank[i] > D) {
+            rank[i] -= D + 1;
+            z[i] -= 1;
+        }
+    }
+
+    // Barycentric weights (Adams et al. p. 10). pydensecrf adds v_i to b[D - rank_i] and subtracts it from
+    // b[D - rank_i + 1]: with u[k] = the v_i of rank k, b[p] = u[D-p] - u[D-p+1] and b[0] = u[D] + (1 - u[0]),
+    // the same roundings. u is filled by selects, so that no register array is indexed at run time.
+    float u[D + 1] = {};
+#pragma unroll
+    for (int i = 0; i <= D; ++i) {
+        const float v = (el[i] - float((D + 1) * z[i])) * kDown;
+#pragma unroll
+        for (int k = 0; k <= D; ++k) u[k] = rank[i] == k ? v : u[k];
+    }
+    float b[D + 1];
+    b[0] = u[D] + (1.f - u[0]);
+#pragma unroll
+    for (int p = 1; p <= D; ++p) b[p] = u[D - p] - u[D - p + 1];
+
+    // Vertex r of the simplex: key_i = rem0_i + r, or + r - (D+1) where rank_i > D - r, so q_i = z_i or z_i - 1.
+#pragma unroll
+    for (int r = 0; r <= D; ++r) {
+        unsigned long long key = (unsigned long long)r;
+#pragma unroll
+        for (int i = 0; i < D; ++i) {
+            const int q = z[i] - (rank[i] > D - r ? 1 : 0);
+            key |= (unsigned long long)(q - s.layout.qmin[i]) << s.layout.shift[i];
+        }
+        const int e = r * s.P + n;
+        keys[e] = key;
+        entries[e] = e;
+        bary[e] = b[r];
+    }
+}
+
+// ---------------------------------------------------------------- lattice: stable radix sort
+
+constexpr int kSortRadixBits = 4;  // 16 digits a pass: each thread's counts fit two 64-bit registers
+constexpr int kSortDigits = 1 << kSortRadixBits;
+constexpr int kSortItems = 32;     // consecutive keys per thread (at most 255: 8-bit counters)
+
+// A thread's 16 digit counters, 8 bits each, in two registers (no indexed local array).
+struct CrfDigitCounts {
+    unsigned long long lo = 0, hi = 0;
+
+    __device__ __forceinline__ int get(int digit) const {
+        return int(((digit < 8 ? lo : hi) >> ((digit & 7) * 8)) & 0xffu);
+    }
+    // The count before this key, then one more.
+    __device__ __forceinline__ int bump(int digit) {
+        const int before = get(digit);
+        const unsigned long long one = 1ull << ((digit & 7) * 8);
+        if (digit < 8) lo += one;
+        else hi += one;
+        return before;
+    }
+};
+
+// One thread per chunk t of kSortItems consecutive keys; grid ceil(chunks / 256). counts[digit*chunks + t]
+// = how many keys of chunk t have `digit` in bits [shift, shift + 4). Digit-major, so that the exclusive
+// scan of counts is, for each (digit, chunk), where that chunk's first key of that digit goes.
+__global__ void __launch_bounds__(kCrfThreads)
+crf_sort_count(const unsigned long long* __restrict__ keys, int n, int shift, int chunks, int* __restrict__ counts) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= chunks) return;
+    CrfDigitCounts c;
+    const int end = min(n, (t + 1) * kSortItems);
+    for (int i = t * kSortItems; i < end; ++i) c.bump(int(keys[i] >> shift) & (kSortDigits - 1));
+#pragma unroll
+    for (int k = 0; k < kSortDigits; ++k) counts[k * chunks + t] = c.get(k);
+}
+
+// One thread per chunk, as crf_sort_count; offsets = the exclusive scan of its counts. The thread walks
+// its chunk in order again and puts each key (and its value) at its digit's offset plus the number of
+// keys before it in the chunk with the same digit: equal digits keep their order (a stable pass).
+__global__ void __launch_bounds__(kCrfThreads)
+crf_sort_scatter(const unsigned long long* __restrict__ keys_in, const int* __restrict__ vals_in, int n, int shift,
+                 int chunks, const int* __restrict__ offsets, unsigned long long* __restrict__ keys_out,
+                 int* __restrict__ vals_out) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= chunks) return;
+    CrfDigitCounts c;
+    const int end = min(n, (t + 1) * kSortItems);
+    for (int i = t * kSortItems; i < end; ++i) {
+        const unsigned long long key = keys_in[i];
+        const int digit = int(key >> shift) & (kSortDigits - 1);
+        const int dst = offsets[digit * chunks + t] + c.bump(digit);
+        keys_out[dst] = key;
+        vals_out[dst] = vals_in[i];
+    }
+}
+
+// ---------------------------------------------------------------- exclusive prefix sum
+
+// A scan of n ints in three kinds of launches (see crf.cu, crf_scan): each thread sums one run of
+// kScanItems consecutive ints (crf_scan_runs), the run sums are scanned (recursively, until they fit one
+// block: crf_scan_block), and each thread rewrites its run from its run's offset (crf_scan_runs_apply).
+// Two of the three never synchronise, so the emulator runs them as plain loops.
+constexpr int kScanItems = 16;                        // consecutive ints per thread
+constexpr int kScanTile = kCrfThreads * kScanItems;  // what one block scans
+
+// One thread per run t of kScanItems ints; grid ceil(runs / 256). sums[t] = the run's sum.
+__global__ void __launch_bounds__(kCrfThreads) crf_scan_runs(const int* __restrict__ data, int n, int* __restrict__ sums) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const long long begin = (long long)t * kScanItems;
+    if (begin >= n) return;
+    const int end = int(min((long long)n, begin + kScanItems));
+    int s = 0;
+    for (int i = int(begin); i < end; ++i) s += data[i];
+    sums[t] = s;
+}
+
+// One thread per run, as crf_scan_runs; offsets = the exclusive scan of the run sums. data becomes its
+// exclusive scan.
+__global__ void __launch_bounds__(kCrfThreads)
+crf_scan_runs_apply(int* __restrict__ data, int n, const int* __restrict__ offsets) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const long long begin = (long long)t * kScanItems;
+    if (begin >= n) return;
+    const int end = int(min((long long)n, begin + kScanItems));
+    int run = offsets[t];
+    for (int i = int(begin); i < end; ++i) {
+        const int v = data[i];
+        data[i] = run;
+        run += v;
+    }
+}
+
+// One block of kCrfThreads for n <= kScanTile ints: thread k scans ints [k*kScanItems, (k+1)*kScanItems);
+// a shuffle scan within each warp and the 8 warp sums add the runs before it. *total (when given) = the
+// sum of all n.
+__global__ void __launch_bounds__(kCrfThreads) crf_scan_block(int* data, int n, int* total) {
+    __shared__ int warp_sums[kCrfThreads / kWarpSize];
+    const int begin = threadIdx.x * kScanItems, end = min(n, begin + kScanItems);
+    int own = 0;
+    for (int i = begin; i < end; ++i) own += data[i];
+    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    int inclusive = own;
+#pragma unroll
+    for (int offset = 1; offset < kWarpSize; offset *= 2) {
+        const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += up;
+    }
+    if (lane == kWarpSize - 1) warp_sums[warp] = inclusive;
+    __syncthreads();
+    int run = inclusive - own, sum = 0;
+#pragma unroll
+    for (int w = 0; w < kCrfThreads / kWarpSize; ++w) {
+        run += w < warp ? warp_sums[w] : 0;
+        sum += warp_sums[w];
+    }
+    for (int i = begin; i < end; ++i) {
+        const int v = data[i];
+        data[i] = run;
+        run += v;
+    }
+    if (total && threadIdx.x == 0) *total = sum;
+}
+
+// ---------------------------------------------------------------- lattice: vertices and neighbours
+
+// One thread per sorted entry i; grid ceil(n / 256). flags[i] = 1 where a vertex starts (a new key).
+__global__ void __launch_bounds__(kCrfThreads)
+crf_vertex_flags(const unsigned long long* __restrict__ keys, int n, int* __restrict__ flags) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) flags[i] = i == 0 || keys[i] != keys[i - 1];
+}
+
+// One thread per sorted entry i; grid ceil(n / 256). `first` is the exclusive scan of the flags, so the
+// entry's vertex is id = first[i] + flag - 1: vertices are numbered in key order. Writes the vertex of
+// entry e = r*P + pixel for the slice; per sorted entry the pixel (-1 for the padding point) and the
+// weight the splat reads; per vertex its key and where its entries start (vertex_start[M] = n).
+__global__ void __launch_bounds__(kCrfThreads)
+crf_lattice_tables(const unsigned long long* __restrict__ keys, const int* __restrict__ entries,
+                   const int* __restrict__ first, int n, int N, int P, int rem_bits, const float* __restrict__ bary,
+                   int* __restrict__ vertex_start, unsigned long long* __restrict__ vertex_keys,
+                   int* __restrict__ vertex_of, int* __restrict__ splat_pixel, float* __restrict__ splat_weight) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned long long key = keys[i];
+    const bool starts = i == 0 || key != keys[i - 1];
+    const int id = first[i] + starts - 1;
+    const int e = entries[i];
+    const int pixel = e - int(key & ((1ull << rem_bits) - 1)) * P;  // e = r*P + pixel, r from the key
+    vertex_of[e] = id;
+    splat_pixel[i] = pixel < N ? pixel : -1;
+    splat_weight[i] = bary[e];
+    if (starts) {
+        vertex_start[id] = i;
+        vertex_keys[id] = key;
+    }
+    if (i == n - 1) vertex_start[id + 1] = n;
+}
+
+// The id of the vertex with `key` among the M sorted vertex keys, or M when there is none.
+__device__ __forceinline__ int crf_find_vertex(const unsigned long long* __restrict__ vertex_keys, int M,
+                                               unsigned long long key) {
+    int lo = 0, hi = M;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (vertex_keys[mid] < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < M && vertex_keys[lo] == key ? lo : M;
+}
+
+// One thread per (axis j, vertex v), v fastest; grid ceil((D+1)*M / 256). neighbours[j*M + v] = the
+// vertices one step either way along lattice axis j, M where absent (the blur's zero row). In stored
+// coordinates, neighbour 1 is key - 1 on every coordinate but j, which moves by +D (every one moves by -1
+// for the implied axis j = D); neighbour 2 the opposite. On key_i = (D+1) q_i + r that is: r steps by -1
+// (borrowing 1 from every q_i when r = 0) and q_j by +1; and the mirror image for neighbour 2.
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_lattice_neighbours(const unsigned long long* __restrict__ vertex_keys, int M, CrfKeyLayout layout,
+                       int2* __restrict__ neighbours) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (D + 1) * M) return;
+    const int j = t / M, v = t - j * M;
+    const unsigned long long key = vertex_keys[v];
+    const int r = int(key & ((1ull << layout.rem_bits) - 1));
+    const int borrow = r == 0, carry = r == D;
+    unsigned long long k1 = (unsigned long long)(borrow ? D : r - 1);
+    unsigned long long k2 = (unsigned long long)(carry ? 0 : r + 1);
+    bool in1 = true, in2 = true;
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+        const long long mask = (1ll << layout.bits[i]) - 1;
+        const long long q = (long long)((key >> layout.shift[i]) & (unsigned long long)mask);  // q_i - qmin_i
+        const long long q1 = q - borrow + (i == j), q2 = q + carry - (i == j);
+        in1 = in1 && q1 >= 0 && q1 <= mask;  // off the packed range: no vertex of this image is there
+        in2 = in2 && q2 >= 0 && q2 <= mask;
+        k1 |= (unsigned long long)(q1 & mask) << layout.shift[i];
+        k2 |= (unsigned long long)(q2 & mask) << layout.shift[i];
+    }
+    neighbours[t] = make_int2(in1 ? crf_find_vertex(vertex_keys, M, k1) : M,
+                              in2 ? crf_find_vertex(vertex_keys, M, k2) : M);
+}
+
+// ---------------------------------------------------------------- lattice: splat, blur, slice
+
+// One thread per (vertex v, group g of kLanes channels), g fastest; grid ceil((M+1) * V/kLanes / 256).
+// values[v] = sum over the vertex's entries, in sorted order (which is pixel order), of
+// weight * (x[pixel] * scale[pixel]) — pydensecrf's splat of norm . Q (scale null: x as it is). Row M,
+// the zero the blur reads for a missing neighbour, is written 0. Consecutive threads read consecutive
+// float4s of one pixel's row.
+template <int kLanes>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, const int* __restrict__ vertex_start,
+          const int* __restrict__ splat_pixel, const float* __restrict__ splat_weight, int M,
+          float* __restrict__ values) {
+    const int groups = V / kLanes;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (M + 1) * groups) return;
+    const int v = t / groups, g = t - v * groups;
+    CrfLanes<kLanes> acc = {};
+    if (v < M) {
+        const int end = vertex_start[v + 1];
+        for (int i = vertex_start[v]; i < end; ++i) {
+            const int p = splat_pixel[i];
+            if (p < 0) continue;  // the padding point: in the lattice, never splatted
+            const float w = splat_weight[i];
+            const float s = scale ? scale[p] : 1.f;
+            const CrfLanes<kLanes> in = crf_load<kLanes>(x + size_t(p) * V + g * kLanes);
+#pragma unroll
+            for (int l = 0; l < kLanes; ++l) acc.v[l] += w * (in.v[l] * s);
+        }
+    }
+    crf_store<kLanes>(values + size_t(v) * V + g * kLanes, acc);
+}
+
+// One thread per (vertex v <= M, group g), as crf_splat. One Jacobi step along one axis:
+// out[v] = in[v] + (in[n1] + in[n2]) / 2, the neighbours from crf_lattice_neighbours; row M stays 0.
+// kDouble: pydensecrf's scalar routine (V <= 2) adds in double: float(double(in) + 0.5 * float(n1 + n2)).
+template <int kLanes, bool kDouble>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_blur(const float* __restrict__ in, const int2* __restrict__ neighbours, int M, int V, float* __restrict__ out) {
+    const int groups = V / kLanes;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (M + 1) * groups) return;
+    const int v = t / groups, g = t - v * groups;
+    CrfLanes<kLanes> r = {};
+    if (v < M) {
+        const int2 nb = neighbours[v];
+        const CrfLanes<kLanes> a = crf_load<kLanes>(in + size_t(v) * V + g * kLanes);
+        const CrfLanes<kLanes> b1 = crf_load<kLanes>(in + size_t(nb.x) * V + g * kLanes);
+        const CrfLanes<kLanes> b2 = crf_load<kLanes>(in + size_t(nb.y) * V + g * kLanes);
+#pragma unroll
+        for (int l = 0; l < kLanes; ++l) {
+            const float pair = b1.v[l] + b2.v[l];
+            r.v[l] = kDouble ? float(double(a.v[l]) + 0.5 * double(pair)) : a.v[l] + 0.5f * pair;
+        }
+    }
+    crf_store<kLanes>(out + size_t(v) * V + g * kLanes, r);
+}
+
+// Pixel n's sliced value for one group: sum over r = 0..D of its weight b_r times alpha times the value of
+// its vertex r, alpha = 1 / (1 + 2^-D). pydensecrf's vector routine multiplies (b_r alpha) * value; its
+// scalar one (kSeq, V <= 2) (b_r value) alpha.
+template <int D, int kLanes, bool kSeq>
+__device__ __forceinline__ CrfLanes<kLanes> crf_slice_pixel(const float* __restrict__ values,
+                                                            const int* __restrict__ vertex_of,
+                                                            const float* __restrict__ bary, int n, int P, int V,
+                                                            int g) {
+    constexpr float kAlpha = 1.f / (1.f + 1.f / float(1 << D));
+    CrfLanes<kLanes> acc = {};
+#pragma unroll
+    for (int r = 0; r <= D; ++r) {
+        const int e = r * P + n;
+        const float b = bary[e];
+        const CrfLanes<kLanes> val = crf_load<kLanes>(values + size_t(vertex_of[e]) * V + g * kLanes);
+#pragma unroll
+        for (int l = 0; l < kLanes; ++l) acc.v[l] += kSeq ? (b * val.v[l]) * kAlpha : (b * kAlpha) * val.v[l];
+    }
+    return acc;
+}
+
+// One thread per pixel n; grid ceil(N / 256). The normaliser from the filtered ones (V = 1, pydensecrf's
+// scalar routine): norm[n] = float(1 / sqrt(double(K 1) + 1e-20)), NORMALIZE_SYMMETRIC.
+template <int D>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_slice_norm(const float* __restrict__ values, const int* __restrict__ vertex_of, const float* __restrict__ bary,
+               int N, int P, float* __restrict__ norm) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float k1 = crf_slice_pixel<D, 1, true>(values, vertex_of, bary, n, P, 1, 0).v[0];
+    norm[n] = float(1.0 / sqrt(double(k1) + 1e-20));
+}
+
+// One thread per (pixel n, group g), g fastest; grid ceil(N * V/kLanes / 256). The message of one term,
+// m = norm . K (norm . Q), through the Potts compatibility as pydensecrf applies it:
+// t_out = t_in - (-w) * (slice * norm[n]). t_out may be t_in.
+template <int D, int kLanes, bool kSeq>
+__global__ void __launch_bounds__(kCrfThreads)
+crf_slice_message(const float* __restrict__ values, const int* __restrict__ vertex_of, const float* __restrict__ bary,
+                  int N, int P, int V, const float* __restrict__ norm, float compat, const float* t_in, float* t_out) {
+    const int groups = V / kLanes;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= N * groups) return;
+    const int n = t / groups, g = t - n * groups;
+    const CrfLanes<kLanes> acc = crf_slice_pixel<D, kLanes, kSeq>(values, vertex_of, bary, n, P, V, g);
+    const size_t o = size_t(n) * V + g * kLanes;
+    CrfLanes<kLanes> r = crf_load<kLanes>(t_in + o);
+#pragma unroll
+    for (int l = 0; l < kLanes; ++l) r.v[l] = r.v[l] - (-compat) * (acc.v[l] * norm[n]);
+    crf_store<kLanes>(t_out + o, r);
+}
+
+}  // namespace fcn
