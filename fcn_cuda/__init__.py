@@ -10,6 +10,7 @@ from .bilinear import bilinear_weights
 from . import ops
 from .model import FCN
 from .weights import load_model, read_caffemodel
+from .crf import dense_crf
 from .inference import infer
 from .engine import loss_and_grads
 from .training import TrainConfig, evaluate
@@ -29,6 +30,7 @@ __all__ = [
     "load_model",
     "read_caffemodel",
     "infer",
+    "dense_crf",
     "loss_and_grads",
     "train",
     "evaluate",

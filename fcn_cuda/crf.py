@@ -37,6 +37,7 @@ DEEPLAB_VOC = dict(iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0, bilater
 SHAPES = dict(iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=20.0, bilateral_srgb=10.0,
               bilateral_compat=5.0)
 PARAMETERS = tuple(PYDENSECRF_README)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
@@ -79,9 +80,7 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
                                         ("bilateral", 5, bilateral_sxy, bilateral_srgb, bilateral_compat)):
         sxy = _width(sxy, f"{name}_sxy")
         srgb = _width(srgb, f"{name}_srgb")
-        compat = np.float32(_real(compat, f"{name}_compat"))
-        if not np.isfinite(compat):
-            raise ValueError(f"{name}_compat = {compat} is beyond float32's range")
+        compat = _float32(compat, f"{name}_compat")
         if compat != 0:
             terms.append((name, d, sxy, srgb, compat))
 
@@ -108,15 +107,22 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
     return _mean_field(be, probs, filters, iterations, v)
 
 
-def _width(v, name):
-    """A Gaussian's width: a positive real number, finite as float32 (the kernels divide by it in float)."""
+def _float32(v, name):
+    """A real number as the float32 the kernels take."""
     v = _real(v, name)
-    if not v > 0:
+    if abs(v) > _FLOAT32_MAX:
+        raise ValueError(f"{name} = {v:g} is beyond float32's range")
+    return float(np.float32(v))
+
+
+def _width(v, name):
+    """A Gaussian's width: > 0, and not 0 as a float32 (the kernels divide by it in float)."""
+    if not _real(v, name) > 0:
         raise ValueError(f"{name} must be > 0, got {v}")
-    f = np.float32(v)
-    if not (np.isfinite(f) and f > 0):
-        raise ValueError(f"{name} = {v} is beyond float32's range")
-    return float(f)
+    f = _float32(v, name)
+    if f == 0:
+        raise ValueError(f"{name} = {v:g} is beyond float32's range")
+    return f
 
 
 def _mean_field(be, probs, filters, iterations, v):

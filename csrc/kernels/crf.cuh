@@ -82,6 +82,20 @@ __device__ __forceinline__ void crf_features(const unsigned char* __restrict__ i
     }
 }
 
+// a * b rounded on its own. pydensecrf's SSE2 code rounds every product before adding it; nvcc (and g++
+// with FMA) would fuse a * b + c into one rounding, and the sums would drift from pydensecrf's by an ulp
+// at a time. nvcc never fuses __fmul_rn; the emulator has no __fmul_rn, so there the product passes
+// through an empty asm that g++ cannot see into.
+__device__ __forceinline__ float crf_mul(float a, float b) {
+#if defined(FCN_EMU)
+    float p = a * b;
+    asm("" : "+x"(p));
+    return p;
+#else
+    return __fmul_rn(a, b);
+#endif
+}
+
 // kLanes consecutive floats: a float4 (16-byte aligned: V is a multiple of 4) or one float.
 template <int kLanes>
 struct CrfLanes {
@@ -232,8 +246,8 @@ crf_lattice_points(const unsigned char* __restrict__ img, CrfLatticeShape s, flo
     float sm = 0.f;
 #pragma unroll
     for (int j = D; j > 0; --j) {
-        const float cf = f[j - 1] * s.scale[j - 1];
-        el[j] = sm - float(j) * cf;
+        const float cf = crf_mul(f[j - 1], s.scale[j - 1]);
+        el[j] = sm - crf_mul(float(j), cf);
         sm += cf;
     }
     el[0] = sm;
@@ -277,7 +291,7 @@ crf_lattice_points(const unsigned char* __restrict__ img, CrfLatticeShape s, flo
     float u[D + 1] = {};
 #pragma unroll
     for (int i = 0; i <= D; ++i) {
-        const float v = (el[i] - float((D + 1) * z[i])) * kDown;
+        const float v = crf_mul(el[i] - float((D + 1) * z[i]), kDown);
 #pragma unroll
         for (int k = 0; k <= D; ++k) u[k] = rank[i] == k ? v : u[k];
     }
@@ -531,7 +545,7 @@ crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, c
             const float s = scale ? scale[p] : 1.f;
             const CrfLanes<kLanes> in = crf_load<kLanes>(x + size_t(p) * V + g * kLanes);
 #pragma unroll
-            for (int l = 0; l < kLanes; ++l) acc.v[l] += w * (in.v[l] * s);
+            for (int l = 0; l < kLanes; ++l) acc.v[l] += crf_mul(w, in.v[l] * s);
         }
     }
     crf_store<kLanes>(values + size_t(v) * V + g * kLanes, acc);
@@ -578,7 +592,8 @@ __device__ __forceinline__ CrfLanes<kLanes> crf_slice_pixel(const float* __restr
         const float b = bary[e];
         const CrfLanes<kLanes> val = crf_load<kLanes>(values + size_t(vertex_of[e]) * V + g * kLanes);
 #pragma unroll
-        for (int l = 0; l < kLanes; ++l) acc.v[l] += kSeq ? (b * val.v[l]) * kAlpha : (b * kAlpha) * val.v[l];
+        for (int l = 0; l < kLanes; ++l)
+            acc.v[l] += kSeq ? crf_mul(b * val.v[l], kAlpha) : crf_mul(b * kAlpha, val.v[l]);
     }
     return acc;
 }
@@ -610,7 +625,7 @@ crf_slice_message(const float* __restrict__ values, const int* __restrict__ vert
     const size_t o = size_t(n) * V + g * kLanes;
     CrfLanes<kLanes> r = crf_load<kLanes>(t_in + o);
 #pragma unroll
-    for (int l = 0; l < kLanes; ++l) r.v[l] = r.v[l] - (-compat) * (acc.v[l] * norm[n]);
+    for (int l = 0; l < kLanes; ++l) r.v[l] = r.v[l] - crf_mul(-compat, acc.v[l] * norm[n]);
     crf_store<kLanes>(t_out + o, r);
 }
 
