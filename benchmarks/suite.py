@@ -35,6 +35,15 @@ QUARTER_WIDTHS = ((16, 16), (32, 32), (64, 64, 64), (128, 128, 128), (128, 128, 
 TINY_WIDTHS = ((4, 4), (8, 8), (8, 8, 8), (16, 16, 16), (16, 16, 16))
 
 
+# (H, W, classes, iterations, variants): pydensecrf's README parameters. 160x160 is the bundled model's
+# input; 120x160 with 21 classes the emulator's target (issue 18: within 3x of pydensecrf); 375x500 (a
+# 500 x 375 VOC image) with 21 classes and 10 iterations the GPU's (at least 50x pydensecrf); the naive
+# rung is O((H*W)^2), so it has a small image of its own, beside the lattice.
+CRF_CASES = ((160, 160, 4, 5, ("lattice",)), (120, 160, 21, 5, ("lattice",)), (375, 500, 21, 10, ("lattice",)),
+             (30, 40, 4, 5, ("naive", "lattice")))
+QUICK_CRF_CASES = ((48, 64, 4, 5, ("lattice",)), (16, 20, 3, 2, ("naive", "lattice")))
+
+
 @dataclass(frozen=True)
 class Config:
     """What one run measures: the input shapes (batch, height, width), the
@@ -52,6 +61,7 @@ class Config:
     budget_s: Optional[float] = None  # host: stop repeating a side after this many seconds (>= 3 runs)
     peak_sizes: tuple = (1 << 28, 8192)  # copy elements per buffer, matmul size
     compile: bool = True      # also time torch.compile's FCN-8s end to end
+    crf: tuple = CRF_CASES    # dense_crf rows: (H, W, classes, iterations, variants)
 
 
 def config_for(backend, quick):
@@ -59,14 +69,15 @@ def config_for(backend, quick):
         if quick:
             return Config("gpu-quick", ((1, 128, 128), (2, 128, 128)), QUARTER_WIDTHS, 256,
                           "GPU quick check: quarter-width FCN-8s at 128x128 (not the reference input)",
-                          repeats=20, warmup=3, peak_sizes=(1 << 26, 4096))
+                          repeats=20, warmup=3, peak_sizes=(1 << 26, 4096), crf=QUICK_CRF_CASES)
         return Config("gpu-full", ((1, 500, 500), (8, 512, 512)), VGG16_BLOCKS, 4096,
                       "full-width FCN-8s (VGG16, fc 4096, 21 classes), batch 1 at 500x500 and batch 8 at 512x512",
                       repeats=25, warmup=3)
     if quick:
         return Config("host-quick", ((1, 48, 48), (2, 32, 32)), TINY_WIDTHS, 32,
                       "host emulation, quick: tiny-width FCN-8s (4..16 channels, fc 32) at 48x48 and 2 x 32x32",
-                      repeats=3, warmup=1, sets=1, budget_s=0.3, peak_sizes=(1 << 22, 1024), compile=False)
+                      repeats=3, warmup=1, sets=1, budget_s=0.3, peak_sizes=(1 << 22, 1024), compile=False,
+                      crf=QUICK_CRF_CASES)
     return Config("host-default", ((1, 128, 128), (2, 96, 96)), QUARTER_WIDTHS, 256,
                   "host emulation: the full-width 500x500 model is far too slow to emulate, so a quarter-width "
                   "FCN-8s (16..128 channels, fc 256) at 128x128 and 2 x 96x96",
@@ -96,6 +107,7 @@ class Case:
     flops: Optional[float] = None
     bytes: Optional[float] = None
     note: str = ""
+    ref_on_host: bool = False  # the reference is CPU code (pydensecrf): timed on the host clock on any backend
 
     @property
     def ours_key(self):
@@ -199,10 +211,10 @@ class Context:
             return time_device(self.ours_clock, fns, c.warmup, c.repeats)
         return time_host(fns, c.warmup, c.repeats, c.budget_s)
 
-    def time_ref(self, fns, precision):
+    def time_ref(self, fns, precision, on_host=False):
         c = self.cfg
         with self.ref_mode(precision):
-            if self.gpu:
+            if self.gpu and not on_host:
                 return time_device(self.ref_clock, fns, c.warmup, c.repeats)
             return time_host(fns, c.warmup, c.repeats, c.budget_s)
 
@@ -774,6 +786,63 @@ def case_groups(ctx, shape):
     yield lambda: dispatch_cases(ctx, tag, n, h, w, layers)
 
 
+# ------------------------------------------------------------------ dense CRF
+def crf_input(rng, h, w, classes):
+    """(img, probs): a synthetic shapes image and class probabilities like a model's: softmax of 3 on the
+    true class plus smooth noise of scale 1."""
+    import torch
+
+    from fcn_cuda.data import SyntheticShapes
+
+    img, labels = SyntheticShapes(1, (h, w), seed=int(rng.integers(1 << 30)))[0]
+    coarse = torch.from_numpy(rng.standard_normal((1, classes, h // 8 + 2, w // 8 + 2)))
+    logits = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)[0].numpy()
+    logits[labels % classes, np.arange(h)[:, None], np.arange(w)] += 3.0
+    p = np.exp(logits - logits.max(0))
+    return np.ascontiguousarray(img), np.ascontiguousarray((p / p.sum(0)).astype(np.float32))
+
+
+def crf_cases(ctx):
+    """fcn_cuda.dense_crf against pydensecrf (pydensecrf2, one CPU core, its README parameters) on the
+    same input, pydensecrf timed on the host clock whatever the backend."""
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError:
+        for h, w, c, it, variants in ctx.cfg.crf:
+            for v in variants:
+                ctx.skip(row_name(f"{h}x{w}x{c}cls", f"dense_crf-{it}it", v, "pydensecrf"),
+                         "pydensecrf2 is not installed (pip install -e '.[test]')")
+        return []
+
+    def reference(img, probs, it):
+        c, h, w = probs.shape
+        d = dcrf.DenseCRF2D(w, h, c)
+        d.setUnaryEnergy(unary_from_softmax(probs))
+        d.addPairwiseGaussian(sxy=3, compat=3)
+        d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=img, compat=10)
+        return np.array(d.inference(it)).reshape(c, h, w)
+
+    cases = []
+    for h, w, c, it, variants in ctx.cfg.crf:
+        tag, layer = f"{h}x{w}x{c}cls", f"dense_crf-{it}it"
+        names = [row_name(tag, layer, v, "pydensecrf") for v in variants]
+        if not any(map(ctx.wants, names)):
+            continue
+        inputs = [crf_input(ctx.rng, h, w, c) for _ in range(ctx.cfg.sets)]
+        ref_fns = [lambda img=img, p=p, it=it: reference(img, p, it) for img, p in inputs]
+        dev = [(ctx.be.xp.asarray(img), ctx.be.xp.asarray(p)) for img, p in inputs]
+        for v, name in zip(variants, names):
+            cases.append(Case(name, "kernel", "crf", tag, layer, v, "pydensecrf", f"{h}x{w} RGB, {c} classes, "
+                              f"{it} iterations, pydensecrf's README parameters",
+                              [lambda img=img, p=p, it=it, v=v: fcn_cuda.dense_crf(img, p, it, variant=v)
+                               for img, p in dev],
+                              ref_fns, "fp32", None, float(h * w * (3 + 8 * c)),
+                              "pydensecrf2 on one CPU core; bytes: img, probs and Q once (a floor, not the "
+                              "lattice's traffic); rel_l2 of Q", ref_on_host=True))
+    return cases
+
+
 # ------------------------------------------------------------------ comparing
 def compare(ours, ref):
     """{'rel_l2': ..} for float outputs, {'label_mismatch': ..} for labels; tuples compared part by part."""
@@ -831,7 +900,7 @@ def run_group(ctx, cases, peaks, rows):
                 t_ours = ctx.time_ours(case.ours_fns)
                 ours_cache[case.ours_key] = (t_ours, ctx.ours_numpy(case.ours_fns[0]()))
             if case.ref_key not in ref_cache:
-                t_ref = ctx.time_ref(case.ref_fns, case.ref_precision)
+                t_ref = ctx.time_ref(case.ref_fns, case.ref_precision, case.ref_on_host)
                 with ctx.ref_mode(case.ref_precision):
                     ref_out = ctx.ref_numpy(case.ref_fns[0]())
                 ref_cache[case.ref_key] = (t_ref, ref_out)
@@ -872,4 +941,8 @@ def run(ctx):
                 run_group(ctx, cases, peaks, rows)
             del cases
             ctx.free()
+    cases = crf_cases(ctx)
+    if cases:
+        ctx.log("dense CRF (H x W x classes)")
+        run_group(ctx, cases, peaks, rows)
     return peaks, rows

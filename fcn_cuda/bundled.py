@@ -1,8 +1,10 @@
 """The bundled default model: how it is trained, scored and shipped.
 
     python -m fcn_cuda.bundled train --out runs/shapes      # resumable; --backend cuda on a GPU
-    python -m fcn_cuda.bundled score runs/shapes/final.safetensors
+    python -m fcn_cuda.bundled score runs/shapes/final.safetensors [--crf]
     python -m fcn_cuda.bundled ship runs/shapes/final.safetensors
+    python -m fcn_cuda.bundled tune-crf          # the dense CRF's parameters, on the validation set
+    python -m fcn_cuda.bundled picture           # the README picture, from the shipped model
 
 `train` runs RECIPE with fcn_cuda's own engine (no PyTorch anywhere): a
 reduced-width FCN-8s on the synthetic shapes set. `score` gives the four
@@ -109,15 +111,69 @@ def held_out(count=HELD_OUT_COUNT, size=RECIPE["size"]):
     return SyntheticShapes(count, size, seed=HELD_OUT_SEED)
 
 
-def score(weights, count=HELD_OUT_COUNT, progress=True):
-    """The four reference scores of `weights` (a file, or a loaded FCN) on the held-out synthetic set."""
+def score(weights, count=HELD_OUT_COUNT, progress=True, crf=None):
+    """The four reference scores of `weights` (a file, or a loaded FCN) on the held-out synthetic set;
+    crf as fcn_cuda.infer's (True: the labels of the dense CRF with fcn_cuda.crf.SHAPES)."""
     import fcn_cuda
 
     from ._progress import Progress
 
     model = weights if isinstance(weights, fcn_cuda.FCN) else fcn_cuda.load_model(weights)
     data = held_out(count)
-    return fcn_cuda.evaluate(model, data, progress=Progress(len(data), "score") if progress else None)
+    return fcn_cuda.evaluate(model, data, progress=Progress(len(data), "score") if progress else None, crf=crf)
+
+
+def validation(count=RECIPE["val_count"], size=RECIPE["size"]):
+    """The recipe's validation set (what training validates on): the set the CRF's parameters are tuned on."""
+    from .data import SyntheticShapes
+
+    return SyntheticShapes(count, size, seed=RECIPE["seed"] + 1_000_003)
+
+
+# The dense CRF parameters tune_crf tries for the bundled model (the others as pydensecrf's README).
+CRF_GRID = dict(iterations=(5, 10), bilateral_sxy=(10.0, 20.0, 40.0, 80.0), bilateral_srgb=(5.0, 10.0, 20.0),
+                bilateral_compat=(5.0, 10.0))
+
+
+def tune_crf(weights=DEFAULT_WEIGHTS, grid=CRF_GRID, count=RECIPE["val_count"], progress=True):
+    """Validation mean IU of the dense CRF over `weights`' softmax for every combination in `grid`
+    (fcn_cuda.crf.PYDENSECRF_README's values for the rest): [(mean IU, parameters)], best first, with
+    (mean IU, None) for the model without the CRF. Never the held-out set: that one scores the winner."""
+    import itertools
+
+    import fcn_cuda
+
+    from . import metrics, ops
+    from ._backend import active
+    from ._progress import Progress
+    from .crf import PYDENSECRF_README
+
+    be = active()
+    model = weights if isinstance(weights, fcn_cuda.FCN) else fcn_cuda.load_model(weights)
+    data = validation(count)
+    images, truths, probs = [], [], []
+    for i in range(len(data)):  # the model runs once per image; the grid reuses its probabilities
+        rgb, truth = data[i]
+        images.append(be.xp.asarray(rgb))
+        truths.append(be.xp.asarray(truth.astype("int32"))[None])
+        probs.append(model.labels(ops.preprocess(images[-1]), probs=True)[1][0])
+
+    def mean_iu(labels_of):
+        hist = None
+        for i in range(len(images)):
+            hist = metrics.confusion_matrix(truths[i], labels_of(i), model.num_classes, hist)
+        return metrics.scores(hist)["mean_iu"]
+
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    bar = Progress(len(combos), "tune-crf") if progress else None
+    results = [(mean_iu(lambda i: ops.argmax(probs[i][None])), None)]
+    for combo in combos:
+        params = {**PYDENSECRF_README, **combo}
+        results.append((mean_iu(lambda i: ops.argmax(fcn_cuda.dense_crf(images[i], probs[i], **params)[None])),
+                        params))
+        if bar:
+            bar.update(1)
+    return sorted(results, key=lambda r: -r[0])
 
 
 def _commit():
@@ -136,7 +192,6 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
     import fcn_cuda
     from PIL import Image
 
-    from .colors import colorize, overlay
     from .data import SHAPE_CLASSES
     from .files import save_png
     from .weights import read, save_safetensors
@@ -155,13 +210,27 @@ def ship(weights, dest=DEFAULT_WEIGHTS, sample=SAMPLE_IMAGE, picture=README_PICT
             "classes": json.dumps(SHAPE_CLASSES)}
     save_safetensors(dest, tensors, meta)
 
-    rgb, truth = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
-    labels = fcn_cuda.infer(rgb, fcn_cuda.load_model(dest))
-    panels = {"the sample image": rgb, "fcn-cuda infer: its overlay": overlay(rgb, labels),
-              "fcn-cuda's labels": colorize(labels), "the true labels": colorize(truth)}
-    for path, img in ((sample, Image.fromarray(rgb)), (picture, _captioned(panels, SHAPE_CLASSES))):
-        save_png(path, img)
+    rgb, _ = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
+    save_png(sample, Image.fromarray(rgb))
+    draw_picture(fcn_cuda.load_model(dest), picture)
     return scores
+
+
+def draw_picture(model, picture=README_PICTURE):
+    """The README picture of `model` on the sample (held-out image SAMPLE_INDEX), written atomically:
+    the image, infer's overlay, the labels without and with the dense CRF (infer(crf=True)), the truth."""
+    import fcn_cuda
+
+    from .colors import colorize, overlay
+    from .data import SHAPE_CLASSES
+    from .weights import save_png
+
+    rgb, truth = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
+    labels = fcn_cuda.infer(rgb, model)
+    panels = {"the sample image": rgb, "fcn-cuda infer: its overlay": overlay(rgb, labels),
+              "fcn-cuda's labels": colorize(labels), "fcn-cuda + CRF": colorize(fcn_cuda.infer(rgb, model, crf=True)),
+              "the true labels": colorize(truth)}
+    save_png(picture, _captioned(panels, SHAPE_CLASSES))
 
 
 def _captioned(panels, class_names, scale=2, gap=8, line=22):
@@ -202,6 +271,13 @@ def main(argv=None):
     s = sub.add_parser("score", help="scores on the held-out synthetic set")
     s.add_argument("weights")
     s.add_argument("--count", type=int, default=HELD_OUT_COUNT)
+    s.add_argument("--crf", action="store_true",
+                   help="labels from the dense CRF (fcn_cuda.crf.SHAPES), as infer(crf=True)")
+    c = sub.add_parser("tune-crf", help="the dense CRF's validation mean IU over CRF_GRID, best first")
+    c.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS))
+    c.add_argument("--top", type=int, default=10, help="how many results to print")
+    d = sub.add_parser("picture", help="redraw the README picture from the shipped model (weights untouched)")
+    d.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS))
     p = sub.add_parser("ship", help="score, then install as the package's default model")
     p.add_argument("weights")
     p.add_argument("--trained-on", default="unknown", help="backend and device the weights were trained on")
@@ -223,8 +299,14 @@ def main(argv=None):
             if trainer.history.val:
                 print("  ".join(f"{k} {v:.4f}" for k, v in trainer.history.val[-1].items()))
         elif args.command == "score":
-            for k, v in score(args.weights, args.count).items():
+            for k, v in score(args.weights, args.count, crf=args.crf or None).items():
                 print(f"{k:>10s} {100 * v:6.2f}")
+        elif args.command == "picture":
+            draw_picture(fcn_cuda.load_model(args.weights))
+            print(f"wrote {README_PICTURE}")
+        elif args.command == "tune-crf":
+            for miu, params in tune_crf(args.weights)[:args.top]:
+                print(f"{100 * miu:6.2f}  {params if params else 'without the CRF'}")
         else:
             scores = ship(args.weights, trained_on=args.trained_on)
             print(f"shipped {DEFAULT_WEIGHTS} (mean IU {scores['mean_iu']:.4f}), {SAMPLE_IMAGE}, {README_PICTURE}")

@@ -1,9 +1,9 @@
 """The `fcn-cuda` command line.
 
-    fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda]
+    fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda] [--crf [--crf-PARAMETER V ...]]
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
         for each image (a folder: its images) and prints how many pixels each
-        class got;
+        class got; --crf refines the labels with the dense CRF;
     fcn-cuda train --data DATA --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DATA [--split S] --weights W
@@ -74,9 +74,10 @@ def cmd_infer(args):
     out_dir.mkdir(parents=True, exist_ok=True)
     total = np.zeros(model.num_classes, np.int64)
     progress = Progress(len(mine), "infer") if len(paths) > 1 and (ranks is None or ranks.rank == 0) else None
+    crf = _crf_settings(args)
     for path in mine:
         rgb = load_image(path)
-        labels = fcn_cuda.infer(rgb, model)
+        labels = fcn_cuda.infer(rgb, model, crf=crf)
         stem = Path(path).stem
         for suffix, img in (("labels", palette_image(labels)), ("overlay", Image.fromarray(overlay(rgb, labels)))):
             save_png(out_dir / f"{stem}_{suffix}.png", img)
@@ -95,6 +96,14 @@ def cmd_infer(args):
     for c in np.flatnonzero(total):
         print(f"{names[c]:>14s} {total[c]:10d} {100.0 * total[c] / pixels:6.2f}%")
     return 0
+
+
+def _crf_settings(args):
+    """infer's crf argument from --crf and the --crf-* flags (any of which turns the CRF on)."""
+    from .crf import PARAMETERS
+
+    given = {name: getattr(args, f"crf_{name}") for name in PARAMETERS if getattr(args, f"crf_{name}") is not None}
+    return given or args.crf
 
 
 def _dataset(spec, split, size, count, seed):
@@ -237,6 +246,8 @@ def cmd_convert(args):
 
 
 def build_parser():
+    from .crf import SHAPES
+
     ap = argparse.ArgumentParser(prog="fcn-cuda", description="FCN semantic segmentation from handwritten CUDA kernels")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer", help="segment images, writing label and overlay PNGs")
@@ -245,6 +256,12 @@ def build_parser():
                                      "(default: the bundled model)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--backend", choices=("host", "cuda"), help="default: cuda when a GPU is present, else host")
+    p.add_argument("--crf", action="store_true",
+                   help="refine the labels with the dense CRF (fcn_cuda.dense_crf), with the parameters tuned for "
+                        "the bundled model; each --crf-* flag sets one (and turns the CRF on)")
+    for name, value in SHAPES.items():
+        p.add_argument(f"--crf-{name.replace('_', '-')}", type=type(value),
+                       metavar="N" if name == "iterations" else "V", help=f"default {value}")
     p.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")

@@ -107,6 +107,21 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
     return _mean_field(be, probs, filters, iterations, v)
 
 
+def settings(crf):
+    """infer's `crf` argument as dense_crf keyword arguments: None for False, SHAPES for True, SHAPES with a
+    dict's values over them."""
+    if crf is False or crf is None:
+        return None
+    if crf is True:
+        return dict(SHAPES)
+    if isinstance(crf, dict):
+        unknown = sorted(set(crf) - set(PARAMETERS) - {"variant"})
+        if unknown:
+            raise TypeError(f"crf: unknown parameter(s) {unknown}; dense_crf takes {list(PARAMETERS)} and variant")
+        return {**SHAPES, **crf}
+    raise TypeError(f"crf must be True, False or a dict of dense_crf parameters, got {type(crf).__name__}")
+
+
 def _float32(v, name):
     """A real number as the float32 the kernels take."""
     v = _real(v, name)
@@ -157,7 +172,7 @@ class _Lattice:
         ext, s = be.ext, be.stream()
         h, w = img.shape[:2]
         self.be, self.d, self.n = be, d, h * w
-        # pydensecrf's padding point (csrc/kernels/crf.cuh, crf_lattice_points); tests turn it off to show it matters.
+        # pydensecrf's padding point (crf.cuh, crf_lattice_points); a test turns it off to show that it matters.
         self.p = self.n + (padding and self.n % 4 != 0)
         e = (d + 1) * self.p
         bits, _ = ext.crf_key_bits(d, h, w, sxy, srgb)
@@ -177,8 +192,8 @@ class _Lattice:
         self.vertex_of, self.splat_pixel = be.empty((e,), np.int32), be.empty((e,), np.int32)
         self.splat_weight = be.empty((e,))
         self.neighbours = be.empty((d + 1, m, 2), np.int32)
-        ext.crf_lattice_tables(d, h, w, self.p, sxy, srgb, be.ptr(keys), be.ptr(entries), be.ptr(first), m, be.ptr(bary),
-                               be.ptr(self.vertex_start), be.ptr(vertex_keys), be.ptr(self.vertex_of),
+        ext.crf_lattice_tables(d, h, w, self.p, sxy, srgb, be.ptr(keys), be.ptr(entries), be.ptr(first), m,
+                               be.ptr(bary), be.ptr(self.vertex_start), be.ptr(vertex_keys), be.ptr(self.vertex_of),
                                be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours), s)
         self.norm = be.empty((self.n,))
         ones = be.xp.ones((self.n,), np.float32)
@@ -187,8 +202,8 @@ class _Lattice:
 
     def _view(self):
         be = self.be
-        return (self.d, self.n, self.p, self.vertices, be.ptr(self.bary), be.ptr(self.vertex_of), be.ptr(self.vertex_start),
-                be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours))
+        return (self.d, self.n, self.p, self.vertices, be.ptr(self.bary), be.ptr(self.vertex_of),
+                be.ptr(self.vertex_start), be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours))
 
     def message(self, q, c, v, compat, t_in, t_out, values):
         be = self.be

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _backend, ops
+from .crf import dense_crf, settings
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "data" / "fcn8s_shapes.safetensors"
 _default_model = None
@@ -56,18 +57,35 @@ def default_model():
     return _default_model
 
 
-def infer(img, model=None, return_scores=False):
+def infer(img, model=None, return_scores=False, crf=False):
     """H x W integer label map (NumPy) for one image; with return_scores also
     the C x H x W float32 class scores. The labels are the same either way;
     without scores the last upsample and the argmax are one kernel
     (FCN.labels) and the full-resolution scores are never stored.
     model.use_bf16_weights() first runs fc6 on bf16 weights (half its weight
-    traffic, bf16 accuracy for that layer)."""
+    traffic, bf16 accuracy for that layer).
+
+    crf=True refines the labels with the fully connected CRF
+    (fcn_cuda.dense_crf) on the softmax of the scores before the argmax,
+    with the parameters tuned for the bundled model (fcn_cuda.crf.SHAPES);
+    crf=dict(...) sets some of them (dense_crf's keyword arguments, and
+    iterations), e.g. crf=fcn_cuda.crf.DEEPLAB_VOC for PASCAL VOC models.
+    The scores returned are the model's, before the CRF."""
     rgb = load_image(img)
+    params = settings(crf)
     model = model if model is not None else default_model()
     be = _backend.active()
-    x = ops.preprocess(be.xp.asarray(rgb))
-    if not return_scores:
-        return be.to_numpy(model.labels(x)[0])
-    scores = model(x)
-    return be.to_numpy(ops.argmax(scores)[0]), be.to_numpy(scores[0])
+    img_dev = be.xp.asarray(rgb)
+    x = ops.preprocess(img_dev)
+    if params is None:
+        if not return_scores:
+            return be.to_numpy(model.labels(x)[0])
+        scores = model(x)
+        return be.to_numpy(ops.argmax(scores)[0]), be.to_numpy(scores[0])
+    if return_scores:
+        scores = model(x)
+        probs = ops.softmax(scores)
+    else:
+        _, probs = model.labels(x, probs=True)
+    labels = be.to_numpy(ops.argmax(dense_crf(img_dev, probs[0], **params)[None])[0])
+    return (labels, be.to_numpy(scores[0])) if return_scores else labels

@@ -122,23 +122,32 @@ def make_batch(dataset, indices, be):
     return x, be.xp.asarray(np.stack(lbls).astype(np.int32))
 
 
-def confusion(model, dataset, indices, num_classes, progress=None):
-    """The confusion matrix (C x C uint64, on the device) of the model's predictions on dataset[i], i in indices."""
+def confusion(model, dataset, indices, num_classes, progress=None, crf=None):
+    """The confusion matrix (C x C uint64, on the device) of the model's predictions on dataset[i], i in indices.
+    crf: as fcn_cuda.infer's (True, or dense_crf parameters): the labels are the dense CRF's, on the softmax of
+    the scores."""
+    from .crf import settings
+    from .inference import infer
+
     be = _backend.active()
     hist = be.xp.zeros((num_classes, num_classes), dtype=np.uint64)
+    with_crf = settings(crf) is not None
     for i in indices:
         img, lbl = dataset[i]
-        x = ops.preprocess(be.xp.asarray(img))
-        pred = ops.argmax(model(x))
+        if with_crf:
+            pred = be.xp.asarray(infer(img, model, crf=crf))[None]
+        else:
+            pred = ops.argmax(model(ops.preprocess(be.xp.asarray(img))))
         hist = metrics.confusion_matrix(be.xp.asarray(lbl.astype(np.int32))[None], pred, num_classes, hist)
         if progress:
             progress.update(1)
     return hist
 
 
-def evaluate(model, dataset, num_classes=None, progress=None):
-    """The four reference scores over a whole dataset (one confusion matrix)."""
-    return metrics.scores(confusion(model, dataset, range(len(dataset)), num_classes or model.num_classes, progress))
+def evaluate(model, dataset, num_classes=None, progress=None, crf=None):
+    """The four reference scores over a whole dataset (one confusion matrix); crf as confusion's."""
+    return metrics.scores(confusion(model, dataset, range(len(dataset)), num_classes or model.num_classes, progress,
+                                    crf))
 
 
 class Trainer:

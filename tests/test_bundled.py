@@ -82,10 +82,12 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     expected, expected_truth = bundled.held_out(bundled.SAMPLE_INDEX + 1)[bundled.SAMPLE_INDEX]
     np.testing.assert_array_equal(rgb, expected)
     labels = fcn_cuda.infer(rgb, shipped)
+    refined = fcn_cuda.infer(rgb, shipped, crf=True)
     sheet = np.asarray(Image.open(picture).convert("RGB"))
     h, w = 2 * rgb.shape[0], 2 * rgb.shape[1]
-    assert sheet.shape == (22 + h + 22, 4 * (w + 8) - 8, 3)
-    for i, panel in enumerate((rgb, overlay(rgb, labels), colorize(labels), colorize(expected_truth))):
+    assert sheet.shape == (22 + h + 22, 5 * (w + 8) - 8, 3)
+    panels = (rgb, overlay(rgb, labels), colorize(labels), colorize(refined), colorize(expected_truth))
+    for i, panel in enumerate(panels):
         x = i * (w + 8)
         np.testing.assert_array_equal(sheet[22:22 + h, x:x + w], panel.repeat(2, 0).repeat(2, 1))
 

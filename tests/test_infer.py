@@ -119,3 +119,46 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
                            "--weights", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "error" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_infer_with_the_crf_refines_the_softmax(be):
+    """infer(crf=...) is the argmax of dense_crf on the model's softmax; crf=True takes the bundled model's
+    parameters (fcn_cuda.crf.SHAPES), a dict changes some of them; the scores stay the model's."""
+    from fcn_cuda import crf, ops
+
+    model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=5, num_classes=4)))
+    rgb = np.random.default_rng(3).integers(0, 256, (21, 26, 3), dtype=np.uint8)
+    plain, scores = fcn_cuda.infer(rgb, model, return_scores=True)
+    probs = ops.softmax(be.xp.asarray(scores)[None])[0]
+    for setting, params in ((True, crf.SHAPES), (dict(iterations=2, bilateral_srgb=30.0),
+                                                  {**crf.SHAPES, "iterations": 2, "bilateral_srgb": 30.0})):
+        expect = to_numpy(crf.dense_crf(be.xp.asarray(rgb), probs, **params)).argmax(0)
+        np.testing.assert_array_equal(fcn_cuda.infer(rgb, model, crf=setting), expect)
+        labels, with_scores = fcn_cuda.infer(rgb, model, return_scores=True, crf=setting)
+        np.testing.assert_array_equal(labels, expect)
+        np.testing.assert_array_equal(with_scores, scores)
+    np.testing.assert_array_equal(fcn_cuda.infer(rgb, model, crf=False), plain)
+    with pytest.raises(TypeError, match=r"crf: unknown parameter\(s\) \['sxy'\]"):
+        fcn_cuda.infer(rgb, model, crf=dict(sxy=3))
+    with pytest.raises(TypeError, match="crf must be True, False or a dict"):
+        fcn_cuda.infer(rgb, model, crf="yes")
+    with pytest.raises(ValueError, match="bilateral_srgb must be > 0"):
+        fcn_cuda.infer(rgb, model, crf=dict(bilateral_srgb=0))
+
+
+def test_cli_infer_with_the_crf(tmp_path):
+    fcn_cuda.use_backend("host")
+    weights = tmp_path / "w.safetensors"
+    model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=2, num_classes=4)))
+    model.save(weights)
+    path = tmp_path / "img.png"
+    rgb = np.random.default_rng(4).integers(0, 256, (17, 15, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    for flags, setting in ((["--crf"], True), (["--crf-iterations", "3", "--crf-bilateral-sxy", "9.5"],
+                                               dict(iterations=3, bilateral_sxy=9.5))):
+        out = tmp_path / "-".join(flags)
+        assert cli.main(["infer", str(path), "--weights", str(weights), "--out", str(out), *flags]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "img_labels.png")),
+                                      fcn_cuda.infer(rgb, model, crf=setting))
+    assert cli.main(["infer", str(path), "--weights", str(weights), "--out", str(tmp_path), "--crf-gaussian-sxy",
+                     "-1"]) == 2
