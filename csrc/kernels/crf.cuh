@@ -383,7 +383,8 @@ constexpr int kScanItems = 16;                        // consecutive ints per th
 constexpr int kScanTile = kCrfThreads * kScanItems;  // what one block scans
 
 // One thread per run t of kScanItems ints; grid ceil(runs / 256). sums[t] = the run's sum.
-__global__ void __launch_bounds__(kCrfThreads) crf_scan_runs(const int* __restrict__ data, int n, int* __restrict__ sums) {
+__global__ void __launch_bounds__(kCrfThreads)
+crf_scan_runs(const int* __restrict__ data, int n, int* __restrict__ sums) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     const long long begin = (long long)t * kScanItems;
     if (begin >= n) return;
