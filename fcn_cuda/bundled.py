@@ -130,13 +130,18 @@ def validation(count=RECIPE["val_count"], size=RECIPE["size"]):
     return SyntheticShapes(count, size, seed=RECIPE["seed"] + 1_000_003)
 
 
-# The dense CRF parameters tune_crf tries for the bundled model (the others as pydensecrf's README).
-CRF_GRID = dict(iterations=(5, 10), bilateral_sxy=(10.0, 20.0, 40.0, 80.0), bilateral_srgb=(5.0, 10.0, 20.0),
-                bilateral_compat=(5.0, 10.0))
+# The dense CRF parameters tune_crf tries for the bundled model (the others as pydensecrf's README): a
+# coarse grid, then the edge its best lay on (bilateral_sxy 10, bilateral_compat 10) pushed further, and
+# pydensecrf's README values for comparison.
+CRF_GRIDS = (dict(iterations=(5, 10), bilateral_sxy=(10.0, 20.0, 40.0, 80.0), bilateral_srgb=(5.0, 10.0, 20.0),
+                  bilateral_compat=(5.0, 10.0)),
+             dict(iterations=(10,), bilateral_sxy=(5.0, 10.0), bilateral_srgb=(5.0, 10.0, 20.0),
+                  bilateral_compat=(10.0, 20.0)),
+             dict(iterations=(5,), bilateral_sxy=(80.0,), bilateral_srgb=(13.0,), bilateral_compat=(10.0,)))
 
 
-def tune_crf(weights=DEFAULT_WEIGHTS, grid=CRF_GRID, count=RECIPE["val_count"], progress=True):
-    """Validation mean IU of the dense CRF over `weights`' softmax for every combination in `grid`
+def tune_crf(weights=DEFAULT_WEIGHTS, grids=CRF_GRIDS, count=RECIPE["val_count"], progress=True):
+    """Validation mean IU of the dense CRF over `weights`' softmax for every combination of each grid
     (fcn_cuda.crf.PYDENSECRF_README's values for the rest): [(mean IU, parameters)], best first, with
     (mean IU, None) for the model without the CRF. Never the held-out set: that one scores the winner."""
     import itertools
@@ -164,11 +169,15 @@ def tune_crf(weights=DEFAULT_WEIGHTS, grid=CRF_GRID, count=RECIPE["val_count"], 
             hist = metrics.confusion_matrix(truths[i], labels_of(i), model.num_classes, hist)
         return metrics.scores(hist)["mean_iu"]
 
-    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    combos = []
+    for grid in grids:
+        for values in itertools.product(*grid.values()):
+            combo = {**PYDENSECRF_README, **dict(zip(grid, values))}
+            if combo not in combos:
+                combos.append(combo)
     bar = Progress(len(combos), "tune-crf") if progress else None
     results = [(mean_iu(lambda i: ops.argmax(probs[i][None])), None)]
-    for combo in combos:
-        params = {**PYDENSECRF_README, **combo}
+    for params in combos:
         results.append((mean_iu(lambda i: ops.argmax(fcn_cuda.dense_crf(images[i], probs[i], **params)[None])),
                         params))
         if bar:
@@ -273,7 +282,7 @@ def main(argv=None):
     s.add_argument("--count", type=int, default=HELD_OUT_COUNT)
     s.add_argument("--crf", action="store_true",
                    help="labels from the dense CRF (fcn_cuda.crf.SHAPES), as infer(crf=True)")
-    c = sub.add_parser("tune-crf", help="the dense CRF's validation mean IU over CRF_GRID, best first")
+    c = sub.add_parser("tune-crf", help="the dense CRF's validation mean IU over CRF_GRIDS, best first")
     c.add_argument("weights", nargs="?", default=str(DEFAULT_WEIGHTS))
     c.add_argument("--top", type=int, default=10, help="how many results to print")
     d = sub.add_parser("picture", help="redraw the README picture from the shipped model (weights untouched)")

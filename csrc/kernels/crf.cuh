@@ -20,7 +20,8 @@
 //   lattice: pydensecrf's approximation of K, the permutohedral lattice (Adams, Baek & Davis 2010): each
 //            pixel is splatted onto the d+1 vertices of the lattice simplex around its feature vector,
 //            the vertex values are blurred along the d+1 lattice axes (axis 0 first: the order changes
-//            the result), and each pixel slices its value back. O(N d^2 + M d) per iteration (M vertices).
+//            the result), and each pixel slices its value back. O(N d^2) to build, O((N + M) d C) per
+//            iteration (M vertices).
 //
 // Building a lattice (once per term and image) without a hash table, so that nothing depends on the
 // order in which threads run:
