@@ -232,7 +232,7 @@ def draw_picture(model, picture=README_PICTURE):
 
     from .colors import colorize, overlay
     from .data import SHAPE_CLASSES
-    from .weights import save_png
+    from .files import save_png
 
     rgb, truth = held_out(SAMPLE_INDEX + 1)[SAMPLE_INDEX]
     labels = fcn_cuda.infer(rgb, model)
