@@ -7,6 +7,7 @@ Crop offsets are derived from the layer geometry (`Geometry`), not typed in.
 """
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def dropout_key(dropout, layer, h):
     mask is keyed by its place in the batch, so the shares draw the masks of
     the whole batch."""
     seed, step, *first = dropout
-    return seed, (2 * step + layer) % 2**32, (first[0] if first else 0) * (h.size // h.shape[0])
+    return seed, (2 * step + layer) % 2**32, (first[0] if first else 0) * math.prod(h.shape[1:])  # any array type
 
 
 @dataclass(frozen=True)

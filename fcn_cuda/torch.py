@@ -508,9 +508,9 @@ def _softmax_cross_entropy(scores, labels, ignore_index, normalize, weight):
     return _backend.active().xp.asarray(loss, dtype=np.float32), grad
 
 
-@_op("dropout(Tensor x, float p, int seed, int step) -> Tensor")
-def _dropout(x, p, seed, step):
-    return ops.dropout(x, p, seed, step)
+@_op("dropout(Tensor x, float p, int seed, int step, int offset) -> Tensor")
+def _dropout(x, p, seed, step, offset):
+    return ops.dropout(x, p, seed, step, offset)
 
 
 @_softmax_cross_entropy.register_fake
@@ -519,7 +519,7 @@ def _(scores, labels, ignore_index, normalize, weight):
 
 
 @_dropout.register_fake
-def _(x, p, seed, step):
+def _(x, p, seed, step, offset):
     return x.new_empty(x.shape)
 
 
@@ -535,14 +535,14 @@ def _softmax_cross_entropy_backward(ctx, grad_loss, _grad_grad):
 
 
 def _dropout_setup(ctx, inputs, output):
-    _, p, seed, step = inputs
-    ctx.args = (p, seed, step)
+    _, p, seed, step, offset = inputs
+    ctx.args = (p, seed, step, offset)
 
 
 def _dropout_backward(ctx, grad_y):
     """The dropout kernel on the gradient (ops.dropout_backward is the same
-    call): the same Philox mask, recomputed from (p, seed, step)."""
-    return _dropout(grad_y.contiguous(), *ctx.args), None, None, None
+    call): the same Philox mask, recomputed from (p, seed, step, offset)."""
+    return _dropout(grad_y.contiguous(), *ctx.args), None, None, None, None
 
 
 _softmax_cross_entropy.register_autograd(_softmax_cross_entropy_backward, setup_context=_softmax_cross_entropy_setup)
@@ -676,15 +676,16 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     return _softmax_cross_entropy(scores, labels, ignore_index, _flag(normalize, "normalize"), weight)[0]
 
 
-def dropout(x, p=0.5, seed=0, step=0, training=True):
+def dropout(x, p=0.5, seed=0, step=0, offset=0, training=True):
     """Training-mode dropout with fcn_cuda's counter-based mask (Philox keyed
-    by (seed, step): ops.dropout), x unchanged when training is False. The
-    backward recomputes the mask (ops.dropout_backward)."""
+    by (seed, step), x placed at element `offset` of a larger batch:
+    ops.dropout), x unchanged when training is False. The backward
+    recomputes the mask (ops.dropout_backward)."""
     _tensors(x=(x, False))
     if not _flag(training, "training"):
         return x
     p, seed, step = ops._dropout_args(p, seed, step)
-    return _dropout(x, p, seed, step)
+    return _dropout(x, p, seed, step, V.integer(offset, "offset", minimum=0, maximum=2**62))
 
 
 # ----------------------------------------------------------------- the nn.Module
@@ -782,7 +783,7 @@ class FCN(nn.Module):
         for layer, name in enumerate(("fc6", "fc7")):
             h = conv2d(h, getattr(self, name).weight, getattr(self, name).bias, relu=True)
             if key is not None:
-                h = dropout(h, DROPOUT_P, *dropout_key(key, layer))
+                h = dropout(h, DROPOUT_P, *dropout_key(key, layer, h))
         return conv2d(h, self.score_fr.weight, self.score_fr.bias), pools
 
     def _coarse_scores(self, x):

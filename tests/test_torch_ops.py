@@ -113,7 +113,8 @@ def _opcheck_cases(device):
                                    False, None)),
         ("softmax_cross_entropy", (r(2, 5, 3, 7, grad=True, scale=3.0), labels_for(g, 2, 3, 7, 5, device), 255,
                                    True, torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0], device=device))),
-        ("dropout", (r(2, 3, 5, 7, grad=True), 0.5, 9, 4)),
+        ("dropout", (r(2, 3, 5, 7, grad=True), 0.5, 9, 4, 0)),
+        ("dropout", (r(2, 3, 5, 7, grad=True), 0.5, 9, 4, 3 * 5 * 7)),
     ]
 
 
@@ -276,6 +277,8 @@ def test_dropout_mask_scale_and_backward(nan_outputs):
     assert torch.equal(y, fct.dropout(x, 0.5, seed=9, step=4))           # the same key, the same mask
     assert not torch.equal(y, fct.dropout(x, 0.5, seed=9, step=5))
     assert fct.dropout(x, 0.5, training=False) is x
+    # offset places x in a larger batch: image 1 alone draws the whole batch's mask for image 1
+    assert torch.equal(fct.dropout(x[1:], 0.5, seed=9, step=4, offset=x[0].numel()), y[1:])
 
 
 def test_softmax_argmax_and_upsample_argmax_against_torch(nan_outputs):
@@ -357,6 +360,7 @@ def test_bad_input_through_the_wrappers():
          TypeError, "normalize must be a bool"),
         (lambda: fct.dropout(x, 1.0), ValueError, "p must be in"),
         (lambda: fct.dropout(x, 0.5, seed=-1), ValueError, "seed must be >= 0"),
+        (lambda: fct.dropout(x, 0.5, offset=-1), ValueError, "offset must be >= 0"),
         (lambda: fct.FCN("9s"), ValueError, "variant must be one of"),
         (lambda: fct.FCN.from_model("fcn8s.safetensors"), TypeError, "model must be an fcn_cuda.FCN"),
     ]
