@@ -37,7 +37,7 @@ except ImportError as e:
 import numpy as np
 from torch import nn
 
-from . import _backend, ops
+from . import _backend, crf, ops
 from . import _validate as V
 from .model import AT_ONCE_SCALE, CONV1_PAD, DROPOUT_P, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, dropout_key, \
     head_geometry, param_shapes
@@ -47,7 +47,8 @@ if torch.__version__ < "2.4":
     raise ImportError(f"fcn_cuda.torch needs PyTorch >= 2.4 (torch.library.custom_op), found {torch.__version__}")
 
 __all__ = ["OPS", "FCN", "conv2d", "conv2d_relu_maxpool", "conv_transpose2d", "conv_transpose2d_window", "max_pool2d",
-           "crop_add", "score_crop_add", "softmax", "argmax", "upsample_argmax", "softmax_cross_entropy", "dropout"]
+           "crop_add", "score_crop_add", "softmax", "argmax", "upsample_argmax", "softmax_cross_entropy", "dropout",
+           "dense_crf"]
 
 OPS = {}  # name -> torch.library.CustomOpDef, registered in the namespace fcn_cuda
 
@@ -549,6 +550,24 @@ _softmax_cross_entropy.register_autograd(_softmax_cross_entropy_backward, setup_
 _dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup)
 
 
+# ----------------------------------------------------------------- the dense CRF
+@_op("dense_crf(Tensor img, Tensor probs, int iterations, float gaussian_sxy, float gaussian_compat, "
+     "float bilateral_sxy, float bilateral_srgb, float bilateral_compat, str variant) -> Tensor")
+def _dense_crf(img, probs, iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb,
+               bilateral_compat, variant):
+    return crf.dense_crf(img, probs, iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
+                         bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,
+                         bilateral_compat=bilateral_compat, variant=variant)
+
+
+@_dense_crf.register_fake
+def _(img, probs, *params):
+    return probs.new_empty(probs.shape)
+
+
+_dense_crf.register_autograd(_no_backward("dense_crf (mean-field inference: refine probabilities after training)"))
+
+
 # ----------------------------------------------------------------- wrappers (PyTorch's conventions)
 def _tensors(**tensors):
     """TypeError unless each argument is a torch.Tensor (None where optional)."""
@@ -686,6 +705,19 @@ def dropout(x, p=0.5, seed=0, step=0, offset=0, training=True):
         return x
     p, seed, step = ops._dropout_args(p, seed, step)
     return _dropout(x, p, seed, step, V.integer(offset, "offset", minimum=0, maximum=2**62))
+
+
+def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
+              bilateral_srgb=13.0, bilateral_compat=10.0, variant="lattice"):
+    """fcn_cuda.dense_crf on tensors: img H x W x 3 uint8 RGB, probs C x H x W
+    float32 class probabilities -> Q, C x H x W float32 (== pydensecrf's
+    mean field, the same arguments). Not differentiable."""
+    _tensors(img=(img, False), probs=(probs, False))
+    iterations = V.integer(iterations, "iterations", minimum=0)
+    params = [ops._real(v, k) for k, v in (("gaussian_sxy", gaussian_sxy), ("gaussian_compat", gaussian_compat),
+                                           ("bilateral_sxy", bilateral_sxy), ("bilateral_srgb", bilateral_srgb),
+                                           ("bilateral_compat", bilateral_compat))]
+    return _dense_crf(img, probs, iterations, *params, V.choice(variant, "variant", crf.CRF_VARIANTS))
 
 
 # ----------------------------------------------------------------- the nn.Module

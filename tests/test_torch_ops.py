@@ -115,6 +115,8 @@ def _opcheck_cases(device):
                                    True, torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0], device=device))),
         ("dropout", (r(2, 3, 5, 7, grad=True), 0.5, 9, 4, 0)),
         ("dropout", (r(2, 3, 5, 7, grad=True), 0.5, 9, 4, 3 * 5 * 7)),
+        ("dense_crf", (torch.randint(0, 256, (7, 9, 3), generator=g, dtype=torch.uint8).to(device),
+                       torch.softmax(r(3, 7, 9), 0), 2, 3.0, 3.0, 80.0, 13.0, 10.0, "lattice")),
     ]
 
 
@@ -361,6 +363,11 @@ def test_bad_input_through_the_wrappers():
         (lambda: fct.dropout(x, 1.0), ValueError, "p must be in"),
         (lambda: fct.dropout(x, 0.5, seed=-1), ValueError, "seed must be >= 0"),
         (lambda: fct.dropout(x, 0.5, offset=-1), ValueError, "offset must be >= 0"),
+        (lambda: fct.dense_crf(x[0].permute(1, 2, 0).contiguous(), x[0]), TypeError, "img must be uint8"),
+        (lambda: fct.dense_crf(torch.zeros(9, 11, 3, dtype=torch.uint8), x[0], 1.5), TypeError,
+         "iterations must be an int"),
+        (lambda: fct.dense_crf(torch.zeros(9, 11, 3, dtype=torch.uint8), x[0].abs(), bilateral_srgb=0.0),
+         ValueError, "bilateral_srgb must be > 0"),
         (lambda: fct.FCN("9s"), ValueError, "variant must be one of"),
         (lambda: fct.FCN.from_model("fcn8s.safetensors"), TypeError, "model must be an fcn_cuda.FCN"),
     ]
@@ -369,12 +376,28 @@ def test_bad_input_through_the_wrappers():
             call()
 
 
+def test_dense_crf_is_the_engines_bit_for_bit():
+    """fct.dense_crf hands the tensors to fcn_cuda.dense_crf (no copy, no
+    other math): the same Q, bit for bit, for both rungs."""
+    gen = torch.Generator().manual_seed(11)
+    img = torch.randint(0, 256, (13, 17, 3), generator=gen, dtype=torch.uint8)
+    probs = torch.softmax(torch.randn(4, 13, 17, generator=gen) * 3, 0)
+    for variant, params in (("lattice", {}), ("naive", {"bilateral_sxy": 20.0, "gaussian_compat": 0.0})):
+        q = fct.dense_crf(img, probs, 3, variant=variant, **params)
+        ref = fcn_cuda.dense_crf(img.numpy(), probs.numpy(), 3, variant=variant, **params)
+        assert q.dtype == torch.float32 and q.shape == probs.shape
+        assert np.array_equal(q.numpy(), ref), variant
+
+
 def test_ops_without_a_backward_kernel_refuse_clearly():
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     with pytest.raises(NotImplementedError, match="no backward kernel for softmax"):
         fct.softmax(x).sum().backward()
     with pytest.raises(NotImplementedError, match="no backward kernel for max_pool2d without indices"):
         torch.ops.fcn_cuda.max_pool2d(x, [2, 2], [2, 2], True).sum().backward()
+    probs = torch.softmax(torch.randn(3, 4, 5), 0).requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="no backward kernel for dense_crf"):
+        fct.dense_crf(torch.zeros(4, 5, 3, dtype=torch.uint8), probs, 1).sum().backward()
     fct.max_pool2d(x).sum().backward()  # the wrapper takes the indexed op where a gradient is wanted
     assert x.grad is not None
 
