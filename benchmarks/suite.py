@@ -737,7 +737,10 @@ def dispatch_cases(ctx, tag, n, h, w, layers):
          lambda x, l: top.softmax_cross_entropy(x, l, 255, False, None),
          lambda x, l: ops.softmax_cross_entropy(x, l), [ctx.randn(scores_shape, 3.0), rng_labels()]),
         ("dropout(fc6)", f"x {_fmt(by['fc7']['x'])} p 0.5",
-         lambda x: top.dropout(x, 0.5, 1, 2), lambda x: ops.dropout(x, 0.5, 1, 2), [ctx.randn(by["fc7"]["x"])]),
+         lambda x: top.dropout(x, 0.5, 1, 2, 0), lambda x: ops.dropout(x, 0.5, 1, 2), [ctx.randn(by["fc7"]["x"])]),
+        ("dense_crf(probs)", f"img {h}x{w}x3, probs {classes}x{h}x{w}, 5 iterations",
+         lambda i, p: top.dense_crf(i, p, 5, 3.0, 3.0, 80.0, 13.0, 10.0, "lattice"),
+         lambda i, p: fcn_cuda.dense_crf(i, p, 5), list(crf_input(ctx.rng, h, w, classes))),
     ]
     cases = []
     for layer, desc, through, direct, arrays in rows:

@@ -270,7 +270,7 @@ def test_dispatch_rows_call_the_same_kernels_both_ways():
         n, h, w = 1, 32, 32
         cases = suite.dispatch_cases(ctx, "1x32x32", n, h, w, suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc,
                                                                                    cfg.classes))
-        assert len(cases) == 12 and {c.kind for c in cases} == {"dispatch"}
+        assert len(cases) == 13 and {c.kind for c in cases} == {"dispatch"}
         for case in cases:
             ours, ref = ctx.ours_numpy(case.ours_fns[0]()), ctx.ref_numpy(case.ref_fns[0]())
             assert set(suite.compare(ours, ref).values()) == {0.0}, case.name
