@@ -11,7 +11,9 @@ Environment:
   FCN_CUDA_ARCH      compute capabilities, e.g. "90", "90a", "80;90"
                      (default: the visible GPU's, else 90)
   FCN_CUDA_SANITIZE  1: build only fcn_cuda._host_asan, the emulator with
-                     ASan + UBSan (see README for running it)
+                     ASan + UBSan; thread: build only fcn_cuda._host_tsan,
+                     the emulator with ThreadSanitizer (see README for
+                     running them)
   FCN_CUDA_NO_CUDA   1: skip the nvcc build even if nvcc is present
   FCN_CUDA_JOBS      parallel compile jobs (default: the CPU count)
 
@@ -134,7 +136,10 @@ class BuildExt(build_ext):
         super().build_extension(ext)
 
     def gxx_compile(self, src, obj, ext):
-        cmd = ["g++", "-x", "c++", "-c", str(src), "-o", str(obj), "-fPIC", *ext.extra_compile_args]
+        flags = ext.extra_compile_args
+        if src.parent.name == "emu":  # the emulator's runtime is not instrumented by TSan (runtime.cpp says why)
+            flags = [f for f in flags if f != "-fsanitize=thread"]
+        cmd = ["g++", "-x", "c++", "-c", str(src), "-o", str(obj), "-fPIC", *flags]
         cmd += [f"-I{d}" for d in ext.include_dirs]
         run(cmd)
 
@@ -153,12 +158,25 @@ class BuildExt(build_ext):
         (BUILD / "ptxas_report.txt").write_text(text)
 
 
+def sanitizer():
+    """FCN_CUDA_SANITIZE: None (the optimized build), "address" (1) or "thread"."""
+    value = os.environ.get("FCN_CUDA_SANITIZE", "").strip()
+    if value in ("", "0"):
+        return None
+    if value not in ("1", "thread"):
+        sys.exit(f"FCN_CUDA_SANITIZE must be 1 (ASan + UBSan) or thread (ThreadSanitizer), got {value!r}")
+    return "address" if value == "1" else "thread"
+
+
 def host_extension():
-    sanitize = os.environ.get("FCN_CUDA_SANITIZE") == "1"
-    if sanitize:
+    sanitize = sanitizer()
+    if sanitize == "address":
         flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                 "-fno-sanitize-recover=undefined", "-DFCN_EMU_SANITIZE"]
+                 "-fno-sanitize-recover=undefined", "-DFCN_EMU_ASAN"]
         link = ["-fsanitize=address,undefined"]
+    elif sanitize == "thread":
+        flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=thread", "-DFCN_EMU_TSAN"]
+        link = ["-fsanitize=thread"]
     else:
         # -mtls-dialect=gnu2: cheaper thread-local access (threadIdx, __shared__)
         # inside a dlopen'ed extension.
@@ -167,9 +185,9 @@ def host_extension():
     flags += ["-std=c++17", "-DFCN_EMU", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
     import pybind11
 
-    # The sanitizer build is a module of its own, so it never replaces the
-    # optimized one; the backend loads it when FCN_CUDA_SANITIZE=1 at run time.
-    name = "_host_asan" if sanitize else "_host"
+    # A sanitizer build is a module of its own, so it never replaces the
+    # optimized one; the backend loads it when FCN_CUDA_SANITIZE is set at run time.
+    name = {None: "_host", "address": "_host_asan", "thread": "_host_tsan"}[sanitize]
     ext = Extension(
         f"fcn_cuda.{name}",
         sources=["csrc/bindings.cpp"],
@@ -211,7 +229,7 @@ def cuda_extension(nvcc):
 def extensions():
     exts = [host_extension()]
     nvcc = find_nvcc()
-    if nvcc is not None and os.environ.get("FCN_CUDA_SANITIZE") != "1":
+    if nvcc is not None and sanitizer() is None:
         exts.append(cuda_extension(nvcc))
     return exts
 

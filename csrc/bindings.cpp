@@ -33,16 +33,18 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.doc() = "fcn_cuda kernels (see csrc/)";
 #if defined(FCN_EMU)
     m.attr("EMULATED") = true;
-    m.attr("SANITIZE") = fcn_emu::sanitize_build();
+    m.attr("SANITIZE") = fcn_emu::sanitizer();
     m.def("set_workers", &fcn_emu::set_workers, "emulator worker threads; 0 = one per core, 1 = deterministic");
     m.def("workers", &fcn_emu::workers);
 #else
     m.attr("EMULATED") = false;
-    m.attr("SANITIZE") = false;
+    m.attr("SANITIZE") = "";
 #endif
 
     // ---- elementwise
-    m.def("axpy", [](int n, float a, Addr x, Addr y, Addr s) { fcn::launch_axpy(n, a, P<const float>(x), P<float>(y), S(s)); }, nogil);
+    m.def("axpy", [](const std::string& variant, int n, float a, Addr x, Addr y, Addr s) {
+        fcn::launch_axpy(variant.c_str(), n, a, P<const float>(x), P<float>(y), S(s));
+    }, nogil);
 
     // ---- reduce
     m.def("block_sum_partials", &fcn::block_sum_partials);
@@ -73,6 +75,7 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("divergent_barrier", [](Addr y, Addr s) { fcn::launch_divergent_barrier(P<float>(y), S(s)); }, nogil);
     m.def("early_exit_barrier", [](Addr y, Addr s) { fcn::launch_early_exit_barrier(P<float>(y), S(s)); }, nogil);
     m.def("missing_lane_shuffle", [](Addr y, Addr s) { fcn::launch_missing_lane_shuffle(P<float>(y), S(s)); }, nogil);
+    m.def("deadlock_probe", [](Addr y, Addr s) { fcn::launch_deadlock_probe(P<float>(y), S(s)); }, nogil);
     m.def("atomics_probe", [](Addr v, int n, int bins, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
         fcn::launch_atomics_probe(P<const int>(v), n, bins, P<int>(counts), P<int>(maximum), P<int>(cas), P<float>(fsum), S(s));
     }, nogil);
@@ -86,6 +89,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
     m.def("out_of_bounds_probe", [](Addr x, Addr y, int n, int kind, Addr s) {
         fcn::launch_out_of_bounds_probe(P<const float>(x), P<float>(y), n, kind, S(s));
+    }, nogil);
+    m.def("race_probe", [](Addr y, int kind, bool ordered, Addr s) {
+        fcn::launch_race_probe(P<float>(y), kind, ordered, S(s));
     }, nogil);
 
     // ---- conv2d

@@ -52,14 +52,26 @@ _active = None
 _local = threading.local()  # .backend: a `using` block's backend, for this thread only
 
 
+SANITIZED_HOST_MODULES = {"1": "_host_asan", "thread": "_host_tsan"}
+
+
+def host_module():
+    """The emulator build that FCN_CUDA_SANITIZE selects: 1 is the ASan/UBSan
+    build, thread the ThreadSanitizer one (each built by `FCN_CUDA_SANITIZE=...
+    python setup.py build_ext --inplace` and run with its runtime preloaded;
+    see README), unset the optimized _host."""
+    value = os.environ.get("FCN_CUDA_SANITIZE", "").strip()
+    if value in ("", "0"):
+        return "_host"
+    if value not in SANITIZED_HOST_MODULES:
+        raise RuntimeError(f"FCN_CUDA_SANITIZE must be 1 (ASan + UBSan) or thread (ThreadSanitizer), got {value!r}")
+    return SANITIZED_HOST_MODULES[value]
+
+
 def _host_backend():
     global _host
     if _host is None:
-        # FCN_CUDA_SANITIZE=1 selects the ASan/UBSan build of the emulator
-        # (built by `FCN_CUDA_SANITIZE=1 python setup.py build_ext --inplace`,
-        # run with libasan preloaded; see README).
-        name = "_host_asan" if os.environ.get("FCN_CUDA_SANITIZE") == "1" else "_host"
-        _host = Backend("host", importlib.import_module(f"fcn_cuda.{name}"), np)
+        _host = Backend("host", importlib.import_module(f"fcn_cuda.{host_module()}"), np)
     return _host
 
 

@@ -37,6 +37,10 @@ def missing_lane_shuffle():
     return _one_warp("missing_lane_shuffle")
 
 
+def deadlock():
+    return _one_warp("deadlock_probe")
+
+
 def atomics(v, bins):
     be = _be()
     counts = be.xp.zeros(bins, dtype=np.int32)
@@ -79,7 +83,7 @@ def dynamic_smem(x, threads):
     return y, int(misalignment[0])
 
 
-OUT_OF_BOUNDS = {"global": 0, "static_shared": 1, "dynamic_shared": 2, "misaligned_float4": 3}
+OUT_OF_BOUNDS = {"global": 0, "static_shared": 1, "dynamic_shared": 2, "misaligned_float4": 3, "misaligned_wmma": 4}
 
 
 def out_of_bounds(kind, n=1000):
@@ -88,3 +92,19 @@ def out_of_bounds(kind, n=1000):
     y = be.empty(64)
     be.ext.out_of_bounds_probe(be.ptr(x), be.ptr(y), n, OUT_OF_BOUNDS[kind], be.stream())
     return y
+
+
+RACES = {"shared": 0, "global": 1, "warp": 2}
+
+
+def race(kind, ordered=False):
+    """A data race on a __shared__ word between two warps of a block
+    ('shared') or two lanes of a warp ('warp'), or on a global word between
+    two blocks ('global'); ordered=True puts __syncthreads / __syncwarp
+    between the shared accesses, or makes the global ones atomicAdd: no race.
+    Returns y[0]: 1.0 ('shared', 'warp') or 2.0 ('global') unless the race
+    went the other way."""
+    be = _be()
+    y = be.xp.zeros(1, dtype=np.float32)
+    be.ext.race_probe(be.ptr(y), RACES[kind], bool(ordered), be.stream())
+    return float(y[0])

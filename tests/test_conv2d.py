@@ -113,6 +113,7 @@ FCN_LAYERS = {
 }
 
 
+@pytest.mark.model_scale
 @pytest.mark.parametrize("layer", FCN_LAYERS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fcn_layers(be, rng, variant, layer):

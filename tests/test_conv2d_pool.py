@@ -93,6 +93,7 @@ FCN_LAYERS = {
 }
 
 
+@pytest.mark.model_scale
 @pytest.mark.parametrize("layer", FCN_LAYERS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fcn_layers(be, rng, variant, layer):
@@ -228,6 +229,7 @@ def test_int32_overflow_refused_before_allocation(be, monkeypatch):
 WIDTHS = ((8, 16), (16, 32), (32, 32, 32), (32, 32, 64), (32, 32, 64))
 
 
+@pytest.mark.model_scale
 def test_model_fused_equals_unfused(be, monkeypatch):
     net = random_fcn("8s", seed=5, num_classes=5, widths=WIDTHS, fc=32)
     model = fcn_cuda.load_model(state_dict_f32(net))

@@ -81,6 +81,7 @@ FCN_CASES = [(v, layer) for v in VARIANTS for layer in FCN_LAYERS
              if not (layer == "conv1_1_pad100" and v != "igemm_tf32")]
 
 
+@pytest.mark.model_scale
 @pytest.mark.parametrize("variant, layer", FCN_CASES, ids=lambda a: a)
 def test_fcn_layers(be, rng, variant, layer):
     check(be, rng, variant, *FCN_LAYERS[layer], relu=not layer.startswith("score"), bias=True)

@@ -6,10 +6,13 @@ same tests check the kernels, and the cross-backend tests at the end compare
 the emulator's shuffles, TF32 rounding and wmma results with the hardware's.
 """
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +75,13 @@ def test_shuffle_with_missing_lanes_is_an_error():
     fcn_cuda.use_backend("host")
     with pytest.raises(RuntimeError, match="missing_lane_shuffle.*exited"):
         _probes.missing_lane_shuffle()
+
+
+def test_deadlock_is_an_error_not_a_hang():
+    fcn_cuda.use_backend("host")
+    with pytest.raises(RuntimeError, match=r"kernel deadlock_probe, block \(0,0,0\): deadlock: thread \(0,0,0\) "
+                                           r"waits at a warp operation"):
+        _probes.deadlock()
 
 
 # ------------------------------------------------------------------ shuffles
@@ -216,12 +226,28 @@ def test_tf32_rounding_is_nearest_ties_away(be, rng):
 
 
 # ------------------------------------------------------------- elementwise
+@pytest.mark.parametrize("variant", ("auto",) + basics.AXPY_VARIANTS)
 @pytest.mark.parametrize("n", [1, 3, 4, 1001, 65_536 + 3])
-def test_axpy(be, rng, n):
+def test_axpy(be, rng, n, variant):
     x = rng.standard_normal(n).astype(np.float32)
     y = rng.standard_normal(n).astype(np.float32)
-    out = basics.axpy(1.5, dev(be, x), dev(be, y))
+    out = basics.axpy(1.5, dev(be, x), dev(be, y), variant)
     assert_close(out, 1.5 * x.astype(np.float64) + y, FP32)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_axpy_on_a_view_off_the_16_byte_grid(be, rng, offset):
+    # x[offset:] is contiguous but starts 4 * offset bytes past an aligned
+    # allocation: float4 loads from it fault on a GPU, so 'auto' runs scalar.
+    n = 1001
+    base = dev(be, rng.standard_normal(n + offset).astype(np.float32))
+    x = base[offset:]
+    y = rng.standard_normal(n).astype(np.float32)
+    assert be.ptr(x) % 16 == 4 * offset
+    out = basics.axpy(-0.5, x, dev(be, y))
+    assert_close(out, -0.5 * to_numpy(x).astype(np.float64) + y, FP32)
+    with pytest.raises(ValueError, match="variant 'float4' needs x to start on a 16-byte boundary"):
+        basics.axpy(-0.5, x, dev(be, y), "float4")
 
 
 # ------------------------------------------------------------- bad input
@@ -244,6 +270,45 @@ def test_basics_validate_their_arguments():
         basics.warp_segment_sum(np.ones(64, np.float32), "rotate", 8)
     with pytest.raises(ValueError, match="empty"):
         basics.block_sum(np.ones(0, np.float32))
+    with pytest.raises(ValueError, match="variant"):
+        basics.axpy(1.0, np.ones(4, np.float32), np.ones(4, np.float32), "float8")
+
+
+# ------------------------------------------------------ misaligned access
+# A GPU faults on a vector load or store whose address is not a multiple of
+# its size (cudaErrorMisalignedAddress), and on a wmma tile pointer that is
+# not 32-byte aligned; x86 would run both, so the emulator tests the address
+# in every build.
+@pytest.mark.parametrize("kind,what", [pytest.param("misaligned_float4", "vector access", id="float4"),
+                                       pytest.param("misaligned_wmma", "wmma::load_matrix_sync", id="wmma")])
+def test_misaligned_access_faults_in_every_build(kind, what):
+    fcn_cuda.use_backend("host")
+    with pytest.raises(RuntimeError, match=rf"kernel out_of_bounds_probe, block \(0,0,0\): thread \(0,0,0\): "
+                                           rf"misaligned address: {re.escape(what)}"):
+        _probes.out_of_bounds(kind)
+    x = np.arange(64, dtype=np.float32)
+    np.testing.assert_array_equal(_probes.barrier_rotate(x, 1), np.roll(x, -1))
+
+
+# The alignment test lives in one helper (fcn::as_vector, and wmma's loads
+# and stores): a vector type reached any other way would skip it.
+VECTOR_TYPE = r"(?:\b(?:u?(?:char|short|int|long|longlong)|float|double)[1-4]|\b__half2|\b__nv_bfloat162)\b"
+VECTOR_POINTER = re.compile(rf"{VECTOR_TYPE}\s*\*|reinterpret_cast<\s*(?:const\s+)?{VECTOR_TYPE}"
+                            rf"|FCN_DYNAMIC_SMEM\(\s*{VECTOR_TYPE}")
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def test_kernels_reach_vector_types_only_through_as_vector():
+    sources = sorted((CSRC / "kernels").glob("*.cuh")) + sorted((CSRC / "ops").glob("*.cu"))
+    assert len(sources) > 20
+    offenders = []
+    for path in sources:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("//", 1)[0]
+            if VECTOR_POINTER.search(code) and "as_vector<" not in code:
+                offenders.append(f"{path.relative_to(CSRC)}:{number}: {line.strip()}")
+    assert not offenders, "vector pointers that bypass fcn::as_vector:\n" + "\n".join(offenders)
+    assert VECTOR_POINTER.search("*reinterpret_cast<const float4*>(p)")  # the check itself can fail
 
 
 # ----------------------------------------- the emulator against the hardware
@@ -279,23 +344,91 @@ def test_emulator_matches_hardware_shuffles_tf32_and_wmma(rng):
         assert_close(host, gpu, 1e-5, what=f"{variant}: emulator vs hardware")
 
 
-# ------------------------------------------------------------ the sanitizer
-needs_sanitizer = pytest.mark.skipif(
-    os.environ.get("FCN_CUDA_SANITIZE") != "1",
-    reason="needs the sanitizer build: FCN_CUDA_SANITIZE=1 with libasan preloaded (.ci/run runs it)")
+# ---------------------------------------------------- the sanitizer builds
+# Each probe runs in a fresh interpreter on a sanitizer build of the
+# emulator, with the sanitizer's runtime preloaded into the real interpreter
+# binary (sys.executable: never a pyenv shim, which is a shell script).
+# .ci/run builds both; there, and wherever CI=true, a missing build fails
+# the test rather than skipping it.
+SANITIZER_BUILDS = {
+    "address": ("1", "_host_asan", "libasan.so libstdc++.so"),
+    "thread": ("thread", "_host_tsan", "libtsan.so"),
+}
 
 
-@needs_sanitizer
-@pytest.mark.parametrize("kind,report", [("global", "heap-buffer-overflow"),
-                                         ("static_shared", "out of bounds for type 'float [64]'"),
-                                         ("dynamic_shared", "AddressSanitizer"),
-                                         ("misaligned_float4", "misaligned address")])
-def test_sanitizer_reports_out_of_bounds(kind, report):
-    proc = _run_isolated(f"""
+def _run_sanitized(sanitizer, code, timeout=600):
+    switch, module, runtimes = SANITIZER_BUILDS[sanitizer]
+    if importlib.util.find_spec(f"fcn_cuda.{module}") is None:
+        how = f"FCN_CUDA_SANITIZE={switch} python setup.py build_ext --inplace"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"fcn_cuda.{module} is not built, and CI must run this test (build it: {how})")
+        pytest.skip(f"fcn_cuda.{module} is not built ({how} builds it)")
+    preload = " ".join(subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True,
+                                      check=True).stdout.strip() for lib in runtimes.split())
+    env = {k: v for k, v in os.environ.items() if k not in ("FCN_CUDA_EMU_WORKERS", "LD_PRELOAD")}
+    env.update(FCN_CUDA_BACKEND="host", FCN_CUDA_SANITIZE=switch, LD_PRELOAD=preload,
+               ASAN_OPTIONS="detect_leaks=0", TSAN_OPTIONS="halt_on_error=1 exitcode=66", OMP_NUM_THREADS="1")
+    code = f"from fcn_cuda import _backend\nassert _backend.active().ext.SANITIZE == {sanitizer!r}\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("kind,report", [pytest.param("global", "heap-buffer-overflow", id="global"),
+                                         pytest.param("static_shared", "out of bounds for type 'float [64]'",
+                                                      id="static_shared"),
+                                         pytest.param("dynamic_shared", "AddressSanitizer", id="dynamic_shared")])
+def test_asan_build_reports_out_of_bounds(kind, report):
+    proc = _run_sanitized("address", f"""
         from fcn_cuda import _probes
         _probes.out_of_bounds({kind!r})
         print("no report")
     """)
-    assert proc.returncode != 0, f"{kind}: the sanitizer build did not stop the out-of-bounds access"
+    assert proc.returncode != 0, f"{kind}: the ASan build did not stop the out-of-bounds access"
     assert report in proc.stderr, proc.stderr[-3000:]
     assert "out_of_bounds_probe" in proc.stderr or "probes.cuh" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["shared", "warp", "global"])
+def test_tsan_build_reports_data_races(kind):
+    proc = _run_sanitized("thread", f"""
+        from fcn_cuda import _probes
+        _probes.race({kind!r})
+        print("no report")
+    """)
+    assert proc.returncode == 66, f"{kind}: the TSan build did not report the race\n" + proc.stderr[-3000:]
+    assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
+    assert "race_probe" in proc.stderr, proc.stderr[-3000:]  # the kernel is in the report's stacks
+    assert "no report" not in proc.stdout
+
+
+def test_tsan_build_reports_nothing_for_correct_kernels():
+    # Barriers, __syncwarp, shuffles, atomics, wmma tiles, dynamic shared
+    # memory, blocks on two workers, an error and the launches after it:
+    # the happens-before the runtime announces must be exactly CUDA's.
+    proc = _run_sanitized("thread", """
+        import numpy as np
+        import pytest
+        from fcn_cuda import _backend, _probes, basics
+        assert _backend.emulator_workers() >= 2
+        rng = np.random.default_rng(5)
+        assert _probes.race("shared", ordered=True) == 1.0
+        assert _probes.race("warp", ordered=True) == 1.0
+        assert _probes.race("global", ordered=True) == 2.0
+        x = np.arange(256, dtype=np.float32)
+        np.testing.assert_array_equal(_probes.barrier_rotate(x, 3), np.roll(x, -3))
+        v = rng.integers(0, 1000, size=5001).astype(np.int32)
+        counts, maximum, cas, fsum = _probes.atomics(v, 7)
+        assert cas == v.size and fsum == 0.5 * v.size
+        y, misalignment = _probes.dynamic_smem(rng.standard_normal(4 * 64 * 3).astype(np.float32), 64)
+        a = rng.standard_normal((37, 29)).astype(np.float32)
+        b = rng.standard_normal((29, 41)).astype(np.float32)
+        for variant in basics.GEMM_VARIANTS:  # within the half-precision contract, 1e-2
+            assert np.linalg.norm(basics.gemm(a, b, variant) - a @ b) <= 1e-2 * np.linalg.norm(a @ b), variant
+        basics.warp_segment_sum(rng.standard_normal(32 * 9).astype(np.float32), "down", 16)
+        basics.block_sum(rng.standard_normal(3001).astype(np.float32))
+        with pytest.raises(RuntimeError, match="divergent"):
+            _probes.divergent_barrier()
+        np.testing.assert_array_equal(_probes.barrier_rotate(x, 1), np.roll(x, -1))
+        print("clean")
+    """)
+    assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
+    assert "clean" in proc.stdout

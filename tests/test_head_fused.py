@@ -157,6 +157,7 @@ def small_model(variant, num_classes, bilinear=True, seed=3):
                                                          num_classes=num_classes)))
 
 
+@pytest.mark.model_scale
 @pytest.mark.parametrize("variant,bilinear", [("32s", True), ("16s", True), ("8s", True), ("8s", False)])
 def test_model_labels_equal_argmax_of_forward(be, rng, variant, bilinear, monkeypatch):
     model = small_model(variant, 4, bilinear)
@@ -175,6 +176,7 @@ def test_model_labels_equal_argmax_of_forward(be, rng, variant, bilinear, monkey
     np.testing.assert_array_equal(to_numpy(model.labels(x)), lab)
 
 
+@pytest.mark.model_scale
 def test_infer_labels_same_with_and_without_scores(be, monkeypatch):
     model = small_model("8s", 21, seed=11)
     calls = []

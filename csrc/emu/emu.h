@@ -13,7 +13,11 @@
 //     and deadlocks raise an error naming the kernel instead of hanging;
 //   * __shared__ is `static thread_local` (one copy per worker and per
 //     template instantiation, as one copy per block on the GPU);
-//   * nvcuda::wmma fragments hold the whole tile in every lane.
+//   * nvcuda::wmma fragments hold the whole tile in every lane;
+//   * a misaligned vector access faults (check_aligned), as on a GPU.
+// Two sanitizer builds compile the same source again: FCN_EMU_ASAN (ASan +
+// UBSan: out-of-bounds access) and FCN_EMU_TSAN (ThreadSanitizer: data races
+// between CUDA threads; runtime.cpp announces fibers and synchronization).
 // Only this header and runtime.cpp know the emulator exists.
 #pragma once
 
@@ -38,9 +42,9 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // One copy per worker: every fiber of a block runs on the same OS thread and
-// a worker runs one block at a time. The sanitizer build makes it plain
-// `static` (and runs one worker) because ASan puts no redzones around TLS.
-#if defined(FCN_EMU_SANITIZE)
+// a worker runs one block at a time. The ASan build makes it plain `static`
+// (and runs one worker) because ASan puts no redzones around TLS.
+#if defined(FCN_EMU_ASAN)
 #define __shared__ static __attribute__((aligned(16)))
 #else
 #define __shared__ static thread_local __attribute__((aligned(16)))
@@ -101,15 +105,25 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, F body) 
 
 void set_workers(int n);  // 0: one per core (or FCN_CUDA_EMU_WORKERS); 1: deterministic
 int workers();
-bool sanitize_build();
+const char* sanitizer();  // "address", "thread", or "" for the optimized build
 
 void* dynamic_smem();
 unsigned lane_id();
 // A warp-level rendezvous: every lane named in `mask` deposits `value`; when
 // all of them have arrived, each gets the 32 deposits (absent lanes: 0).
 // Out of line so the compiler reloads everything after it, as after a barrier.
+// It orders no memory (shuffles and votes do not, on a GPU); syncwarp does.
 const uint64_t* warp_exchange(unsigned mask, uint64_t value);
+void syncwarp(unsigned mask);
 [[noreturn]] void fail(const char* what);
+
+// A GPU faults on a vector load or store (float2, float4, int4, a wmma
+// tile, ...) whose address is not a multiple of its alignment
+// (cudaErrorMisalignedAddress); x86 would not, so every build tests it here.
+[[noreturn]] void misaligned(const char* what, const void* p, size_t alignment);
+inline void check_aligned(const char* what, const void* p, size_t alignment) {
+    if (__builtin_expect((reinterpret_cast<uintptr_t>(p) & (alignment - 1)) != 0, 0)) misaligned(what, p, alignment);
+}
 
 enum ShflMode { kIdx, kUp, kDown, kBfly };
 
@@ -171,7 +185,7 @@ namespace fcn_emu {
 void syncthreads_at(const char* file, int line);
 }  // namespace fcn_emu
 #define __syncthreads() ::fcn_emu::syncthreads_at(__FILE__, __LINE__)
-inline void __syncwarp(unsigned mask = 0xffffffffu) { fcn_emu::warp_exchange(mask, 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { fcn_emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
@@ -328,15 +342,18 @@ inline float bf16_bits_to_float(uint16_t b) {
 }
 }  // namespace fcn_emu
 
+// The constexpr default constructor makes a __shared__ array of them constant-
+// initialized: otherwise g++ guards its (empty) thread-local initialization
+// with a flag that every fiber of a block reads, a race to TSan.
 struct __half {
-    uint16_t bits;
-    __half() = default;
+    uint16_t bits = 0;
+    constexpr __half() = default;
     __half(float f) : bits(fcn_emu::float_to_half_bits(f)) {}
     operator float() const { return fcn_emu::half_bits_to_float(bits); }
 };
 struct __nv_bfloat16 {
-    uint16_t bits;
-    __nv_bfloat16() = default;
+    uint16_t bits = 0;
+    constexpr __nv_bfloat16() = default;
     __nv_bfloat16(float f) : bits(fcn_emu::float_to_bf16_bits(f)) {}
     operator float() const { return fcn_emu::bf16_bits_to_float(bits); }
 };

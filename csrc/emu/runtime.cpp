@@ -11,11 +11,32 @@
 //      whose lanes have all arrived are released; if none, and every live
 //      thread waits at the same __syncthreads, the barrier opens; if nothing
 //      can move, the block is stuck and that is reported, not waited on.
+//
+// The ThreadSanitizer build (FCN_EMU_TSAN) compiles this file without
+// instrumentation: the runtime plays the hardware, and only the kernels'
+// own memory accesses are checked. Every CUDA thread is a TSan fiber,
+// switched to without synchronization, and the runtime announces exactly
+// the happens-before that CUDA gives (tsan_* below): launch start -> every
+// thread; a thread before __syncthreads -> every thread after it; a lane
+// before __syncwarp -> every lane of the mask after it; every thread ->
+// launch end. Shuffles and votes order no memory. Every block runs as
+// fibers (loop mode would run a block's threads in one fiber, hiding races
+// between them). Each worker's blocks are ordered one after the next (its
+// shared memory, stacks and fibers are reused), so a race between blocks is
+// seen when they run on different workers: blocks are dealt round robin
+// over at least 2 workers, so blocks b and b + 1 never share one. They run
+// one at a time, in block order, through a futex that TSan does not see:
+// TSan tracks at most 256 threads at once (its "slots"), and threads beyond
+// that take slots from others, which then miss races. One block of up to
+// 256 threads, plus the idle workers, stays within them.
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <pthread.h>
 
 #include <atomic>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -28,9 +49,12 @@
 #include "emu.h"
 #include "fiber.h"
 
-#if defined(FCN_EMU_SANITIZE)
+#if defined(FCN_EMU_ASAN)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(FCN_EMU_TSAN)
+#include <sanitizer/tsan_interface.h>
 #endif
 
 __thread fcn_emu::Builtins fcn_emu_builtins;
@@ -53,6 +77,8 @@ struct Fiber {
     unsigned mask = 0;           // which lanes its warp operation names
     uint64_t deposit = 0;
     void* asan_fake_stack = nullptr;
+    void* tsan_fiber = nullptr;  // its TSan context, reused block after block
+    unsigned syncwarps = 0;      // __syncwarp calls so far: picks its release slot
 };
 
 struct Launch {
@@ -63,6 +89,7 @@ struct Launch {
     void* ctx;
     long long blocks;
     std::atomic<long long> next{0};
+    std::atomic<uint32_t> turn{0};  // TSan build: the block whose turn it is to run (mod 2^32)
     std::atomic<bool> failed{false};
     std::mutex error_mutex;
     std::string error;
@@ -88,6 +115,17 @@ struct Worker {
     std::string block_error;
     const void* scheduler_stack_bottom = nullptr;
     size_t scheduler_stack_size = 0;
+    // TSan build: addresses whose only use is as happens-before channels.
+    void* tsan_scheduler = nullptr;  // the worker thread's own context
+    // Launch start and each block -> the next block -> launch end, by the
+    // parity of block_turn: block k's threads acquire slot k % 2 when they
+    // start and release slot (k + 1) % 2 when they end, so that a thread
+    // ending early orders nothing before the others of its own block.
+    char block_order[2] = {};
+    unsigned long long block_turn = 0;
+    char barrier_order[2] = {};      // __syncthreads, by the parity of barrier_generation
+    unsigned barrier_generation = 0;
+    char warp_order[kMaxThreads][2] = {};  // each lane's __syncwarp releases, by parity
 };
 
 __thread Worker* tls_worker = nullptr;
@@ -113,7 +151,7 @@ char* fiber_stack(Worker& w, int i) {
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) throw std::runtime_error("fcn_cuda emulator: cannot map fiber stacks");
         w.stacks = static_cast<char*>(p);
-#if defined(FCN_EMU_SANITIZE)
+#if defined(FCN_EMU_ASAN)
         // A guard page under every stack: an overflow faults instead of
         // silently writing into the next thread's stack.
         for (int t = 0; t < kMaxThreads; ++t) mprotect(w.stacks + size_t(t) * kStackBytes, 4096, PROT_NONE);
@@ -123,7 +161,7 @@ char* fiber_stack(Worker& w, int i) {
 }
 
 void asan_start_switch(void** fake, const void* bottom, size_t size) {
-#if defined(FCN_EMU_SANITIZE)
+#if defined(FCN_EMU_ASAN)
     __sanitizer_start_switch_fiber(fake, bottom, size);
 #else
     (void)fake, (void)bottom, (void)size;
@@ -131,17 +169,44 @@ void asan_start_switch(void** fake, const void* bottom, size_t size) {
 }
 
 void asan_finish_switch(void* fake, const void** bottom, size_t* size) {
-#if defined(FCN_EMU_SANITIZE)
+#if defined(FCN_EMU_ASAN)
     __sanitizer_finish_switch_fiber(fake, bottom, size);
 #else
     (void)fake, (void)bottom, (void)size;
 #endif
 }
 
+// ThreadSanitizer's view of the execution; no-ops in the other builds.
+// Happens-before is announced on an address: every access before a
+// release on it happens before every access after a later acquire on it.
+#if defined(FCN_EMU_TSAN)
+constexpr bool kTsan = true;
+void tsan_release(void* order) { __tsan_release(order); }
+void tsan_acquire(void* order) { __tsan_acquire(order); }
+// Called right before the stack switch, as TSan asks; no_sync because a
+// switch orders nothing between CUDA threads: only the events above do.
+void tsan_switch(void* fiber) { __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync); }
+#else
+constexpr bool kTsan = false;
+void tsan_release(void*) {}
+void tsan_acquire(void*) {}
+void tsan_switch(void*) {}
+#endif
+
 void fiber_main(void* arg);
+
+char* block_start_order(Worker& w) { return &w.block_order[w.block_turn % 2]; }
+char* block_end_order(Worker& w) { return &w.block_order[(w.block_turn + 1) % 2]; }
+
+// The scheduler reads what the failed fiber wrote: order that first.
+[[noreturn]] void throw_block_error(Worker& w) {
+    tsan_acquire(block_end_order(w));
+    throw std::runtime_error(w.block_error);
+}
 
 void yield_to_scheduler(Worker& w, Fiber& f, bool dying) {
     asan_start_switch(dying ? nullptr : &f.asan_fake_stack, w.scheduler_stack_bottom, w.scheduler_stack_size);
+    tsan_switch(w.tsan_scheduler);
     fcn_emu_switch(&f.sp, w.scheduler_sp);
     asan_finish_switch(f.asan_fake_stack, nullptr, nullptr);
 }
@@ -151,6 +216,7 @@ void resume(Worker& w, Fiber& f) {
     threadIdx = f.tid;
     void* fake = nullptr;
     asan_start_switch(&fake, fiber_stack(w, int(&f - w.fibers)), kStackBytes);
+    tsan_switch(f.tsan_fiber);
     fcn_emu_switch(&w.scheduler_sp, f.sp);
     asan_finish_switch(fake, nullptr, nullptr);
     w.current = nullptr;
@@ -160,6 +226,7 @@ void fiber_main(void* arg) {
     Worker& w = *static_cast<Worker*>(arg);
     asan_finish_switch(nullptr, &w.scheduler_stack_bottom, &w.scheduler_stack_size);
     Fiber& f = *w.current;
+    tsan_acquire(block_start_order(w));  // the launch's inputs, and this worker's previous block
     try {
         w.launch->thunk(w.launch->ctx);
         f.state = State::kDone;
@@ -170,12 +237,38 @@ void fiber_main(void* arg) {
         w.block_error = "thread " + tid_str(f.tid) + ": unknown exception";
         f.state = State::kFailed;
     }
+    tsan_release(block_end_order(w));  // to the launch's end, and the next block (it reuses shared memory)
     yield_to_scheduler(w, f, /*dying=*/true);
     __builtin_trap();  // a finished fiber is never resumed
 }
 
+#if defined(FCN_EMU_TSAN)
+// After a failed block: fibers that never finished are dropped with their
+// TSan context (its shadow call stack still holds their frames), once what
+// they did is ordered before whatever runs next.
+void tsan_drop_unfinished_fibers(Worker& w) {
+    for (Fiber& f : w.fibers) {
+        if (!f.tsan_fiber || f.state == State::kDone) continue;
+        __tsan_switch_to_fiber(f.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+        __tsan_release(block_end_order(w));
+        __tsan_switch_to_fiber(w.tsan_scheduler, __tsan_switch_to_fiber_no_sync);
+        __tsan_destroy_fiber(f.tsan_fiber);
+        f.tsan_fiber = nullptr;
+    }
+}
+#else
+void tsan_drop_unfinished_fibers(Worker&) {}
+#endif
+
 void start_fiber(Worker& w, int i, uint3 tid) {
     Fiber& f = w.fibers[i];
+#if defined(FCN_EMU_TSAN)
+    if (!f.tsan_fiber) {
+        f.tsan_fiber = __tsan_create_fiber(0);
+        const std::string name = "CUDA thread " + std::to_string(i) + " (linear threadIdx)";
+        __tsan_set_fiber_name(f.tsan_fiber, name.c_str());
+    }
+#endif
     f.state = State::kReady;
     f.tid = tid;
     f.site_file = nullptr;
@@ -248,6 +341,7 @@ bool release_barrier(Worker& w) {
         throw std::runtime_error("divergent __syncthreads: thread " + tid_str(exited->tid) +
                                  " exited while thread " + tid_str(first->tid) + " waits at a barrier");
     for (int i = 0; i < n; ++i) w.fibers[i].state = State::kReady;
+    ++w.barrier_generation;
     return true;
 }
 
@@ -268,7 +362,7 @@ void run_fibers(Worker& w) {
         for (int i = 0; i < n; ++i) {
             Fiber& f = w.fibers[i];
             if (f.state == State::kReady) resume(w, f);
-            if (f.state == State::kFailed) throw std::runtime_error(w.block_error);
+            if (f.state == State::kFailed) throw_block_error(w);
             if (f.state != State::kDone) all_done = false;
         }
         if (all_done) return;
@@ -290,8 +384,8 @@ void run_block(Worker& w, Launch& L, long long b) {
     try {
         start_fiber(w, 0, tid_of(0));
         resume(w, w.fibers[0]);
-        if (w.fibers[0].state == State::kFailed) throw std::runtime_error(w.block_error);
-        if (w.fibers[0].state == State::kDone) {
+        if (w.fibers[0].state == State::kFailed) throw_block_error(w);
+        if (w.fibers[0].state == State::kDone && !kTsan) {
             // Loop mode: nested loops rather than divisions per thread, since
             // this path costs a few nanoseconds per CUDA thread in all.
             w.loop_mode = true;
@@ -314,11 +408,27 @@ void run_block(Worker& w, Launch& L, long long b) {
     } catch (const std::exception& e) {
         w.loop_mode = false;
         w.current = nullptr;
+        tsan_drop_unfinished_fibers(w);
         L.set_error(std::string("kernel ") + L.name + ", " + block_str(blockIdx) + ": " + e.what());
     }
 }
 
-void work(Launch& L) {
+// TSan build: block b runs once blocks 0 .. b - 1 have (see the top).
+void wait_for_turn(Launch& L, long long b) {
+    for (uint32_t now; (now = L.turn.load(std::memory_order_acquire)) != uint32_t(b);)
+        syscall(SYS_futex, &L.turn, FUTEX_WAIT_PRIVATE, now, nullptr, nullptr, 0);
+}
+
+void pass_turn(Launch& L, long long b) {
+    L.turn.store(uint32_t(b + 1), std::memory_order_release);
+    syscall(SYS_futex, &L.turn, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+// Worker `index` of `nworkers` runs blocks until none are left. The TSan
+// build deals them round robin and runs them in turn, so which blocks share
+// a worker (and are ordered) does not depend on timing; the others take the
+// next free block.
+void work(Launch& L, int index, int nworkers) {
     Worker& w = this_worker();
     w.launch = &L;
     const size_t want = std::max<size_t>(L.smem, 128);
@@ -328,16 +438,25 @@ void work(Launch& L) {
         w.smem = static_cast<unsigned char*>(std::aligned_alloc(128, w.smem_capacity));
         if (!w.smem) throw std::bad_alloc();
     }
-#if defined(FCN_EMU_SANITIZE)
+#if defined(FCN_EMU_ASAN)
     // Exactly the requested bytes are usable: a read past them is reported.
     ASAN_UNPOISON_MEMORY_REGION(w.smem, w.smem_capacity);
     ASAN_POISON_MEMORY_REGION(w.smem + L.smem, w.smem_capacity - L.smem);
 #endif
-    while (!L.failed.load(std::memory_order_relaxed)) {
-        const long long b = L.next.fetch_add(1, std::memory_order_relaxed);
+#if defined(FCN_EMU_TSAN)
+    if (!w.tsan_scheduler) w.tsan_scheduler = __tsan_get_current_fiber();
+#endif
+    tsan_release(block_start_order(w));  // what the host wrote before the launch
+    for (long long turn = 0;; ++turn) {
+        const long long b = kTsan ? index + turn * nworkers : L.next.fetch_add(1, std::memory_order_relaxed);
         if (b >= L.blocks) break;
-        run_block(w, L, b);
+        if (kTsan) wait_for_turn(L, b);
+        if (!L.failed.load(std::memory_order_relaxed)) run_block(w, L, b);
+        if (kTsan) pass_turn(L, b);  // after a failure too: the worker holding block b + 1 waits for it
+        ++w.block_turn;
+        if (L.failed.load(std::memory_order_relaxed)) break;
     }
+    tsan_acquire(block_start_order(w));  // everything this worker's threads wrote
     w.launch = nullptr;
 }
 
@@ -356,11 +475,20 @@ public:
             launch_ = &L;
             helpers_ = nworkers - 1;
             active_ = helpers_;
+            taken_ = 0;
             ++generation_;
         }
         start_.notify_all();
+        if (kTsan) {
+            // TSan sees mutex_: a helper taking the launch after the caller
+            // had locked it again would be ordered after the caller's blocks.
+            // Waiting until every helper has it keeps blocks on different
+            // workers unordered, as on a GPU.
+            std::unique_lock<std::mutex> lock(mutex_);
+            taken_cv_.wait(lock, [this] { return taken_ == helpers_; });
+        }
         try {
-            work(L);
+            work(L, 0, nworkers);
         } catch (const std::exception& e) {
             L.set_error(std::string("kernel ") + L.name + ": " + e.what());
         }
@@ -380,9 +508,11 @@ private:
                 seen = generation_;
                 if (index >= helpers_) continue;
                 L = launch_;
+                ++taken_;
             }
+            taken_cv_.notify_one();
             try {
-                work(*L);
+                work(*L, index + 1, helpers_ + 1);
             } catch (const std::exception& e) {
                 L->set_error(std::string("kernel ") + L->name + ": " + e.what());
             }
@@ -393,11 +523,12 @@ private:
 
     std::vector<std::thread> threads_;
     std::mutex mutex_;
-    std::condition_variable start_, done_;
+    std::condition_variable start_, done_, taken_cv_;
     Launch* launch_ = nullptr;
     uint64_t generation_ = 0;
     int helpers_ = 0;
     int active_ = 0;
+    int taken_ = 0;  // helpers that hold the current launch
 };
 
 Pool* g_pool = nullptr;
@@ -448,15 +579,19 @@ void set_workers(int n) {
 }
 
 int workers() {
-    if (sanitize_build()) return 1;  // plain-static __shared__ is one copy for the process
-    return g_workers > 0 ? g_workers : default_workers();
+    if (std::strcmp(sanitizer(), "address") == 0) return 1;  // plain-static __shared__: one copy for the process
+    if (g_workers > 0) return g_workers;
+    // TSan sees a race between blocks only when they run on different workers.
+    return kTsan ? std::max(2, default_workers()) : default_workers();
 }
 
-bool sanitize_build() {
-#if defined(FCN_EMU_SANITIZE)
-    return true;
+const char* sanitizer() {
+#if defined(FCN_EMU_ASAN)
+    return "address";
+#elif defined(FCN_EMU_TSAN)
+    return "thread";
 #else
-    return false;
+    return "";
 #endif
 }
 
@@ -488,6 +623,14 @@ unsigned lane_id() { return unsigned(linear_tid(threadIdx, blockDim) % 32); }
 
 void fail(const char* what) { throw std::runtime_error(what); }
 
+void misaligned(const char* what, const void* p, size_t alignment) {
+    char address[32];
+    std::snprintf(address, sizeof address, "%p", p);
+    throw std::runtime_error(std::string("misaligned address: ") + what + " at " + address + ", " +
+                             std::to_string(reinterpret_cast<uintptr_t>(p) % alignment) + " bytes past a " +
+                             std::to_string(alignment) + "-byte boundary");
+}
+
 const uint64_t* warp_exchange(unsigned mask, uint64_t value) {
     Worker* w = tls_worker;
     if (!w || !w->launch) fail("warp operation outside a kernel");
@@ -503,6 +646,29 @@ const uint64_t* warp_exchange(unsigned mask, uint64_t value) {
     return w->warp_result[t / 32];
 }
 
+// __syncwarp orders memory between the lanes of its mask: each lane releases
+// on a slot of its own, and after the rendezvous acquires every lane's slot.
+// A lane alternates between two slots, and deposits which one it used: it
+// may already release again (at its next __syncwarp) before a slower lane
+// of this rendezvous has resumed and acquired.
+void syncwarp(unsigned mask) {
+    Worker* w = tls_worker;
+    if (!kTsan || !w || !w->current) {  // warp_exchange reports any misuse
+        warp_exchange(mask, 0);
+        return;
+    }
+    const int t = linear_tid(threadIdx, blockDim), base = t - t % 32;
+    const unsigned slot = w->current->syncwarps++ % 2;
+    tsan_release(&w->warp_order[t][slot]);
+    const uint64_t* slots = warp_exchange(mask, slot);
+    for (int lane = 0; lane < 32; ++lane)
+        if ((mask >> lane) & 1u) tsan_acquire(&w->warp_order[base + lane][slots[lane]]);
+}
+
+// __syncthreads orders every thread's accesses before it before every
+// thread's after it. The barrier's generation picks one of two addresses:
+// a thread released from this barrier may reach the next one before a
+// slower thread has acquired from this one.
 void syncthreads_at(const char* file, int line) {
     Worker* w = tls_worker;
     if (!w || !w->launch) fail("__syncthreads outside a kernel");
@@ -512,7 +678,10 @@ void syncthreads_at(const char* file, int line) {
     f.site_file = file;
     f.site_line = line;
     f.state = State::kAtBarrier;
+    char* order = &w->barrier_order[w->barrier_generation % 2];
+    tsan_release(order);
     yield_to_scheduler(*w, f, false);
+    tsan_acquire(order);
 }
 
 }  // namespace fcn_emu

@@ -7,7 +7,10 @@
 // GPU's lane layout does not, which is right: CUDA does not promise one.
 //
 // Every *_sync call is a warp rendezvous, as the `.sync` in wmma.load.sync
-// means on the GPU: all 32 lanes must reach it.
+// means on the GPU: all 32 lanes must reach it. It orders no memory: a tile
+// written by other threads needs a barrier before the load, as on a GPU.
+// A load or store needs a 32-byte aligned pointer and an ldm that is a
+// multiple of 16 bytes (CUDA's rules for load_matrix_sync), else it faults.
 //
 // Supported shapes: tf32 m16n16k8 and half / bfloat16 m16n16k16, float
 // accumulators. TF32 inputs are read through their top 19 bits, as the
@@ -57,9 +60,16 @@ inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, const V& v) {
     for (int i = 0; i < f.num_elements; ++i) f.x[i] = typename fragment<Use, M, N, K, T, L>::element_type(v);
 }
 
+template <typename P>
+inline void check_tile_(const char* what, const P* p, unsigned ldm) {
+    fcn_emu::check_aligned(what, p, 32);
+    if (ldm * sizeof(P) % 16) fcn_emu::fail("wmma: ldm must be a multiple of 16 bytes");
+}
+
 template <typename Frag, typename P>
 inline void load_tile_(Frag& f, const P* p, unsigned ldm, bool row_major_memory) {
-    __syncwarp();
+    fcn_emu::warp_exchange(0xffffffffu, 0);
+    check_tile_("wmma::load_matrix_sync", p, ldm);
     for (int r = 0; r < Frag::rows; ++r)
         for (int c = 0; c < Frag::cols; ++c)
             f.x[r * Frag::cols + c] = row_major_memory ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];
@@ -77,9 +87,12 @@ template <int M, int N, int K, typename T, typename P>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const P* p, unsigned ldm, layout_t layout) {
     load_tile_(f, p, ldm, layout == mem_row_major);
 }
+// Every lane holds the same tile, so the warp's first lane stores it for all.
 template <int M, int N, int K, typename T, typename P>
 inline void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
-    __syncwarp();
+    fcn_emu::warp_exchange(0xffffffffu, 0);
+    check_tile_("wmma::store_matrix_sync", p, ldm);
+    if (fcn_emu::lane_id() != 0) return;
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c) {
             P& dst = layout == mem_row_major ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];
@@ -99,7 +112,7 @@ inline float tensor_core_input_(__nv_bfloat16 v) { return float(v); }
 template <int M, int N, int K, typename T, typename LA, typename LB, typename TC>
 inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
                      const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
-    __syncwarp();
+    fcn_emu::warp_exchange(0xffffffffu, 0);
     float out[M * N];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {

@@ -39,6 +39,23 @@ namespace fcn {
 
 constexpr int kWarpSize = 32;
 
+// Every vector load or store (float2, float4, int4, ...) goes through
+// as_vector: `*as_vector<const float4>(p)` reads 16 bytes at p, and
+// `as_vector<float4>(y)[i]` indexes y as an array of float4. A GPU needs the
+// address to be a multiple of the vector's size and faults otherwise
+// (cudaErrorMisalignedAddress); x86 does not care, so the emulator tests it
+// here, in every build, and raises "misaligned address" naming the kernel.
+// Under nvcc it is the plain reinterpret_cast.
+template <typename V, typename T>
+__device__ __forceinline__ V* as_vector(T* p) {
+    static_assert(sizeof(V) > sizeof(T) && sizeof(V) % sizeof(T) == 0 && (sizeof(V) & (sizeof(V) - 1)) == 0,
+                  "as_vector: V must be a vector of T (a power-of-two size, larger than T)");
+#if defined(FCN_EMU)
+    ::fcn_emu::check_aligned("vector access", p, sizeof(V));
+#endif
+    return reinterpret_cast<V*>(p);
+}
+
 // Written without a + b - 1, which overflows for a near INT_MAX.
 __host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return a / b + (a % b != 0); }
 __host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, long long b) {

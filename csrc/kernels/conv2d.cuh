@@ -353,8 +353,8 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ x_mask, cons
     conv2d_igemm_stages<Fp32Input, TM, TN>(x, x_mask, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
-            const float4 a = *reinterpret_cast<const float4*>(&As[stage][k][tm * kConvThreadM]);
-            const float4 bv = *reinterpret_cast<const float4*>(&Bs[stage][k][tn * kConvThreadN]);
+            const float4 a = *as_vector<const float4>(&As[stage][k][tm * kConvThreadM]);
+            const float4 bv = *as_vector<const float4>(&Bs[stage][k][tn * kConvThreadN]);
             const float av[kConvThreadM] = {a.x, a.y, a.z, a.w};
             const float bw[kConvThreadN] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll

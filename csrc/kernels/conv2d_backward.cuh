@@ -188,8 +188,8 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         if (m0 + kStageM < m_end) fetch(m0 + kStageM);  // in flight during the FMAs below
 #pragma unroll
         for (int j = group * kGroupM; j < (group + 1) * kGroupM; ++j) {
-            const float4 a = *reinterpret_cast<const float4*>(&Ds[stage][j][tk * 4]);
-            const float4 b = *reinterpret_cast<const float4*>(&Xs[stage][j][tt * 4]);
+            const float4 a = *as_vector<const float4>(&Ds[stage][j][tk * 4]);
+            const float4 b = *as_vector<const float4>(&Xs[stage][j][tt * 4]);
             const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
             for (int u = 0; u < 4; ++u)

@@ -115,7 +115,7 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
         for (int i = 0; i < kTaps; i += 4) {
 #pragma unroll
             for (int j = 0; j < kSmallCStep; ++j) {
-                const float4 wv = *reinterpret_cast<const float4*>(&ws[kl + j][i]);
+                const float4 wv = *as_vector<const float4>(&ws[kl + j][i]);
                 acc[j] = fmaf(wv.x, tap[i], acc[j]);
                 acc[j] = fmaf(wv.y, tap[i + 1], acc[j]);
                 acc[j] = fmaf(wv.z, tap[i + 2], acc[j]);

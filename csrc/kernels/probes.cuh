@@ -6,8 +6,8 @@
 // unchanged on a GPU, where the same tests compare the two builds.
 //   barrier_rotate: rotates a block's values through shared memory; wrong
 //     unless __syncthreads really waits.
-//   divergent_barrier / early_exit_barrier / missing_lane_shuffle: must be
-//     reported, never hang.
+//   divergent_barrier / early_exit_barrier / missing_lane_shuffle /
+//     deadlock_probe: must be reported, never hang.
 //   atomics_probe: int add, max, CAS loop and float add from every thread.
 //   atomic_sum: one float accumulator hit by every thread; its rounding
 //     depends on the order, so it shows whether runs are deterministic.
@@ -15,8 +15,11 @@
 //   index_probe: writes every thread's (threadIdx, blockIdx) for 3-D launches.
 //   dynamic_smem_probe: alignment of dynamic shared memory, float4 round trip.
 //   out_of_bounds_probe: reads past the end of global, static shared or
-//     dynamic shared memory, or loads a misaligned float4: the sanitizer build
-//     must report each.
+//     dynamic shared memory (the ASan build must report each), or loads a
+//     misaligned float4 or wmma tile (every build must fault).
+//   race_probe: a data race on a __shared__ word within a block, or on a
+//     global word between blocks (the TSan build must report each), and the
+//     same accesses ordered by a barrier or made atomic (never reported).
 #pragma once
 #include "common.cuh"
 
@@ -55,6 +58,15 @@ __global__ void missing_lane_shuffle(float* y) {
     y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, float(threadIdx.x), 1);
 }
 
+// The lower half-warp waits at a full-mask shuffle for the upper half,
+// which waits at a barrier for the lower half: neither can ever go on.
+__global__ void deadlock_probe(float* y) {
+    float v = float(threadIdx.x);
+    if (threadIdx.x < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+    else __syncthreads();
+    y[threadIdx.x] = v;
+}
+
 // Every thread of the grid: counts[v % bins] += 1 (atomicAdd), maximum = max v
 // (atomicMax), cas_count += 1 through an atomicCAS loop, fsum += 0.5f (float
 // atomicAdd, exact for < 2^24 threads).
@@ -64,7 +76,9 @@ __global__ void atomics_probe(const int* __restrict__ v, int n, int bins, int* c
     if (i >= n) return;
     atomicAdd(&counts[v[i] % bins], 1);
     atomicMax(maximum, v[i]);
-    int old = *cas_count, seen;
+    // The first guess is read atomically too: a plain load would race with
+    // the other threads' atomicCAS (the TSan build reports it).
+    int old = atomicAdd(cas_count, 0), seen;
     do {
         seen = old;
         old = atomicCAS(cas_count, seen, seen + 1);
@@ -96,32 +110,76 @@ __global__ void index_probe(int* out) {
 
 // misalignment[0] = address of dynamic shared memory modulo 16; y gets x
 // back through shared memory as float4, reversed within the block.
-__global__ void dynamic_smem_probe(const float4* __restrict__ x, float4* __restrict__ y,
-                                   unsigned* misalignment) {
-    FCN_DYNAMIC_SMEM(float4, s);
+__global__ void dynamic_smem_probe(const float* __restrict__ x, float* __restrict__ y, unsigned* misalignment) {
+    FCN_DYNAMIC_SMEM(float, smem);
     const int t = threadIdx.x;
-    if (t == 0 && blockIdx.x == 0) misalignment[0] = unsigned(reinterpret_cast<uintptr_t>(s) % 16);
-    s[t] = x[blockIdx.x * blockDim.x + t];
+    if (t == 0 && blockIdx.x == 0) misalignment[0] = unsigned(reinterpret_cast<uintptr_t>(smem) % 16);
+    float4* s = as_vector<float4>(smem);
+    s[t] = as_vector<const float4>(x)[blockIdx.x * blockDim.x + t];
     __syncthreads();
-    y[blockIdx.x * blockDim.x + t] = s[blockDim.x - 1 - t];
+    as_vector<float4>(y)[blockIdx.x * blockDim.x + t] = s[blockDim.x - 1 - t];
 }
 
-enum OutOfBounds { kGlobalRead = 0, kStaticSharedRead = 1, kDynamicSharedRead = 2, kMisalignedFloat4 = 3 };
+enum OutOfBounds {
+    kGlobalRead = 0,
+    kStaticSharedRead = 1,
+    kDynamicSharedRead = 2,
+    kMisalignedFloat4 = 3,
+    kMisalignedWmma = 4
+};
 
-// One block of 64 threads; each reads one element too far in the chosen way.
+// One block of 64 threads (two warps); each reads one element too far in the
+// chosen way, or reads from an address that is not aligned enough.
 __global__ void out_of_bounds_probe(const float* __restrict__ x, float* __restrict__ y, int n, int kind) {
     __shared__ float s[64];
+    __shared__ __align__(32) float tile[4 + 16 * 8];
     FCN_DYNAMIC_SMEM(float, d);  // launched with 64 floats
     const int t = threadIdx.x;
     s[t] = float(t);
     d[t] = float(t);
     __syncthreads();
     float v = 0.f;
-    if (kind == kGlobalRead) v = x[n - 63 + t];              // thread 63 reads x[n]
-    else if (kind == kStaticSharedRead) v = s[t + 1];        // thread 63 reads s[64]
-    else if (kind == kDynamicSharedRead) v = d[t + 1];       // thread 63 reads d[64]
-    else v = reinterpret_cast<const float4*>(x + 1)[0].x;    // x + 1 is not 16-byte aligned
+    if (kind == kGlobalRead) {
+        v = x[n - 63 + t];  // thread 63 reads x[n]
+    } else if (kind == kStaticSharedRead) {
+        v = s[t + 1];  // thread 63 reads s[64]
+    } else if (kind == kDynamicSharedRead) {
+        v = d[t + 1];  // thread 63 reads d[64]
+    } else if (kind == kMisalignedFloat4) {
+        v = as_vector<const float4>(x + 1)->x;  // x + 1 is not 16-byte aligned
+    } else {
+        // A 16 x 8 TF32 tile from tile + 4: 16 bytes past a 32-byte boundary.
+        nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                               nvcuda::wmma::row_major> a;
+        nvcuda::wmma::load_matrix_sync(a, tile + 4, 8);
+        v = a.x[0];
+    }
     y[t] = v;
+}
+
+enum Race { kSharedRace = 0, kGlobalRace = 1, kWarpRace = 2 };
+
+// kSharedRace: one block of 64 threads; thread 0 writes a __shared__ word
+//   and thread 33, in the other warp, reads it into y[0], with __syncthreads
+//   between the two only when `ordered`.
+// kWarpRace: the same between lanes 0 and 1 of one warp, ordered by __syncwarp.
+// kGlobalRace: two blocks of 32 threads; thread 0 of each adds 1 to y[0]
+//   with a plain read-modify-write, or with atomicAdd when `ordered`.
+__global__ void race_probe(float* y, int kind, int ordered) {
+    __shared__ float s;
+    const int t = threadIdx.x;
+    if (kind == kSharedRace) {
+        if (t == 0) s = 1.f;
+        if (ordered) __syncthreads();
+        if (t == 33) y[0] = s;
+    } else if (kind == kWarpRace) {
+        if (t == 0) s = 1.f;
+        if (ordered) __syncwarp();
+        if (t == 1) y[0] = s;
+    } else if (t == 0) {
+        if (ordered) atomicAdd(y, 1.f);
+        else y[0] += 1.f;
+    }
 }
 
 }  // namespace fcn

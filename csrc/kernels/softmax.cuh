@@ -63,7 +63,7 @@ __device__ __forceinline__ void fold_channel(RunningMax& st, float v, int c) {
 // kPixels consecutive floats as one load or store (16 bytes for four).
 __device__ __forceinline__ void load_pixels(const float* p, float (&v)[1]) { v[0] = __ldg(p); }
 __device__ __forceinline__ void load_pixels(const float* p, float (&v)[4]) {
-    const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+    const float4 q = __ldg(as_vector<const float4>(p));
     v[0] = q.x;
     v[1] = q.y;
     v[2] = q.z;
@@ -71,11 +71,11 @@ __device__ __forceinline__ void load_pixels(const float* p, float (&v)[4]) {
 }
 __device__ __forceinline__ void store_pixels(float* p, const float (&v)[1]) { *p = v[0]; }
 __device__ __forceinline__ void store_pixels(float* p, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    *as_vector<float4>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
 __device__ __forceinline__ void store_pixels(int* p, const int (&v)[1]) { *p = v[0]; }
 __device__ __forceinline__ void store_pixels(int* p, const int (&v)[4]) {
-    *reinterpret_cast<int4*>(p) = make_int4(v[0], v[1], v[2], v[3]);
+    *as_vector<int4>(p) = make_int4(v[0], v[1], v[2], v[3]);
 }
 
 // Thread g owns pixels p .. p + kPixels - 1 of image n, where g enumerates

@@ -15,8 +15,8 @@
 
 namespace fcn {
 
-// ---- elementwise.cu
-void launch_axpy(int n, float a, const float* x, float* y, cudaStream_t stream);
+// ---- elementwise.cu  (variant: "scalar", or "float4" with x and y 16-byte aligned)
+void launch_axpy(const char* variant, int n, float a, const float* x, float* y, cudaStream_t stream);
 
 // ---- reduce.cu
 // partial must hold block_sum_partials(n) floats; out receives the sum.
@@ -38,6 +38,7 @@ void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStre
 void launch_divergent_barrier(float* y, cudaStream_t stream);
 void launch_early_exit_barrier(float* y, cudaStream_t stream);
 void launch_missing_lane_shuffle(float* y, cudaStream_t stream);
+void launch_deadlock_probe(float* y, cudaStream_t stream);
 void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
                           cudaStream_t stream);
 void launch_atomic_sum(const float* x, int n, float* out, cudaStream_t stream);
@@ -46,6 +47,7 @@ void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream);
 void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment, int blocks, int threads,
                                cudaStream_t stream);
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
+void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream);
 
 // ---- conv2d.cu
 // variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16"); b may be null;

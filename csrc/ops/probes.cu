@@ -19,6 +19,10 @@ void launch_missing_lane_shuffle(float* y, cudaStream_t stream) {
     launch("missing_lane_shuffle", missing_lane_shuffle, dim3(1), dim3(32), 0, stream, y);
 }
 
+void launch_deadlock_probe(float* y, cudaStream_t stream) {
+    launch("deadlock_probe", deadlock_probe, dim3(1), dim3(32), 0, stream, y);
+}
+
 void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
                           cudaStream_t stream) {
     launch("atomics_probe", atomics_probe, dim3(ceil_div(n, 128)), dim3(128), 0, stream, v, n, bins, counts, maximum,
@@ -39,12 +43,17 @@ void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream) {
 
 void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment, int blocks, int threads,
                                cudaStream_t stream) {
-    launch("dynamic_smem_probe", dynamic_smem_probe, dim3(blocks), dim3(threads), threads * sizeof(float4), stream,
-           reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), misalignment);
+    launch("dynamic_smem_probe", dynamic_smem_probe, dim3(blocks), dim3(threads), threads * 4 * sizeof(float), stream,
+           x, y, misalignment);
 }
 
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream) {
     launch("out_of_bounds_probe", out_of_bounds_probe, dim3(1), dim3(64), 64 * sizeof(float), stream, x, y, n, kind);
+}
+
+void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream) {
+    const dim3 grid(kind == kGlobalRace ? 2 : 1), block(kind == kSharedRace ? 64 : 32);
+    launch("race_probe", race_probe, grid, block, 0, stream, y, kind, int(ordered));
 }
 
 }  // namespace fcn
