@@ -1078,7 +1078,10 @@ def sgd_step(w, g, v, lr, momentum, weight_decay):
     g = V.array(g, "g", be=be)
     if g.shape != w.shape or v.shape != w.shape:
         raise ValueError(f"g and v must have w's shape {tuple(w.shape)}, got {tuple(g.shape)} and {tuple(v.shape)}")
-    if be.xp.shares_memory(w, v):
+    # Both are C-contiguous, so each is one address range, and comparing the
+    # two is exact and free (xp.shares_memory builds and sorts an address per
+    # element on a GPU, gigabytes for fc6, and older CuPy does not have it).
+    if be.ptr(w) < be.ptr(v) + v.nbytes and be.ptr(v) < be.ptr(w) + w.nbytes:
         raise ValueError("w and v must not overlap")
     lr, momentum, weight_decay = _real(lr, "lr"), _real(momentum, "momentum"), _real(weight_decay, "weight_decay")
     V.fits_int32(w.size + 255, "w (rounded up to whole blocks)")

@@ -530,6 +530,28 @@ def test_sgd_step(be, rng, hyper):
     assert_close(wd_, w64, what="w")
 
 
+def test_sgd_step_overlap_is_a_test_of_address_ranges(be, rng, monkeypatch):
+    """w and v are refused when their bytes overlap and accepted when they
+    only touch, decided from the two address ranges, never by
+    xp.shares_memory (an address per element, sorted, on a GPU)."""
+    def exact_overlap(*args, **kwargs):
+        raise NotImplementedError("sgd_step called xp.shares_memory")
+
+    monkeypatch.setattr(be.xp, "shares_memory", exact_overlap)
+    buf = randn(rng, 71)
+    g = randn(rng, 35)
+    dev_buf = be.xp.asarray(buf.copy())  # updated in place; buf keeps the values before
+    ops.sgd_step(dev_buf[:35], be.xp.asarray(g), dev_buf[35:70], 0.1, 0.9, 0.0)  # w and v touch, no overlap
+    v = 0.9 * buf[35:70].astype(np.float64) + 0.1 * g
+    assert_close(dev_buf[35:70], v, what="v")
+    assert_close(dev_buf[:35], buf[:35] - v, what="w")
+    assert to_numpy(dev_buf)[70] == buf[70]
+    with pytest.raises(ValueError, match="w and v must not overlap"):
+        ops.sgd_step(dev_buf[:35], be.xp.asarray(g), dev_buf[34:69], 0.1, 0.9, 0.0)
+    with pytest.raises(ValueError, match="w and v must not overlap"):
+        ops.sgd_step(dev_buf[36:71], be.xp.asarray(g), dev_buf[2:37], 0.1, 0.9, 0.0)
+
+
 # ---------------------------------------------------------------- fuzz
 
 @settings(max_examples=25, deadline=None, derandomize=True,
