@@ -179,12 +179,16 @@ def passes_constants(w, stride):
     return bool(np.allclose(phases, 1.0, rtol=0, atol=1e-6))
 
 
-def _is_per_channel(w):
-    """True when a C x C x k x k deconvolution weight is zero off the diagonal."""
-    diagonal = np.zeros_like(w)
-    idx = np.arange(min(w.shape[0], w.shape[1]))
+def _is_per_channel(w, xp=np):
+    """True when a C x C x k x k deconvolution weight is zero off the diagonal
+    (and, as array_equal compares, NaN-free on it). xp: w's array module;
+    on a GPU only the answer comes back to the host, not the weights."""
+    if w.shape[0] != w.shape[1]:
+        return False
+    diagonal = xp.zeros_like(w)
+    idx = xp.arange(w.shape[0])
     diagonal[idx, idx] = w[idx, idx]
-    return w.shape[0] == w.shape[1] and np.array_equal(w, diagonal)
+    return bool(xp.array_equal(w, diagonal))
 
 
 class _SkipsOnly(dict):
@@ -346,9 +350,18 @@ class FCN:
         self._bf16 = {}  # made again from the new weights when inference next needs them
         # Decided once here, on the host copy: asking the op to detect
         # per-channel weights would cost a device sync on every forward.
-        # (So upsampling weights change only through load_state_dict.)
-        self.upsample_variant = {k.rsplit(".", 1)[0]: ("bilinear" if _is_per_channel(v) else "gather")
-                                 for k, v in arrays.items() if k.startswith("upscore")}
+        # (Weights changed in place need upsampling_changed().)
+        self._choose_upsample_variants(arrays, np)
+
+    def _choose_upsample_variants(self, weights, xp):
+        self.upsample_variant = {k.rsplit(".", 1)[0]: ("bilinear" if _is_per_channel(v, xp) else "gather")
+                                 for k, v in weights.items() if k.startswith("upscore")}
+
+    def upsampling_changed(self):
+        """Decides the upsampling variants again after the upscore weights
+        changed in place (SGD with train_upsampling): on the device, where the
+        weights are, so one bool per layer comes back instead of the model."""
+        self._choose_upsample_variants(self.params, self._check_backend().xp)
 
     def shift_scores(self, offset):
         """Adds offset[c] to every output score of class c (to float

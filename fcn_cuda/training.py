@@ -210,7 +210,7 @@ class Trainer:
             decay = 0.0 if name.endswith(".bias") else cfg.weight_decay
             ops.sgd_step(self.model.params[name], g, self.velocity[name], self.rate(name), cfg.momentum, decay)
         if cfg.train_upsampling:  # a trained deconvolution may no longer be per-channel
-            self.model.load_state_dict(self.model.state_dict())
+            self.model.upsampling_changed()
 
     def train_step(self, x, labels):
         """One SGD step on one batch (this process's share of it: share());

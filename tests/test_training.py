@@ -53,6 +53,37 @@ def test_sgd_follows_the_recipe():
     np.testing.assert_array_equal(m.params["upscore8.weight"], before["upscore8.weight"])  # frozen
 
 
+def test_trained_upsampling_is_decided_on_the_device(monkeypatch):
+    """train_upsampling=True: after each step the upsampling variants are
+    decided where the weights are, without a state_dict / load_state_dict
+    round trip of the whole model, and the steps are bit for bit those that
+    the round trip gave. The first step makes the bilinear kernels non-diagonal."""
+    cfg = config(iterations=3, lr=1e-2, train_upsampling=True)
+    trainer, reference = Trainer(small_model(), cfg), Trainer(small_model(), cfg)
+    x, labels = make_batch(SyntheticShapes(2, size=24, seed=1), [0, 1], fcn_cuda._backend.active())
+    assert set(trainer.model.upsample_variant.values()) == {"bilinear"}
+    round_trips = []
+
+    def counted(method):
+        def call(self, *args):
+            round_trips.append(method.__name__)
+            return method(self, *args)
+        return call
+
+    for _ in range(3):
+        with monkeypatch.context() as m:
+            for name in ("state_dict", "load_state_dict"):
+                m.setattr(fcn_cuda.FCN, name, counted(getattr(fcn_cuda.FCN, name)))
+            loss = trainer.train_step(x, labels)
+        assert round_trips == []
+        assert reference.train_step(x, labels) == loss
+        reference.model.load_state_dict(reference.model.state_dict())  # what each step did before
+        assert trainer.model.upsample_variant == reference.model.upsample_variant
+        for k, v in reference.model.params.items():
+            assert trainer.model.params[k].tobytes() == v.tobytes(), k
+    assert set(trainer.model.upsample_variant.values()) == {"gather"}
+
+
 def test_rates_follow_the_multipliers_and_the_warmup():
     m = small_model()
     t = Trainer(m, config(lr=0.5, warmup=4, input_lr_mult=0.01))
