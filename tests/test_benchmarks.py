@@ -356,6 +356,29 @@ def host_cases():
         ctx.close()
 
 
+def test_upsample_rows_time_what_the_model_runs(monkeypatch):
+    """Each upsampling row calls conv_transpose2d as the model does, with
+    trusted=True: a timed call never runs the per-channel check on w (two
+    reductions and a host sync on a GPU), which the model makes once, at load."""
+    cfg = suite.config_for("host", quick=True)
+    ctx = suite.Context("host", cfg, log=lambda *a: None)
+    try:
+        n, h, w = cfg.shapes[0]
+        layers = [L for L in suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc, cfg.classes) if L["type"] == "upsample"]
+        cases = [case for L in layers for case in suite.upsample_cases(ctx, suite.shape_tag(cfg.shapes[0]), L)]
+
+        def check_in_timing(be, w):
+            raise AssertionError("a timed upsampling call checked whether w is per-channel")
+
+        monkeypatch.setattr(suite.ops, "_is_diagonal", check_in_timing)
+        assert {case.ours for case in cases} == set(suite.ops.CONV_TRANSPOSE2D_VARIANTS) and len(layers) == 3
+        for case in cases:
+            for fn in case.ours_fns:
+                fn()
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("layer", ["conv1_2", "pool1", "upscore8", "softmax_argmax", "forward"])
 def test_benchmark_suite_row(benchmark, host_cases, layer):
     """pytest-benchmark timing of one suite row's fcn_cuda side (host emulation), checked against its reference."""
