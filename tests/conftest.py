@@ -1,14 +1,32 @@
 """Shared fixtures: every kernel test runs on each backend present.
 
 `be` is parametrized over 'host' (always) and 'cuda' (where a GPU and the
-_cuda build are present; elsewhere those cases skip with the reason).
+_cuda build are present; elsewhere those cases skip with the reason). A
+test that switches the backend itself gets the previous one back after it.
+
+FCN_CUDA_NO_MEMORY_POOL=1 (set by .ci/gpu's compute-sanitizer stages) turns
+CuPy's memory pool off: the pool cuts many arrays out of one cudaMalloc, so
+memcheck would take an overrun into a neighbouring array for valid memory.
 """
+
+import os
 
 import numpy as np
 import pytest
 
 import fcn_cuda
 from fcn_cuda import _backend
+
+
+def memory_pool_from_env():
+    if os.environ.get("FCN_CUDA_NO_MEMORY_POOL") == "1":
+        import cupy
+
+        cupy.cuda.set_allocator(None)
+        cupy.cuda.set_pinned_memory_allocator(None)
+
+
+memory_pool_from_env()
 
 
 def _backends():
@@ -24,6 +42,16 @@ def be(request):
     previous = fcn_cuda.backend()
     fcn_cuda.use_backend(request.param)
     yield _backend.active()
+    fcn_cuda.use_backend(previous)
+
+
+@pytest.fixture(autouse=True)
+def _backend_put_back():
+    """The backend active before each test is active after it: a switch
+    never leaks into later tests (on a GPU machine they would run on the
+    host, or the reverse, depending on test order)."""
+    previous = fcn_cuda.backend()
+    yield
     fcn_cuda.use_backend(previous)
 
 

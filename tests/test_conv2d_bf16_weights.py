@@ -254,8 +254,10 @@ def test_bf16_weights_of_another_backend(be, rng):
     w = rng.standard_normal((2, 3, 1, 1), dtype=np.float32)
     if fcn_cuda._backend.cuda_unavailable_reason() is None:
         fcn_cuda.use_backend({"host": "cuda", "cuda": "host"}[be.name])
-        wb = ops.to_bf16_weights(w)
-        fcn_cuda.use_backend(be.name)
+        try:  # made from w on the backend it is made on
+            wb = ops.to_bf16_weights(fcn_cuda._backend.active().xp.asarray(w))
+        finally:
+            fcn_cuda.use_backend(be.name)
     else:  # no GPU: bits swapped for a stand-in for GPU memory after the checks
         wb = ops.to_bf16_weights(w)
         wb.bits = FakeDeviceArray()
@@ -272,6 +274,7 @@ def decisive(scores):
     return (top2[:, 1] - top2[:, 0]) > 0.05 * (scores.max() - scores.min())
 
 
+@pytest.mark.model_scale
 def test_model_opt_in(be):
     """A small random FCN-8s: with fc6 and fc7 on bf16 weights, scores stay
     within the bf16 tolerance of the fp32 model's (and of torch's float64
@@ -305,6 +308,7 @@ def test_model_opt_in(be):
     assert same_bits(model.use_bf16_weights(())(xb), fp32)
 
 
+@pytest.mark.model_scale
 def test_model_follows_new_weights(be):
     """load_state_dict replaces the bf16 copies too."""
     a, b = (state_dict_f32(random_fcn("32s", seed=s)) for s in (1, 2))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fcn_cuda
 from fcn_cuda import ops
@@ -99,25 +99,27 @@ def test_score_crop_add_fcn_head_composition(be, rng):
     assert_close(out, ref)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), k=st.integers(1, 12), c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6),
        hf=st.integers(1, 9), wf=st.integers(1, 9), oy=st.integers(0, 4), ox=st.integers(0, 4),
        scale=st.sampled_from([1.0, 0.01, 1e-4, -3.0]), seed=st.integers(0, 2**16))
-def test_fuzz(n, k, c, h, w, hf, wf, oy, ox, scale, seed):
+def test_fuzz(be, n, k, c, h, w, hf, wf, oy, ox, scale, seed):
     rng = np.random.default_rng(seed)
     up = rng.standard_normal((n, k, h, w)).astype(np.float32)
     feat = rng.standard_normal((n, c, hf, wf)).astype(np.float32)
     wt = rng.standard_normal((k, c, 1, 1)).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32)
     big = rng.standard_normal((n, k, hf, wf)).astype(np.float32)
+    d_up, d_feat, d_wt, d_b, d_big = (be.xp.asarray(a) for a in (up, feat, wt, b, big))
     if oy + h > hf or ox + w > wf:
         with pytest.raises(ValueError, match="offset"):
-            ops.score_crop_add(up, feat, wt, b, (oy, ox), scale)
+            ops.score_crop_add(d_up, d_feat, d_wt, d_b, (oy, ox), scale)
         with pytest.raises(ValueError, match="offset"):
-            ops.crop_add(up, big, (oy, ox))
+            ops.crop_add(d_up, d_big, (oy, ox))
         return
-    assert_close(ops.score_crop_add(up, feat, wt, b, (oy, ox), scale), score_reference(up, feat, wt, b, oy, ox, scale))
-    assert_close(ops.crop_add(up, big, (oy, ox)), crop_reference(up, big, oy, ox))
+    assert_close(ops.score_crop_add(d_up, d_feat, d_wt, d_b, (oy, ox), scale),
+                 score_reference(up, feat, wt, b, oy, ox, scale))
+    assert_close(ops.crop_add(d_up, d_big, (oy, ox)), crop_reference(up, big, oy, ox))
 
 
 def test_crop_add_bad_inputs(be):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fcn_cuda import ops
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kernels
 
 
 def reference(x, k, s, ceil_mode):
-    return F.max_pool2d(torch.from_numpy(x).double(), k, s, padding=0, ceil_mode=ceil_mode, return_indices=True)
+    return F.max_pool2d(torch.from_numpy(to_numpy(x)).double(), k, s, padding=0, ceil_mode=ceil_mode, return_indices=True)
 
 
 def check(x, k=2, s=2, ceil_mode=True):
@@ -38,7 +38,7 @@ CONFIGS = [(2, 2), (3, 2), (3, 3), (1, 1), ((2, 3), (1, 2)), (4, 3)]
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_matches_torch(be, rng, shape, ceil_mode, config):
     k, s = config
-    x = rng.standard_normal(shape).astype(np.float32)
+    x = be.xp.asarray(rng.standard_normal(shape).astype(np.float32))  # on the backend, for the errors too
     kh, kw = (k, k) if isinstance(k, int) else k
     if not ceil_mode and (shape[2] < kh or shape[3] < kw):
         with pytest.raises(ValueError, match="kernel_size"):
@@ -49,7 +49,7 @@ def test_matches_torch(be, rng, shape, ceil_mode, config):
         with pytest.raises(ValueError, match="kernel_size"):
             ops.max_pool2d(x, k, s)
         return
-    check(be.xp.asarray(x), k, s, ceil_mode)
+    check(x, k, s, ceil_mode)
 
 
 def test_fcn_pool_shapes(be, rng):
@@ -84,11 +84,11 @@ def test_nan_and_inf_like_torch(be):
     np.testing.assert_array_equal(to_numpy(idx), ref_idx.numpy())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(1, 12), w=st.integers(1, 12),
        k=st.integers(1, 5), s=st.integers(1, 4), ceil_mode=st.booleans(), seed=st.integers(0, 2**16))
-def test_fuzz(n, c, h, w, k, s, ceil_mode, seed):
-    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+def test_fuzz(be, n, c, h, w, k, s, ceil_mode, seed):
+    x = be.xp.asarray(np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32))
     try:
         ref, ref_idx = reference(x, k, s, ceil_mode)
     except RuntimeError:  # torch: output size too small
@@ -97,7 +97,7 @@ def test_fuzz(n, c, h, w, k, s, ceil_mode, seed):
         return
     y, idx = ops.max_pool2d(x, k, s, ceil_mode=ceil_mode, return_indices=True)
     assert_close(y, ref)
-    np.testing.assert_array_equal(idx, ref_idx.numpy())
+    np.testing.assert_array_equal(to_numpy(idx), ref_idx.numpy())
 
 
 def test_bad_inputs(be):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fcn_cuda
 from fcn_cuda import ops
@@ -81,6 +81,7 @@ def test_gather_general_weights(be, rng, shape):
     assert_close(y, reference_conv2d_input(x, w, (2, 3), 0, ref.shape[2:]), what="vs conv2d input gradient")
 
 
+@pytest.mark.model_scale
 @pytest.mark.parametrize("channels,k,s", [(1, 4, 2), (3, 16, 8), (21, 4, 2), (21, 16, 8), (21, 32, 16), (21, 64, 32)])
 def test_fcn_bilinear_upsampling(be, rng, channels, k, s):
     """The reference's frozen upscore layers: both variants give F.conv_transpose2d's result."""
@@ -186,32 +187,34 @@ def test_bilinear_weights_bad_inputs():
         fcn_cuda.bilinear_weights(50000, 4)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), cin=st.integers(1, 4), cout=st.integers(1, 4), h=st.integers(1, 5),
        w=st.integers(1, 5), r=st.integers(1, 6), s=st.integers(1, 6), sy=st.integers(1, 4), sx=st.integers(1, 4),
        py=st.integers(0, 3), px=st.integers(0, 3), diagonal=st.booleans(),
        variant=st.sampled_from([None, *VARIANTS]), seed=st.integers(0, 2**16))
-def test_fuzz(n, cin, cout, h, w, r, s, sy, sx, py, px, diagonal, variant, seed):
+def test_fuzz(be, n, cin, cout, h, w, r, s, sy, sx, py, px, diagonal, variant, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
     wt = weights(rng, cin, cout, r, s, "bilinear" if diagonal else "gather")
+    d_x, d_wt = be.xp.asarray(x), be.xp.asarray(wt)
     try:
         ref = reference(x, wt, None, (sy, sx), (py, px))
     except RuntimeError:  # torch: padding leaves no output
         with pytest.raises(ValueError, match="padding"):
-            ops.conv_transpose2d(x, wt, None, (sy, sx), (py, px), variant=variant)
+            ops.conv_transpose2d(d_x, d_wt, None, (sy, sx), (py, px), variant=variant)
         return
     per_channel = cin == cout and not (wt * (1 - np.eye(cin))[:, :, None, None]).any()  # 1 x 1 always is
     if variant == "bilinear" and not per_channel:
         with pytest.raises(ValueError, match="bilinear"):
-            ops.conv_transpose2d(x, wt, None, (sy, sx), (py, px), variant=variant)
+            ops.conv_transpose2d(d_x, d_wt, None, (sy, sx), (py, px), variant=variant)
         return
-    assert_close(ops.conv_transpose2d(x, wt, None, (sy, sx), (py, px), variant=variant), ref)
+    assert_close(ops.conv_transpose2d(d_x, d_wt, None, (sy, sx), (py, px), variant=variant), ref)
     # and a random window of the unpadded output
     full = reference(x, wt, None, (sy, sx))
     oy, ox = rng.integers(0, full.shape[2]), rng.integers(0, full.shape[3])
     out_h, out_w = rng.integers(1, full.shape[2] - oy + 1), rng.integers(1, full.shape[3] - ox + 1)
-    y = ops.conv_transpose2d_window(x, wt, (sy, sx), int(out_h), int(out_w), (int(oy), int(ox)), variant=variant)
+    y = ops.conv_transpose2d_window(d_x, d_wt, (sy, sx), int(out_h), int(out_w), (int(oy), int(ox)),
+                                    variant=variant)
     assert_close(y, full[:, :, oy:oy + out_h, ox:ox + out_w])
 
 
