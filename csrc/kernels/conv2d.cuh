@@ -351,10 +351,14 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ x_mask, cons
 
     float acc[kConvThreadM][kConvThreadN] = {};
     conv2d_igemm_stages<Fp32Input, TM, TN>(x, x_mask, w, g, m0, k0, depth.begin, depth.end, As, Bs, [&](int stage) {
+        // This thread's column of each tile as float4s, one row (tap) apart.
+        static_assert(TM % 4 == 0 && kConvLdB<float, TN> % 4 == 0, "tile rows must be whole float4s");
+        const float4* a4 = as_vector<const float4>(&As[stage][0][tm * kConvThreadM]);
+        const float4* b4 = as_vector<const float4>(&Bs[stage][0][tn * kConvThreadN]);
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
-            const float4 a = *as_vector<const float4>(&As[stage][k][tm * kConvThreadM]);
-            const float4 bv = *as_vector<const float4>(&Bs[stage][k][tn * kConvThreadN]);
+            const float4 a = a4[k * (TM / 4)];
+            const float4 bv = b4[k * (kConvLdB<float, TN> / 4)];
             const float av[kConvThreadM] = {a.x, a.y, a.z, a.w};
             const float bw[kConvThreadN] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll

@@ -186,10 +186,14 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         for (int i = 0; i < kXSlots; ++i) Xs[stage][lm][lcol + i * kSlotStride] = x_next[i];
         __syncthreads();
         if (m0 + kStageM < m_end) fetch(m0 + kStageM);  // in flight during the FMAs below
+        // This thread's float4 of each pixel row.
+        static_assert(kLdK % 4 == 0 && kGradLd % 4 == 0, "tile rows must be whole float4s");
+        const float4* d4 = as_vector<const float4>(&Ds[stage][0][tk * 4]);
+        const float4* x4 = as_vector<const float4>(&Xs[stage][0][tt * 4]);
 #pragma unroll
         for (int j = group * kGroupM; j < (group + 1) * kGroupM; ++j) {
-            const float4 a = *as_vector<const float4>(&Ds[stage][j][tk * 4]);
-            const float4 b = *as_vector<const float4>(&Xs[stage][j][tt * 4]);
+            const float4 a = d4[j * (kLdK / 4)];
+            const float4 b = x4[j * (kGradLd / 4)];
             const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
             for (int u = 0; u < 4; ++u)

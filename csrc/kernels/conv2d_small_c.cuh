@@ -107,6 +107,8 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     // float4 read of ws feeds four FMAs. yp walks along with kl: indexing
     // yp[(kl + j) * PQ] instead cost conv1_1's kTaps = 32 instance a spill at
     // ptxas's chosen 64 registers (sm_90).
+    static_assert(kTaps % 4 == 0, "filter rows must be whole float4s");
+    const float4* ws4 = as_vector<const float4>(&ws[0][0]);
     for (int kl = 0; kl < group; kl += kSmallCStep, yp += kSmallCStep * PQ) {
         float acc[kSmallCStep];
 #pragma unroll
@@ -115,7 +117,7 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
         for (int i = 0; i < kTaps; i += 4) {
 #pragma unroll
             for (int j = 0; j < kSmallCStep; ++j) {
-                const float4 wv = *as_vector<const float4>(&ws[kl + j][i]);
+                const float4 wv = ws4[(kl + j) * (kTaps / 4) + i / 4];
                 acc[j] = fmaf(wv.x, tap[i], acc[j]);
                 acc[j] = fmaf(wv.y, tap[i + 1], acc[j]);
                 acc[j] = fmaf(wv.z, tap[i + 2], acc[j]);

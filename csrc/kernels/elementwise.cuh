@@ -21,16 +21,19 @@ __global__ void axpy_scalar(int n, float a, const float* __restrict__ x, float* 
 // One thread per float4; the grid strides so a modest grid covers any n.
 // grid = ceil_div(n / 4, 256 * 4) x 1 (about 4 vectors per thread), block = 256.
 __global__ void axpy_float4(int n, float a, const float* __restrict__ x, float* __restrict__ y) {
+    // a in every lane: each step is one four-wide FMA (the form in which g++
+    // also vectorizes the emulated lanes; with a scalar a it may not).
+    const float4 a4 = make_float4(a, a, a, a);
     const int vectors = n / 4;
     const float4* x4 = as_vector<const float4>(x);
     float4* y4 = as_vector<float4>(y);
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += gridDim.x * blockDim.x) {
         const float4 xv = x4[i];
         float4 yv = y4[i];
-        yv.x = fmaf(a, xv.x, yv.x);
-        yv.y = fmaf(a, xv.y, yv.y);
-        yv.z = fmaf(a, xv.z, yv.z);
-        yv.w = fmaf(a, xv.w, yv.w);
+        yv.x = fmaf(a4.x, xv.x, yv.x);
+        yv.y = fmaf(a4.y, xv.y, yv.y);
+        yv.z = fmaf(a4.z, xv.z, yv.z);
+        yv.w = fmaf(a4.w, xv.w, yv.w);
         y4[i] = yv;
     }
     // The last n % 4 elements, one per thread of block 0.
