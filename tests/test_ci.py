@@ -1,0 +1,40 @@
+"""What the CI scripts promise: .ci/gpu's compute-sanitizer stages run with
+CuPy's memory pool off, and .ci/run's TSan stage fails on a report."""
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import conftest
+
+CI = Path(__file__).resolve().parent.parent / ".ci"
+
+
+def test_compute_sanitizer_stages_turn_the_memory_pool_off():
+    script = (CI / "gpu").read_text()
+    stages = re.findall(r"step (\w+) (.*compute-sanitizer --tool \w+.*)", script)
+    assert sorted(name for name, _ in stages) == ["memcheck", "racecheck"]
+    for name, command in stages:
+        assert command.startswith("env FCN_CUDA_NO_MEMORY_POOL=1 compute-sanitizer"), name
+
+
+def test_the_switch_turns_cupys_pools_off(monkeypatch):
+    calls = []
+    cuda = types.SimpleNamespace(set_allocator=lambda a: calls.append(("device", a)),
+                                 set_pinned_memory_allocator=lambda a: calls.append(("pinned", a)))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.delenv("FCN_CUDA_NO_MEMORY_POOL", raising=False)
+    conftest.memory_pool_from_env()
+    assert calls == []
+    monkeypatch.setenv("FCN_CUDA_NO_MEMORY_POOL", "1")
+    conftest.memory_pool_from_env()
+    assert calls == [("device", None), ("pinned", None)]
+
+
+def test_the_tsan_stage_stops_at_the_first_report():
+    script = (CI / "run").read_text()
+    stage = script[script.index('stage "kernel tests under the ThreadSanitizer build'):]
+    assert 'TSAN_OPTIONS="halt_on_error=1 exitcode=66"' in stage and "libtsan.so" in stage
+    assert '-m "kernels and not model_scale"' in stage
+    assert "set -euo pipefail" in script  # a non-zero pytest (66 on a report) fails the script
