@@ -103,22 +103,24 @@ struct CrfLanes {
     float v[kLanes];
 };
 
+// Group i of kLanes floats of the rows at base (the pixel or vertex row times V / kLanes, plus the
+// group): indexed off base, so that the emulator's alignment test of base stays out of the loops.
 template <int kLanes>
-__device__ __forceinline__ CrfLanes<kLanes> crf_load(const float* p) {
+__device__ __forceinline__ CrfLanes<kLanes> crf_load(const float* base, size_t i) {
     CrfLanes<kLanes> r;
     if constexpr (kLanes == 4) {
-        const float4 q = *reinterpret_cast<const float4*>(p);
+        const float4 q = as_vector<const float4>(base)[i];
         r.v[0] = q.x, r.v[1] = q.y, r.v[2] = q.z, r.v[3] = q.w;
     } else {
-        r.v[0] = *p;
+        r.v[0] = base[i];
     }
     return r;
 }
 
 template <int kLanes>
-__device__ __forceinline__ void crf_store(float* p, const CrfLanes<kLanes>& r) {
-    if constexpr (kLanes == 4) *reinterpret_cast<float4*>(p) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
-    else *p = r.v[0];
+__device__ __forceinline__ void crf_store(float* base, size_t i, const CrfLanes<kLanes>& r) {
+    if constexpr (kLanes == 4) as_vector<float4>(base)[i] = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+    else base[i] = r.v[0];
 }
 
 // Eigen's expAndNormalize for one pixel: exp(t_c - max) / sum, written to out[c * stride] for c < C.
@@ -497,7 +499,7 @@ __device__ __forceinline__ int crf_find_vertex(const unsigned long long* __restr
 template <int D>
 __global__ void __launch_bounds__(kCrfThreads)
 crf_lattice_neighbours(const unsigned long long* __restrict__ vertex_keys, int M, CrfKeyLayout layout,
-                       int2* __restrict__ neighbours) {
+                       int* __restrict__ neighbours) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (D + 1) * M) return;
     const int j = t / M, v = t - j * M;
@@ -517,7 +519,7 @@ crf_lattice_neighbours(const unsigned long long* __restrict__ vertex_keys, int M
         k1 |= (unsigned long long)(q1 & mask) << layout.shift[i];
         k2 |= (unsigned long long)(q2 & mask) << layout.shift[i];
     }
-    neighbours[t] = make_int2(in1 ? crf_find_vertex(vertex_keys, M, k1) : M,
+    as_vector<int2>(neighbours)[t] = make_int2(in1 ? crf_find_vertex(vertex_keys, M, k1) : M,
                               in2 ? crf_find_vertex(vertex_keys, M, k2) : M);
 }
 
@@ -545,12 +547,12 @@ crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, c
             if (p < 0) continue;  // the padding point: in the lattice, never splatted
             const float w = splat_weight[i];
             const float s = scale ? scale[p] : 1.f;
-            const CrfLanes<kLanes> in = crf_load<kLanes>(x + size_t(p) * V + g * kLanes);
+            const CrfLanes<kLanes> in = crf_load<kLanes>(x, size_t(p) * groups + g);
 #pragma unroll
             for (int l = 0; l < kLanes; ++l) acc.v[l] += crf_mul(w, in.v[l] * s);
         }
     }
-    crf_store<kLanes>(values + size_t(v) * V + g * kLanes, acc);
+    crf_store<kLanes>(values, size_t(v) * groups + g, acc);
 }
 
 // One thread per (vertex v <= M, group g), as crf_splat. One Jacobi step along one axis:
@@ -558,24 +560,24 @@ crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, c
 // kDouble: pydensecrf's scalar routine (V <= 2) adds in double: float(double(in) + 0.5 * float(n1 + n2)).
 template <int kLanes, bool kDouble>
 __global__ void __launch_bounds__(kCrfThreads)
-crf_blur(const float* __restrict__ in, const int2* __restrict__ neighbours, int M, int V, float* __restrict__ out) {
+crf_blur(const float* __restrict__ in, const int* __restrict__ neighbours, int M, int V, float* __restrict__ out) {
     const int groups = V / kLanes;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (M + 1) * groups) return;
     const int v = t / groups, g = t - v * groups;
     CrfLanes<kLanes> r = {};
     if (v < M) {
-        const int2 nb = neighbours[v];
-        const CrfLanes<kLanes> a = crf_load<kLanes>(in + size_t(v) * V + g * kLanes);
-        const CrfLanes<kLanes> b1 = crf_load<kLanes>(in + size_t(nb.x) * V + g * kLanes);
-        const CrfLanes<kLanes> b2 = crf_load<kLanes>(in + size_t(nb.y) * V + g * kLanes);
+        const int2 nb = as_vector<const int2>(neighbours)[v];
+        const CrfLanes<kLanes> a = crf_load<kLanes>(in, size_t(v) * groups + g);
+        const CrfLanes<kLanes> b1 = crf_load<kLanes>(in, size_t(nb.x) * groups + g);
+        const CrfLanes<kLanes> b2 = crf_load<kLanes>(in, size_t(nb.y) * groups + g);
 #pragma unroll
         for (int l = 0; l < kLanes; ++l) {
             const float pair = b1.v[l] + b2.v[l];
             r.v[l] = kDouble ? float(double(a.v[l]) + 0.5 * double(pair)) : a.v[l] + 0.5f * pair;
         }
     }
-    crf_store<kLanes>(out + size_t(v) * V + g * kLanes, r);
+    crf_store<kLanes>(out, size_t(v) * groups + g, r);
 }
 
 // Pixel n's sliced value for one group: sum over r = 0..D of its weight b_r times alpha times the value of
@@ -592,7 +594,7 @@ __device__ __forceinline__ CrfLanes<kLanes> crf_slice_pixel(const float* __restr
     for (int r = 0; r <= D; ++r) {
         const int e = r * P + n;
         const float b = bary[e];
-        const CrfLanes<kLanes> val = crf_load<kLanes>(values + size_t(vertex_of[e]) * V + g * kLanes);
+        const CrfLanes<kLanes> val = crf_load<kLanes>(values, size_t(vertex_of[e]) * (V / kLanes) + g);
 #pragma unroll
         for (int l = 0; l < kLanes; ++l)
             acc.v[l] += kSeq ? crf_mul(b * val.v[l], kAlpha) : crf_mul(b * kAlpha, val.v[l]);
@@ -624,11 +626,11 @@ crf_slice_message(const float* __restrict__ values, const int* __restrict__ vert
     if (t >= N * groups) return;
     const int n = t / groups, g = t - n * groups;
     const CrfLanes<kLanes> acc = crf_slice_pixel<D, kLanes, kSeq>(values, vertex_of, bary, n, P, V, g);
-    const size_t o = size_t(n) * V + g * kLanes;
-    CrfLanes<kLanes> r = crf_load<kLanes>(t_in + o);
+    const size_t o = size_t(n) * groups + g;
+    CrfLanes<kLanes> r = crf_load<kLanes>(t_in, o);
 #pragma unroll
     for (int l = 0; l < kLanes; ++l) r.v[l] = r.v[l] - crf_mul(-compat, acc.v[l] * norm[n]);
-    crf_store<kLanes>(t_out + o, r);
+    crf_store<kLanes>(t_out, o, r);
 }
 
 }  // namespace fcn

@@ -92,10 +92,9 @@ float* splat_and_blur(const CrfLatticeView& L, const float* x, const float* scal
     const long long threads = (long long)(L.M + 1) * (V / kLanes);
     launch("crf_splat", crf_splat<kLanes>, crf_grid(threads), dim3(kCrfThreads), 0, stream, x, scale, V,
            L.vertex_start, L.splat_pixel, L.splat_weight, L.M, a);
-    const int2* neighbours = reinterpret_cast<const int2*>(L.neighbours);
-    for (int j = 0; j <= L.d; ++j) {
+    for (int j = 0; j <= L.d; ++j) {  // axis j's neighbour pairs: M pairs of ints
         launch("crf_blur", crf_blur<kLanes, kSeq>, crf_grid(threads), dim3(kCrfThreads), 0, stream, a,
-               neighbours + (long long)j * L.M, L.M, V, b);
+               L.neighbours + 2 * (long long)j * L.M, L.M, V, b);
         std::swap(a, b);
     }
     return a;
@@ -173,14 +172,13 @@ void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb
     const int n = (d + 1) * s.P;
     launch("crf_lattice_tables", crf_lattice_tables, crf_grid(n), dim3(kCrfThreads), 0, stream, keys, entries, first,
            n, s.N, s.P, s.layout.rem_bits, bary, vertex_start, vertex_keys, vertex_of, splat_pixel, splat_weight);
-    int2* nb = reinterpret_cast<int2*>(neighbours);
     const long long threads = (long long)(d + 1) * M;
     if (d == 2)
         launch("crf_lattice_neighbours<2>", crf_lattice_neighbours<2>, crf_grid(threads), dim3(kCrfThreads), 0,
-               stream, vertex_keys, M, s.layout, nb);
+               stream, vertex_keys, M, s.layout, neighbours);
     else
         launch("crf_lattice_neighbours<5>", crf_lattice_neighbours<5>, crf_grid(threads), dim3(kCrfThreads), 0,
-               stream, vertex_keys, M, s.layout, nb);
+               stream, vertex_keys, M, s.layout, neighbours);
 }
 
 void launch_crf_lattice_norm(const CrfLatticeView& L, const float* ones, float* values_a, float* values_b,
