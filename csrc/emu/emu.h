@@ -278,6 +278,14 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+// A product rounded on its own, never contracted into an FMA (as nvcc
+// treats these intrinsics): the value passes through an empty asm that g++
+// cannot see into, so it cannot fuse it with a neighbouring add.
+inline float __fmul_rn(float a, float b) {
+    float p = a * b;
+    asm("" : "+x"(p));
+    return p;
+}
 inline int __float2int_rn(float x) { return int(nearbyintf(x)); }
 inline int __float2int_rz(float x) { return int(x); }
 inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }

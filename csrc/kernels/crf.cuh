@@ -85,17 +85,8 @@ __device__ __forceinline__ void crf_features(const unsigned char* __restrict__ i
 
 // a * b rounded on its own. pydensecrf's SSE2 code rounds every product before adding it; nvcc (and g++
 // with FMA) would fuse a * b + c into one rounding, and the sums would drift from pydensecrf's by an ulp
-// at a time. nvcc never fuses __fmul_rn; the emulator has no __fmul_rn, so there the product passes
-// through an empty asm that g++ cannot see into.
-__device__ __forceinline__ float crf_mul(float a, float b) {
-#if defined(FCN_EMU)
-    float p = a * b;
-    asm("" : "+x"(p));
-    return p;
-#else
-    return __fmul_rn(a, b);
-#endif
-}
+// at a time. __fmul_rn is never fused (the emulator's twin in emu.h neither).
+__device__ __forceinline__ float crf_mul(float a, float b) { return __fmul_rn(a, b); }
 
 // kLanes consecutive floats: a float4 (16-byte aligned: V is a multiple of 4) or one float.
 template <int kLanes>
