@@ -1,6 +1,6 @@
 """Peak memory of reading a large .caffemodel (CPU and host memory only; no GPU).
 
-    python benchmarks/caffe_memory.py [--mb 600] [--path /tmp/fcn_cuda_synthetic.caffemodel]
+    python benchmarks/caffe_memory.py [--mb 600] [--path NEW_FILE.caffemodel] [--keep]
 
 Writes a synthetic FCN-8s caffemodel of about --mb megabytes (VGG16's trunk
 at full width, 21 classes, fc6 / fc7 widened until the file reaches the
@@ -13,13 +13,16 @@ tracemalloc peak (what Python and NumPy allocated; a memory map is not):
     read_caffemodel   fcn_cuda.read_caffemodel(path), then every blob summed (each page of the file touched)
     load_model        fcn_cuda.load_model(path): the FCN owns a float32 copy of every weight
 
-The file is removed afterwards unless --keep.
+The file is a new temporary file (or --path, which must not exist yet: the
+benchmark never writes over a file), removed afterwards, also when a step
+fails, unless --keep.
 """
 
 import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +50,15 @@ def fc_width(mb, num_classes=21):
     return int((-b + np.sqrt(b * b + 4 * target)) / 2)
 
 
-def write(path, mb):
+def write(f, mb):
+    """Writes the synthetic net into the binary file object f; returns its fc6 / fc7 width."""
     fc = fc_width(mb)
     shapes = param_shapes("8s", 21, fc=fc)
-    with open(path, "wb") as f:
-        f.write(caffe_encoder.string(1, "synthetic FCN-8s"))
-        layers = dict.fromkeys(k.rsplit(".", 1)[0] for k in shapes)
-        for name in layers:
-            blobs = [np.full(shapes[k], 1e-3, np.float32) for k in (f"{name}.weight", f"{name}.bias") if k in shapes]
-            f.write(caffe_encoder.layer(name, "Convolution", [caffe_encoder.blob(b) for b in blobs]))
+    f.write(caffe_encoder.string(1, "synthetic FCN-8s"))
+    layers = dict.fromkeys(k.rsplit(".", 1)[0] for k in shapes)
+    for name in layers:
+        blobs = [np.full(shapes[k], 1e-3, np.float32) for k in (f"{name}.weight", f"{name}.bias") if k in shapes]
+        f.write(caffe_encoder.layer(name, "Convolution", [caffe_encoder.blob(b) for b in blobs]))
     return fc
 
 
@@ -74,21 +77,33 @@ def peak(step, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=600)
-    ap.add_argument("--path", default="/tmp/fcn_cuda_synthetic.caffemodel")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--path", help="the file to write (must not exist; default: a new file in the temp folder)")
+    ap.add_argument("--keep", action="store_true", help="leave the file in place afterwards")
     args = ap.parse_args()
-    path = Path(args.path)
-    fc = write(path, args.mb)
-    size = path.stat().st_size / 2**20
-    print(f"{path}: {size:.0f} MiB (FCN-8s, VGG16 trunk, fc6 / fc7 {fc} wide, 21 classes)")
-    print(f"{'step':>16s} {'peak RSS MiB':>13s} {'- baseline':>11s} {'/ file':>7s} {'tracemalloc MiB':>16s}")
-    base = None
-    for step in STEPS:
-        rss, traced = peak(step, path)
-        base = rss if base is None else base
-        print(f"{step:>16s} {rss:13.0f} {rss - base:11.0f} {(rss - base) / size:7.2f} {traced:16.1f}")
-    if not args.keep:
-        path.unlink()
+    if args.path:
+        path = Path(args.path)
+        try:
+            f = open(path, "xb")  # exclusive: never over a file that is there
+        except FileExistsError:
+            ap.error(f"--path {path} exists; name a new file (the benchmark writes it and, unless --keep, "
+                     "removes it)")
+    else:
+        fd, name = tempfile.mkstemp(prefix="fcn_cuda_synthetic_", suffix=".caffemodel")
+        path, f = Path(name), os.fdopen(fd, "wb")
+    try:
+        with f:
+            fc = write(f, args.mb)
+        size = path.stat().st_size / 2**20
+        print(f"{path}: {size:.0f} MiB (FCN-8s, VGG16 trunk, fc6 / fc7 {fc} wide, 21 classes)")
+        print(f"{'step':>16s} {'peak RSS MiB':>13s} {'- baseline':>11s} {'/ file':>7s} {'tracemalloc MiB':>16s}")
+        base = None
+        for step in STEPS:
+            rss, traced = peak(step, path)
+            base = rss if base is None else base
+            print(f"{step:>16s} {rss:13.0f} {rss - base:11.0f} {(rss - base) / size:7.2f} {traced:16.1f}")
+    finally:
+        if not args.keep:
+            path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

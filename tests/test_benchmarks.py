@@ -12,6 +12,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -377,6 +378,42 @@ def test_upsample_rows_time_what_the_model_runs(monkeypatch):
                 fn()
     finally:
         ctx.close()
+
+
+def test_caffe_memory_never_writes_over_a_file_and_always_removes_its_own(tmp_path, monkeypatch):
+    """benchmarks/caffe_memory.py: an existing --path is refused untouched; the file it wrote (at --path or
+    in the temp folder) is removed when a step fails, and kept only with --keep."""
+    from benchmarks import caffe_memory
+
+    def tiny(f, mb):  # the synthetic net's size is not the point here
+        f.write(b"\x0a\x03net")
+        return 1
+
+    def failing(step, path):
+        assert path.exists()
+        raise subprocess.CalledProcessError(1, ["python", "-c", step])
+
+    monkeypatch.setattr(caffe_memory, "write", tiny)
+    monkeypatch.setattr(caffe_memory, "peak", failing)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    users = tmp_path / "users.caffemodel"
+    users.write_bytes(b"someone's weights")
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["caffe_memory.py", *args])
+        caffe_memory.main()
+
+    with pytest.raises(SystemExit):
+        run("--path", str(users))
+    assert users.read_bytes() == b"someone's weights"
+    for args in (("--path", str(tmp_path / "new.caffemodel")), ()):
+        with pytest.raises(subprocess.CalledProcessError):
+            run(*args)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["tmp", "users.caffemodel"], args
+    with pytest.raises(subprocess.CalledProcessError):
+        run("--path", str(tmp_path / "kept.caffemodel"), "--keep")
+    assert (tmp_path / "kept.caffemodel").read_bytes() == b"\x0a\x03net"
 
 
 @pytest.mark.parametrize("layer", ["conv1_2", "pool1", "upscore8", "softmax_argmax", "forward"])
