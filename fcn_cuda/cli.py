@@ -2,8 +2,10 @@
 
     fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda] [--crf [--crf-PARAMETER V ...]]
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
-        for each image (a folder: its images) and prints how many pixels each
-        class got; --crf refines the labels with the dense CRF;
+        for each image (a folder: its images; the output folder: its images
+        less those two kinds of file) and prints how many pixels each class
+        got; two images of one name are refused; --crf refines the labels
+        with the dense CRF;
     fcn-cuda train --data DATA --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DATA [--split S] --weights W
@@ -38,20 +40,53 @@ def _class_names(num_classes):
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+OUTPUT_KINDS = ("labels", "overlay")  # infer writes NAME_labels.png and NAME_overlay.png for image NAME.*
 
 
-def _image_paths(items):
-    """The files named, a folder standing for its image files (by suffix, sorted)."""
+def _outputs(path, out_dir):
+    """The files infer writes for one image: out_dir / f"{stem}_{kind}.png" per kind."""
+    return [out_dir / f"{Path(path).stem}_{kind}.png" for kind in OUTPUT_KINDS]
+
+
+def _is_output(path):
+    return path.name.endswith(tuple(f"_{kind}.png" for kind in OUTPUT_KINDS))
+
+
+def _image_paths(items, out_dir):
+    """The files named, a folder standing for its image files (by suffix, sorted).
+    A folder that is the output folder stands for its images less the files
+    infer writes there (names ending in _labels.png or _overlay.png), so a
+    second run over it reads the same images as the first."""
     paths = []
     for item in map(Path, items):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            is_out = item.resolve() == out_dir.resolve()
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not (is_out and _is_output(p)))
             if not found:
                 raise FileNotFoundError(f"{item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             paths += found
         else:
             paths.append(item)
     return paths
+
+
+def _check_outputs(paths, out_dir):
+    """ValueError, before any image is read, when two images would write the
+    same output files (the same name, other suffix or folder) or an output
+    would replace an image being segmented. Every torchrun rank checks the
+    whole list, so all ranks refuse alike before any writes."""
+    by_stem = {}
+    for path in paths:
+        by_stem.setdefault(Path(path).stem, []).append(str(path))
+    clashes = [f"{', '.join(named)} -> {stem}_labels.png" for stem, named in by_stem.items() if len(named) > 1]
+    if clashes:
+        raise ValueError(f"images with the same name would write the same files in {out_dir}: "
+                         f"{'; '.join(clashes)} (rename them, or segment them in runs with different --out)")
+    inputs = {Path(p).resolve() for p in paths}
+    replaced = [str(o) for p in paths for o in _outputs(p, out_dir) if o.resolve() in inputs]
+    if replaced:
+        raise ValueError(f"infer would write over images it segments: {', '.join(replaced)} (choose another --out)")
 
 
 def cmd_infer(args):
@@ -66,11 +101,12 @@ def cmd_infer(args):
 
     if args.backend:
         fcn_cuda.use_backend(args.backend)
-    paths = _image_paths(args.images)
+    out_dir = Path(args.out)
+    paths = _image_paths(args.images, out_dir)
+    _check_outputs(paths, out_dir)
     mine, ranks = infer_share(paths)  # under torchrun: this rank's share of the images
     model = fcn_cuda.load_model(args.weights) if args.weights else default_model()
     names = getattr(model, "class_names", None) or _class_names(model.num_classes)
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = np.zeros(model.num_classes, np.int64)
     progress = Progress(len(mine), "infer") if len(paths) > 1 and (ranks is None or ranks.rank == 0) else None
@@ -78,15 +114,16 @@ def cmd_infer(args):
     for path in mine:
         rgb = load_image(path)
         labels = fcn_cuda.infer(rgb, model, crf=crf)
-        stem = Path(path).stem
-        for suffix, img in (("labels", palette_image(labels)), ("overlay", Image.fromarray(overlay(rgb, labels)))):
-            save_png(out_dir / f"{stem}_{suffix}.png", img)
+        pictures = {"labels": palette_image(labels), "overlay": Image.fromarray(overlay(rgb, labels))}
+        written = dict(zip(OUTPUT_KINDS, _outputs(path, out_dir)))
+        for kind, target in written.items():
+            save_png(target, pictures[kind])
         counts = np.bincount(labels.reshape(-1), minlength=model.num_classes)
         total += counts
         if progress:
-            progress.update(1, stem)
+            progress.update(1, Path(path).stem)
         elif len(paths) == 1:
-            print(f"{path}: {labels.shape[1]}x{labels.shape[0]} -> {out_dir / (stem + '_overlay.png')}")
+            print(f"{path}: {labels.shape[1]}x{labels.shape[0]} -> {written['overlay']}")
     if ranks is not None:  # the summary counts every rank's images, and rank 0 prints it
         total = ranks.sum(total).astype(np.int64)
         if ranks.rank != 0:

@@ -114,6 +114,57 @@ def test_cli_infer_writes_pictures_and_a_summary(tmp_path, capsys):
     assert "pixels" in summary and "%" in summary
 
 
+@pytest.mark.parametrize("names", [["a.png", "a.jpg"], ["x/1.png", "y/1.png"], ["a.png", "a.png"]])
+def test_cli_infer_refuses_images_that_would_write_the_same_files(tmp_path, capsys, monkeypatch, names):
+    """Before any work (and before torchrun's ranks take their shares, so every rank refuses alike):
+    nothing is written."""
+    from fcn_cuda import distributed
+
+    def never(paths):
+        raise AssertionError("the images were shared out before their names were checked")
+
+    monkeypatch.setattr(distributed, "infer_share", never)
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    assert cli.main(["infer", *(str(tmp_path / n) for n in names), "--out", str(out), "--backend", "host"]) == 2
+    err = capsys.readouterr().err
+    assert "images with the same name would write the same files" in err, err
+    assert all(str(tmp_path / n) in err for n in names) and not out.exists()
+
+
+def test_cli_infer_over_its_output_folder_reads_the_same_images_again(tmp_path, capsys):
+    """`fcn-cuda infer out/ --out out/` twice: the second run leaves out the first's outputs (names ending
+    in _labels.png, _overlay.png), writes the same files and prints the same summary. An output that
+    would replace an image named on the command line is refused."""
+    fcn_cuda.use_backend("host")
+    weights = tmp_path / "w.safetensors"
+    fcn_cuda.load_model(state_dict_f32(random_fcn("32s", seed=1, num_classes=3))).save(weights)
+    out = tmp_path / "out"
+    out.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("cat.png", "dog.jpg"):
+        Image.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).save(out / name)
+    command = ["infer", str(out), "--weights", str(weights), "--out", str(out), "--backend", "host"]
+    assert cli.main(command) == 0
+    first = capsys.readouterr().out
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(files) == ["cat.png", "cat_labels.png", "cat_overlay.png", "dog.jpg", "dog_labels.png",
+                             "dog_overlay.png"]
+    assert cli.main(command) == 0
+    assert capsys.readouterr().out == first
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    elsewhere = tmp_path / "elsewhere"  # in another folder, a file of that name is an image like any other
+    elsewhere.mkdir()
+    (elsewhere / "cat_labels.png").write_bytes(files["cat.png"])
+    assert cli.main(["infer", str(elsewhere), *command[2:]]) == 0
+    assert (out / "cat_labels_labels.png").exists()
+    capsys.readouterr()
+    assert cli.main(["infer", str(out / "cat.png"), str(out / "cat_labels.png"), *command[2:]]) == 2
+    assert f"write over images it segments: {out / 'cat_labels.png'}" in capsys.readouterr().err
+
+
 def test_cli_reports_errors_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fcn_cuda", "infer", str(tmp_path / "missing.png"),
                            "--weights", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
