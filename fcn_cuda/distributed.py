@@ -265,6 +265,24 @@ class DataParallelTrainer(Trainer):
             return reason
         return f"{_STOP_REASONS[int(np.flatnonzero(flags)[0])]} on another rank"
 
+    def checkpoint_written(self, failure):
+        """Rank 0's outcome, shared in one collective before any rank counts
+        the step as saved: where rank 0 could not write (a full disk), every
+        rank stops, each naming the checkpoint that is still intact."""
+        written = self.ranks.sum([self.writes and failure is None])[0] > 0
+        if failure is not None:
+            raise failure
+        if not written:
+            raise RuntimeError(f"rank {self.ranks.rank}: rank 0 could not write {self.checkpoint_path()} at step "
+                               f"{self.step} (its own error says why); {self._kept()}")
+
+    def _kept(self):
+        """What a stopped run leaves to resume from."""
+        if not (self.out and self.saved_step is not None):
+            return "no checkpoint was written"
+        return (f"the last checkpoint, {self.checkpoint_path()} (step {self.saved_step}), is intact: run the same "
+                "command again to resume from it")
+
     def validate(self, dataset):
         model = deployed(self.model, self.config.class_weights)
         return evaluate_sharded(model, dataset, ranks=self.ranks)
@@ -283,11 +301,7 @@ class DataParallelTrainer(Trainer):
         try:
             return super().fit(dataset, val_dataset, progress=progress and self.writes, max_seconds=max_seconds)
         except RankLost as e:
-            kept = "no checkpoint was written"
-            if self.out and self.saved_step is not None:
-                kept = (f"the last checkpoint, {self.checkpoint_path()} (step {self.saved_step}), is intact: run the "
-                        "same command again to resume from it")
-            raise RankLost(f"{e}\nTraining stopped at step {self.step}; {kept}") from e
+            raise RankLost(f"{e}\nTraining stopped at step {self.step}; {self._kept()}") from e
 
 
 def evaluate_sharded(model, dataset, num_classes=None, ranks=None):

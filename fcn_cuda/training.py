@@ -251,6 +251,12 @@ class Trainer:
         """Why the run stops after this step (a signal's name, "the time limit") or None."""
         return reason
 
+    def checkpoint_written(self, failure):
+        """Raises unless this step's checkpoint was written (failure: the
+        writer's exception, or None)."""
+        if failure is not None:
+            raise failure
+
     def validate(self, dataset):
         """The four scores of the deployed model on the validation set."""
         return evaluate(deployed(self.model, self.config.class_weights), dataset)
@@ -334,10 +340,19 @@ class Trainer:
         return self.out / "checkpoint.safetensors"
 
     def save_checkpoint(self):
-        """Weights, momentum, step, history and config in one file, written atomically."""
-        if not self.writes:  # another data-parallel rank writes it
-            self.saved_step = self.step
-            return
+        """Weights, momentum, step, history and config in one file, written
+        atomically (by the process that writes the run's files); the step
+        counts as saved once checkpoint_written says the file is there."""
+        failure = None
+        if self.writes:
+            try:
+                self._write_checkpoint()
+            except Exception as e:  # a full disk, say: the others must hear of it before it propagates
+                failure = e
+        self.checkpoint_written(failure)
+        self.saved_step = self.step
+
+    def _write_checkpoint(self):
         be = _backend.active()
         tensors = dict(self.model.state_dict())
         tensors.update({f"{MOMENTUM_PREFIX}{k}": be.to_numpy(v) for k, v in self.velocity.items()})
@@ -346,7 +361,6 @@ class Trainer:
                 "step": str(self.step), "history": json.dumps(asdict(self.history)),
                 "config": json.dumps(asdict(self.config))}
         save_safetensors(self.checkpoint_path(), tensors, meta)
-        self.saved_step = self.step
 
     @classmethod
     def resume(cls, path, out=None, config=None):

@@ -11,6 +11,7 @@ The gradients go in buckets of 2 KiB, so that the tiny model's span several.
 """
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -85,6 +86,7 @@ def main(argv):
     ap.add_argument("--term-at", type=int, help="rank 1 sends itself SIGTERM as this step starts")
     ap.add_argument("--stall-at", type=int, help="rank 1 stops answering (sleeps) as this step starts")
     ap.add_argument("--slow", type=float, default=0.0, help="seconds each step sleeps (a run to be interrupted)")
+    ap.add_argument("--full-disk-at", type=int, help="rank 0's checkpoint of this step fails as on a full disk")
     args = ap.parse_args(argv)
     fcn_cuda.use_backend(os.environ.get("FCN_CUDA_BACKEND", "host"))
     if fcn_cuda.backend() == "host":
@@ -104,7 +106,14 @@ def main(argv):
             return fn(path, *a, **kw)
         return wrapped
 
-    training.save_safetensors = logging(training.save_safetensors)
+    def full_disk(fn):
+        def wrapped(path, tensors, meta):
+            if int(meta["step"]) == args.full_disk_at:
+                raise OSError(errno.ENOSPC, "No space left on device (the test's)", str(path))
+            return fn(path, tensors, meta)
+        return wrapped
+
+    training.save_safetensors = logging(full_disk(training.save_safetensors))
     own_files.save = logging(own_files.save)  # FCN.save: the final weights
     files.save_png = logging(files.save_png)  # the curves
     step = training.Trainer.train_step

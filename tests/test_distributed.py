@@ -147,6 +147,21 @@ def test_a_killed_rank_stops_the_run_and_the_same_command_resumes(unbroken, tmp_
     assert ranks_log(tmp_path / "log")[0]["loss"] == ranks_log(unbroken[1])[0]["loss"]
 
 
+def test_a_checkpoint_rank_0_could_not_write_stops_every_rank_naming_the_intact_one(tmp_path):
+    """Rank 0's checkpoint of step 4 fails (a full disk): rank 0 raises its
+    OSError, rank 1 hears so in the same collective and stops too, naming
+    the step-2 checkpoint as the intact one (never step 4, which no rank
+    wrote), without waiting out the timeout."""
+    run = torchrun(WORKER, str(tmp_path / "out"), str(tmp_path / "log"), "--full-disk-at", "4")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "No space left on device (the test's)" in output
+    assert "rank 1: rank 0 could not write" in output and "at step 4" in output, output
+    assert "checkpoint.safetensors (step 2), is intact" in output and "(step 4), is intact" not in output
+    assert "a rank was lost" not in output
+    assert Trainer.resume(tmp_path / "out" / "checkpoint.safetensors").step == 2
+
+
 def test_a_rank_that_stops_answering_times_out(tmp_path):
     """Rank 1 hangs (sleeps) at step 3: rank 0 leaves with RankLost after the collectives' timeout."""
     limit = 2
