@@ -211,14 +211,12 @@ def cmd_train(args):
 def _load_init(path, variant, num_classes, at_once=False):
     """Initial weights: VGG16 (transplanted into `variant`, at once or not) or
     a trained FCN of any variant (staged: its layers carried over, the new ones fresh)."""
-    import fcn_cuda
+    from .weights import model_from, read
 
-    from .weights import read
-
-    _, _, layout = read(path)
-    if layout == "vgg16":
-        return fcn_cuda.load_model(path, variant=variant, num_classes=num_classes, at_once=at_once)
-    model = fcn_cuda.load_model(path)
+    weights = read(path)  # parsed once (a VGG16 caffemodel is 528 MB): its layout, then the model
+    if weights[2] == "vgg16":
+        return model_from(weights, variant=variant, num_classes=num_classes, at_once=at_once)
+    model = model_from(weights)
     if model.num_classes != num_classes:
         raise ValueError(f"{path} has {model.num_classes} classes but the data has {num_classes}")
     return model if model.variant == variant else _stage(model, variant)

@@ -406,6 +406,26 @@ def test_convert_never_damages_a_file(tmp_path, capsys):
     assert "num_classes" in capsys.readouterr().err
 
 
+def test_train_init_parses_the_file_once(tmp_path, monkeypatch):
+    """fcn-cuda train --init: one parse of the file (VGG16's is 528 MB) serves both the look at its
+    layout and the model, which equals load_model's."""
+    parses = []
+    load = Wt.caffe.load
+    monkeypatch.setattr(Wt.caffe, "load", lambda path: parses.append(path) or load(path))
+    vgg = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
+    vgg.write_bytes(E.net(E.vgg16_layers(vgg16())))
+    fcn = write_fcn(tmp_path / "fcn32s.caffemodel", small_fcn("32s"), False, "v2")
+    for path, variant, classes, same in ((vgg, "8s", 3, None), (fcn, "32s", 5, None), (fcn, "16s", 5, ("conv", "fc"))):
+        parses.clear()
+        model = cli._load_init(path, variant, classes)
+        assert parses == [path] and (model.variant, model.num_classes) == (variant, classes)
+        reference = fcn_cuda.load_model(path, **(dict(variant=variant, num_classes=classes) if path == vgg else {}))
+        got = model.state_dict()
+        for k, v in reference.state_dict().items():
+            if same is None or k.startswith(same):  # staged into 16s: the trunk carried over
+                np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
 def test_eval_seg11valid_with_a_caffemodel_and_train_on_sbd(tmp_path, monkeypatch, capsys):
     """fcn-cuda eval --data voc:DIR --split seg11valid --weights X.caffemodel
     (seg11valid cut to 3 images here), and fcn-cuda train --data sbd:DIR

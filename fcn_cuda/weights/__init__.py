@@ -85,7 +85,14 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
     A training checkpoint loads as the model its run's final.safetensors
     holds (model.deployed: the class prior removed).
     """
-    sd, meta, layout = read(src)
+    return model_from(read(src), variant, num_classes, at_once)
+
+
+def model_from(weights, variant=None, num_classes=None, at_once=None):
+    """load_model of what read() returned, (state dict, metadata, layout):
+    a caller that looked at the layout first builds the model without
+    reading the file again."""
+    sd, meta, layout = weights
     if layout == "vgg16":
         variant = variant or "32s"
         num_classes = 21 if num_classes is None else num_classes
