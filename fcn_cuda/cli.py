@@ -172,6 +172,9 @@ def cmd_train(args):
     from .model import FCN
     from .training import TrainConfig
 
+    if args.at_once and args.variant != "8s":
+        raise ValueError(f"--at-once trains FCN-8s at once (pool4 x 0.01, pool3 x 1e-4, the reference's recipe), "
+                         f"not --variant {args.variant}")
     trainer_cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): a data-parallel rank
     if args.backend:
         fcn_cuda.use_backend(args.backend)
@@ -217,6 +220,9 @@ def _load_init(path, variant, num_classes, at_once=False):
     if weights[2] == "vgg16":
         return model_from(weights, variant=variant, num_classes=num_classes, at_once=at_once)
     model = model_from(weights)
+    if at_once and not model.at_once:
+        raise ValueError(f"--at-once conflicts with --init {path}: a trained FCN-{model.variant} without the at-once "
+                         "scales, which staging keeps (leave --at-once out, or start from VGG16)")
     if model.num_classes != num_classes:
         raise ValueError(f"{path} has {model.num_classes} classes but the data has {num_classes}")
     return model if model.variant == variant else _stage(model, variant)

@@ -335,6 +335,27 @@ def test_cli_train_resume_eval_and_staged_init(tmp_path, capsys):
     assert "not an fcn_cuda training checkpoint" in capsys.readouterr().err
 
 
+def test_cli_train_refuses_at_once_where_it_would_be_ignored(tmp_path, capsys):
+    """--at-once is FCN-8s at once from VGG16: with --variant 32s / 16s, or with --init a trained FCN
+    without the scales (staging keeps the model's own), it is an error naming the conflict, not ignored."""
+    from fcn_cuda import cli
+
+    trained = tmp_path / "fcn32s.safetensors"
+    fcn_cuda.FCN("32s", 4, widths=((2, 2), (2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)), fc=3).save(trained)
+    common = ["train", "--data", "synthetic", "--size", "24", "--count", "2", "--iterations", "1", "--val-every", "0",
+              "--width-divisor", "32", "--backend", "host", "--at-once"]
+    for flags, message in (
+            (["--variant", "32s"], "--at-once trains FCN-8s at once (pool4 x 0.01, pool3 x 1e-4, the reference's "
+                                   "recipe), not --variant 32s"),
+            (["--variant", "16s"], "not --variant 16s"),
+            (["--variant", "8s", "--init", str(trained)],
+             f"--at-once conflicts with --init {trained}: a trained FCN-32s without the at-once scales")):
+        out = tmp_path / "run"
+        assert cli.main([*common, *flags, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("window", [1, 3, 50])
 def test_running_mean_is_the_mean_of_the_last_window_values(window):
     ys = np.random.default_rng(window).normal(size=41)
