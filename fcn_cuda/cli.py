@@ -144,7 +144,8 @@ def _crf_settings(args):
 
 
 def _dataset(spec, split, size, count, seed):
-    """'synthetic' (the shapes set; --size / --count), 'sbd:DIR', or 'voc:DIR' / DIR (PASCAL VOC)."""
+    """'synthetic' (the shapes set; --size / --count), 'sbd:DIR', or 'voc:DIR' / DIR (PASCAL VOC).
+    Any other KIND:... is refused, unless it is a folder (a bare VOC folder whose name holds a colon)."""
     from .data import SBDSegmentation, SyntheticShapes, VOCSegmentation
 
     if spec == "synthetic":
@@ -152,7 +153,12 @@ def _dataset(spec, split, size, count, seed):
     kind, colon, folder = spec.partition(":")
     if colon and kind == "sbd":
         return SBDSegmentation(folder, split)
-    return VOCSegmentation(folder if colon and kind == "voc" else spec, split)
+    if colon and kind == "voc":
+        return VOCSegmentation(folder, split)
+    if colon and not Path(spec).is_dir():
+        raise ValueError(f"unknown kind of data {kind!r} in {spec!r}: use 'synthetic', 'voc:DIR', 'sbd:DIR' or a "
+                         "PASCAL VOC folder")
+    return VOCSegmentation(spec, split)
 
 
 def _numbers(kind):

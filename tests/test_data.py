@@ -94,6 +94,21 @@ def test_voc_loader_errors(tmp_path):
         VOCSegmentation(tmp_path, "val")
 
 
+def test_cli_data_names_its_kinds(tmp_path, capsys):
+    """--data KIND:DIR with an unknown KIND (a typo of sbd) is refused naming the valid forms; a VOC folder
+    whose own name holds a colon is still a bare VOC folder."""
+    from fcn_cuda import cli
+
+    make_voc(tmp_path / "sbd", ["a"])
+    assert cli.main(["train", "--data", f"sdb:{tmp_path / 'sbd'}", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown kind of data 'sdb'" in err and "'synthetic', 'voc:DIR', 'sbd:DIR' or a PASCAL VOC folder" in err
+    assert not (tmp_path / "run").exists()
+    make_voc(tmp_path / "voc:2011", ["a", "b"])
+    assert len(cli._dataset(str(tmp_path / "voc:2011"), "train", 0, 0, 0)) == 2
+    assert len(cli._dataset(f"voc:{tmp_path / 'voc:2011'}", "train", 0, 0, 0)) == 2
+
+
 # ----------------------------------------------------------------- seg11valid, SBD
 def test_seg11valid_is_the_shipped_list_of_736():
     ids = seg11valid_ids()
