@@ -927,6 +927,25 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     per-pixel pass, stable for logits of any magnitude) plus a fixed-order
     sum of its per-block partials: the same bits every run.
     """
+    total, divisor, grad = _softmax_xent(scores, labels, ignore_index, normalize, weight, divisor)
+    return (float(_backend.active().to_numpy(total)[0]) / divisor if divisor else 0.0), grad
+
+
+def _softmax_cross_entropy_on_device(scores, labels, ignore_index=255, normalize=False, weight=None, divisor=None):
+    """softmax_cross_entropy with the loss left on the device: (loss, grad),
+    loss a 0-d float32 array of the active backend holding softmax_cross_entropy's
+    float loss rounded to float32, the same bits, but never brought to the
+    host (fcn_cuda.torch's op returns it as a tensor: no sync, no upload)."""
+    total, divisor, grad = _softmax_xent(scores, labels, ignore_index, normalize, weight, divisor)
+    xp = _backend.active().xp
+    if not divisor:
+        return xp.zeros((), np.float32), grad
+    return (total.astype(np.float64) / divisor).astype(np.float32).reshape(()), grad
+
+
+def _softmax_xent(scores, labels, ignore_index, normalize, weight, divisor):
+    """The loss kernel: (its summed loss, a float32 array of one element on
+    the device; the divisor; grad), the arguments checked."""
     be = _backend.active()
     scores = V.array(scores, "scores", ndim=4, shape_hint="N x C x H x W", be=be)
     labels = V.array(labels, "labels", ndim=3, dtype=np.int32, shape_hint="N x H x W", be=be)
@@ -951,7 +970,7 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     be.ext.softmax_xent(be.ptr(scores), be.ptr(labels), 0 if weight is None else be.ptr(dev_weight), be.ptr(grad),
                         be.ptr(ws), be.ptr(total), n, c, h * w, ignore_index, 1.0 / divisor if divisor else 0.0,
                         be.stream())
-    return (float(be.to_numpy(total)[0]) / divisor if divisor else 0.0), grad
+    return total, divisor, grad
 
 
 def _check_labels(labels, c, ignore_index, xp):

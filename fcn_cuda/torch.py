@@ -505,8 +505,7 @@ _upsample_softmax_argmax.register_autograd(_no_backward("upsample_argmax's proba
 @_op("softmax_cross_entropy(Tensor scores, Tensor labels, int ignore_index, bool normalize, Tensor? weight) "
      "-> (Tensor, Tensor)")
 def _softmax_cross_entropy(scores, labels, ignore_index, normalize, weight):
-    loss, grad = ops.softmax_cross_entropy(scores, labels, ignore_index, normalize, weight)
-    return _backend.active().xp.asarray(loss, dtype=np.float32), grad
+    return ops._softmax_cross_entropy_on_device(scores, labels, ignore_index, normalize, weight)
 
 
 @_op("dropout(Tensor x, float p, int seed, int step, int offset) -> Tensor")

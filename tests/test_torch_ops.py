@@ -266,6 +266,36 @@ def test_softmax_cross_entropy_against_torch(nan_outputs, normalize, weighted):
     assert_close(scores.grad, ref_scores.grad, FP32, what="loss gradient")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize,weighted,ignored", [(False, False, False), (True, False, False),
+                                                        (False, True, False), (True, True, False), (True, False, True)])
+def test_softmax_cross_entropy_loss_stays_on_the_device_with_the_same_bits(monkeypatch, device, normalize, weighted,
+                                                                           ignored):
+    """The op's loss is ops.softmax_cross_entropy's float loss rounded to float32, bit for bit (every
+    pixel ignored: 0), and never passes through the host on its way to the tensor."""
+    gen = torch.Generator().manual_seed(8)
+    scores = randn(gen, 3, 6, 5, 11, scale=5.0, device=device)
+    labels = labels_for(gen, 3, 5, 11, 6, device)
+    if ignored:
+        labels.fill_(255)
+    weight = torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0, 0.25], device=device) if weighted else None
+    dev = scores.device
+    with fct._device_backend(dev):
+        arrays = [fct._to_array(t, name, dev) for t, name in ((scores, "scores"), (labels, "labels"))]
+        expected = np.float32(ops.softmax_cross_entropy(*arrays, normalize=normalize,
+                                                        weight=None if weight is None else weight.cpu().numpy())[0])
+    if not (normalize or weighted):  # the other cases bring their class counts or weights over, not the loss
+        def no_transfer(self, a):
+            raise AssertionError("the loss went through the host")
+
+        monkeypatch.setattr(_backend.Backend, "to_numpy", no_transfer)
+    loss = fct.softmax_cross_entropy(scores, labels, normalize=normalize, weight=weight)
+    monkeypatch.undo()
+    assert loss.device == dev and loss.shape == () and loss.dtype == torch.float32
+    assert loss.cpu().numpy().tobytes() == expected.tobytes(), (loss.item(), float(expected))
+    assert (float(expected) == 0.0) == ignored
+
+
 def test_dropout_mask_scale_and_backward(nan_outputs):
     gen = torch.Generator().manual_seed(7)
     x = randn(gen, 2, 3, 17, 19, grad=True)
