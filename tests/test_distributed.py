@@ -335,6 +335,32 @@ def test_the_start_check_tells_ranks_with_different_weights_apart():
     assert not _TwoRanks([mine, np.ones(1)]).fingerprint_agrees(state)  # the other rank saw a difference
 
 
+def test_the_start_check_hashes_the_arrays_in_place():
+    """The digest is SHA-256 over each name and its array's C-order bytes (a strided array's too), read
+    from the arrays themselves: fingerprinting 32 MB of weights allocates no copy of them."""
+    import hashlib
+    import tracemalloc
+
+    fcn_cuda.use_backend("host")
+    big = np.random.default_rng(0).standard_normal((2048, 4096), np.float32)
+    sent = []
+    probe = _TwoRanks([])
+    probe.sum = lambda values: sent.append(np.asarray(values, np.float64).ravel()) or np.zeros_like(sent[-1])
+    for state in ({"w": big[:4, :6], "step": np.array([3])}, {"w": big[:5, ::3], "v": big[:2, 1:4]}, {"w": big}):
+        sent.clear()
+        tracemalloc.start()
+        try:
+            probe.fingerprint_agrees(state)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        h = hashlib.sha256()
+        for name, a in state.items():
+            h.update(name.encode() + a.tobytes())
+        np.testing.assert_array_equal(sent[0], np.frombuffer(h.digest(), np.uint16))
+    assert peak < big.nbytes // 32, peak  # the last state: 32 MB, hashed in place
+
+
 NO_GPU = _backend.cuda_unavailable_reason()
 ONE_RANK = [pytest.param(("host", "gloo"), id="host-gloo"),
             pytest.param(("cuda", "nccl"), id="cuda-nccl",
