@@ -40,7 +40,7 @@ from torch import nn
 from . import _backend, crf, ops
 from . import _validate as V
 from .model import AT_ONCE_SCALE, CONV1_PAD, DROPOUT_P, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, dropout_key, \
-    head_geometry, param_shapes
+    head_geometry, param_shapes, trunk_widths
 from .model import FCN as _EngineFCN
 
 if torch.__version__ < "2.4":
@@ -771,9 +771,7 @@ class FCN(nn.Module):
         if not isinstance(model, _EngineFCN):
             raise TypeError(f"model must be an fcn_cuda.FCN, got {type(model).__name__}")
         sd = model.state_dict()
-        widths = tuple(tuple(sd[f"conv{b + 1}_{i + 1}.weight"].shape[0] for i in range(len(block)))
-                       for b, block in enumerate(VGG16_BLOCKS))
-        net = cls(model.variant, model.num_classes, widths=widths, fc=sd["fc6.weight"].shape[0],
+        net = cls(model.variant, model.num_classes, widths=trunk_widths(sd), fc=sd["fc6.weight"].shape[0],
                   at_once=model.at_once, **kwargs)
         net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
         return net
