@@ -72,6 +72,13 @@ def integer(v, name, *, minimum=None, maximum=None):
     return v
 
 
+def flag(v, name):
+    """`v` as a Python bool; a bool or NumPy bool only (1, "yes", None are refused, not read as truthy)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
 def pair(v, name, *, minimum=None):
     """An int or a pair of ints as a (vertical, horizontal) tuple."""
     if isinstance(v, (tuple, list)):

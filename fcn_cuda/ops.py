@@ -195,8 +195,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     if variant == "small_c" and c * r * s > SMALL_C_MAX_TAPS:
         raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
                          f"supports at most 64")
-    if not isinstance(relu, (bool, np.bool_)):
-        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    relu = V.flag(relu, "relu")
     # The launchers round the output up to whole 256-thread blocks in int arithmetic.
     limit = V.INT32_LIMIT - 255
     if n * k * p * q > limit:
@@ -218,11 +217,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
                     else (be.ext.conv2d, be.ext.conv2d_split))
     if splits == 1:
         plain(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-              n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+              n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
     else:
         ws = be.empty((splits * n * k * p * q,))
         split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-              be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, bool(relu), be.stream())
+              be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
     return y
 
 # ---- conv2d_relu_maxpool (the end of a VGG block: conv, ReLU, pool in one pass)
@@ -298,10 +297,7 @@ def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=
     be = _backend.active()
     x, w, _, stride, full = _transpose_args(x, w, None, stride, None, be)
     out_h, out_w, (oy, ox) = _window_args(out_h, out_w, offset, full)
-    if not isinstance(probs, (bool, np.bool_)):
-        raise TypeError(f"probs must be a bool, got {type(probs).__name__}")
-    if not isinstance(trusted, bool):
-        raise TypeError(f"trusted must be a bool, got {type(trusted).__name__}")
+    probs, trusted = V.flag(probs, "probs"), V.flag(trusted, "trusted")
     n, c, h, wd = x.shape
     V.fits_int32(n * out_h * out_w, "the labels")
     if probs:
@@ -343,10 +339,7 @@ def max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True, return_indices=False)
     x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
     kh, kw = V.pair(kernel_size, "kernel_size", minimum=1)
     sh, sw = (kh, kw) if stride is None else V.pair(stride, "stride", minimum=1)
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-    if not isinstance(return_indices, bool):
-        raise TypeError(f"return_indices must be a bool, got {type(return_indices).__name__}")
+    ceil_mode, return_indices = V.flag(ceil_mode, "ceil_mode"), V.flag(return_indices, "return_indices")
     n, c, h, w = x.shape
     ho, wo = _pool_size(h, kh, sh, ceil_mode), _pool_size(w, kw, sw, ceil_mode)
     if ho < 1 or wo < 1:
@@ -401,8 +394,7 @@ def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w, truste
     n, cin, h, wd = x.shape
     cout, r, s = w.shape[1:]
     V.fits_int32(n * cout * out_h * out_w, "the output")
-    if not isinstance(trusted, bool):
-        raise TypeError(f"trusted must be a bool, got {type(trusted).__name__}")
+    trusted = V.flag(trusted, "trusted")
     if trusted and variant is None:
         raise ValueError("trusted=True needs an explicit variant")
     diagonal = variant in (None, "bilinear") and (trusted or _is_diagonal(be, w))
@@ -952,8 +944,7 @@ def _softmax_xent(scores, labels, ignore_index, normalize, weight, divisor):
     n, c, h, w = scores.shape
     if labels.shape != (n, h, w):
         raise ValueError(f"labels must be N x H x W = {(n, h, w)} (from scores), got {tuple(labels.shape)}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    normalize = V.flag(normalize, "normalize")
     if divisor is not None and not _real(divisor, "divisor") >= 0:
         raise ValueError(f"divisor must be a finite number >= 0, got {divisor!r}")
     V.fits_int32(scores.size + 255, "scores (rounded up to whole blocks)")

@@ -576,12 +576,6 @@ def _tensors(**tensors):
             raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
 
 
-def _flag(v, name):
-    if not isinstance(v, bool):
-        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    return v
-
-
 def _pair(v, name, minimum):
     return list(V.pair(v, name, minimum=minimum))
 
@@ -596,7 +590,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, relu=False):
     stride, ops.conv2d_grad_weight; with relu=True the ReLU mask is applied
     inside those kernels, from the saved output)."""
     _tensors(x=(x, False), weight=(weight, False), bias=(bias, True))
-    return _conv2d(x, weight, bias, _pair(stride, "stride", 1), _pair(padding, "padding", 0), _flag(relu, "relu"))
+    return _conv2d(x, weight, bias, _pair(stride, "stride", 1), _pair(padding, "padding", 0), V.flag(relu, "relu"))
 
 
 def conv2d_relu_maxpool(x, weight, bias=None, padding=0):
@@ -637,8 +631,8 @@ def max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True, return_indices=False)
     _tensors(x=(x, False))
     kernel_size = _pair(kernel_size, "kernel_size", 1)
     stride = kernel_size if stride is None else _pair(stride, "stride", 1)
-    _flag(ceil_mode, "ceil_mode")
-    if _flag(return_indices, "return_indices") or (torch.is_grad_enabled() and x.requires_grad):
+    ceil_mode, return_indices = V.flag(ceil_mode, "ceil_mode"), V.flag(return_indices, "return_indices")
+    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
         y, indices = _max_pool2d_with_indices(x, kernel_size, stride, ceil_mode)
         return (y, indices) if return_indices else y
     return _max_pool2d(x, kernel_size, stride, ceil_mode)
@@ -680,7 +674,7 @@ def upsample_argmax(x, weight, stride, size, offset, probs=False):
     probs=True returns (labels, softmax probabilities). Not differentiable."""
     _tensors(x=(x, False), weight=(weight, False))
     args = (x, weight, _pair(stride, "stride", 1), _pair(size, "size", 1), _pair(offset, "offset", 0))
-    return _upsample_softmax_argmax(*args) if _flag(probs, "probs") else _upsample_argmax(*args)
+    return _upsample_softmax_argmax(*args) if V.flag(probs, "probs") else _upsample_argmax(*args)
 
 
 def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, weight=None):
@@ -691,7 +685,7 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     loss kernel computed with the loss, times the incoming gradient."""
     _tensors(scores=(scores, False), labels=(labels, False), weight=(weight, True))
     ignore_index = V.integer(ignore_index, "ignore_index", minimum=-2**31, maximum=2**31 - 1)
-    return _softmax_cross_entropy(scores, labels, ignore_index, _flag(normalize, "normalize"), weight)[0]
+    return _softmax_cross_entropy(scores, labels, ignore_index, V.flag(normalize, "normalize"), weight)[0]
 
 
 def dropout(x, p=0.5, seed=0, step=0, offset=0, training=True):
@@ -700,7 +694,7 @@ def dropout(x, p=0.5, seed=0, step=0, offset=0, training=True):
     ops.dropout), x unchanged when training is False. The backward
     recomputes the mask (ops.dropout_backward)."""
     _tensors(x=(x, False))
-    if not _flag(training, "training"):
+    if not V.flag(training, "training"):
         return x
     p, seed, step = ops._dropout_args(p, seed, step)
     return _dropout(x, p, seed, step, V.integer(offset, "offset", minimum=0, maximum=2**62))
@@ -746,7 +740,7 @@ class FCN(nn.Module):
         V.choice(variant, "variant", VARIANTS)
         num_classes = V.integer(num_classes, "num_classes", minimum=1)
         self.variant, self.num_classes, self.at_once = variant, num_classes, bool(at_once)
-        self.dropout = _flag(dropout, "dropout")
+        self.dropout = V.flag(dropout, "dropout")
         self.dropout_seed = V.integer(dropout_seed, "dropout_seed", minimum=0, maximum=2**32 - 1)
         self.dropout_step = 0
         self.offsets = head_geometry(variant)

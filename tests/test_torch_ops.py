@@ -360,6 +360,32 @@ def test_using_switches_the_backend_of_its_thread_only(monkeypatch):
 
 
 # ----------------------------------------------------------------------- bad input
+def test_bool_arguments_are_checked_alike_in_ops_and_the_wrappers():
+    """One check (fcn_cuda._validate.flag) for every bool argument: a bool or NumPy bool, never 1 or None."""
+    x, w = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3)
+    labels = torch.zeros(2, 9, 11, dtype=torch.int32)
+    calls = {  # name: (the torch wrapper, the ops call), each with the flag as its one argument
+        "relu": (lambda v: fct.conv2d(x, w, relu=v), lambda v: ops.conv2d(x.numpy(), w.numpy(), relu=v)),
+        "ceil_mode": (lambda v: fct.max_pool2d(x, 2, ceil_mode=v), lambda v: ops.max_pool2d(x.numpy(), 2, ceil_mode=v)),
+        "return_indices": (lambda v: fct.max_pool2d(x, 2, return_indices=v),
+                           lambda v: ops.max_pool2d(x.numpy(), 2, return_indices=v)),
+        "normalize": (lambda v: fct.softmax_cross_entropy(x, labels, normalize=v),
+                      lambda v: ops.softmax_cross_entropy(x.numpy(), labels.numpy(), normalize=v)),
+    }
+
+    def arrays(out):
+        return [np.asarray(o) for o in (out if isinstance(out, tuple) else (out,))]
+
+    for name, fns in calls.items():
+        for fn in fns:
+            for bad in (1, None, "yes"):
+                with pytest.raises(TypeError, match=f"^{name} must be a bool, got {type(bad).__name__}$"):
+                    fn(bad)
+            for numpy_bool in (np.True_, np.False_):
+                got, expected = arrays(fn(numpy_bool)), arrays(fn(bool(numpy_bool)))
+                assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected)), name
+
+
 def test_bad_input_through_the_wrappers():
     x, w = torch.randn(2, 3, 9, 11), torch.randn(5, 3, 3, 3)
     cases = [
