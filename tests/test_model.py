@@ -3,6 +3,7 @@ transplant, weight formats and their error paths."""
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import torch.nn.functional as F
 
@@ -189,14 +190,13 @@ def test_class_names_travel_with_the_weights(tmp_path):
 
 
 def test_safetensors_interoperates_with_the_reference_library(tmp_path):
-    safetensors = pytest.importorskip("safetensors.numpy")
     fcn_cuda.use_backend("host")
     m = fcn_cuda.FCN("16s", 3, widths=SMALL_WIDTHS, fc=SMALL_FC, seed=1)
     m.save(tmp_path / "ours.safetensors")
-    theirs = safetensors.load_file(str(tmp_path / "ours.safetensors"))
+    theirs = safetensors.numpy.load_file(str(tmp_path / "ours.safetensors"))
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(theirs[k], v)
-    safetensors.save_file(theirs, str(tmp_path / "theirs.safetensors"))
+    safetensors.numpy.save_file(theirs, str(tmp_path / "theirs.safetensors"))
     back = fcn_cuda.load_model(tmp_path / "theirs.safetensors")
     np.testing.assert_array_equal(back.state_dict()["fc6.weight"], m.state_dict()["fc6.weight"])
 
