@@ -7,6 +7,7 @@ CPU tensors run on the host emulation; the CUDA cases (marked gpu) skip
 themselves where there is no GPU.
 """
 
+import re
 import subprocess
 import sys
 import threading
@@ -336,6 +337,13 @@ def test_a_non_contiguous_incoming_gradient_is_made_contiguous():
     F.conv2d(ref_x, ref_w, padding=1).sum().backward()
     assert_close(x.grad, ref_x.grad, FP32, what="grad x")
     assert_close(w.grad, ref_w.grad, FP32, what="grad w")
+
+
+def test_every_extra_asks_for_the_torch_fcn_cuda_torch_needs():
+    """pyproject.toml's torch floors (the test, torch and dist extras) are one: the version fcn_cuda.torch checks."""
+    floors = re.findall(r'"torch>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    checked = re.findall(r'torch.__version__ < "([0-9.]+)"', (ROOT / "fcn_cuda" / "torch.py").read_text())
+    assert len(floors) == 3 and set(floors) == set(checked) == {"2.4"}, (floors, checked)
 
 
 def test_the_cpu_path_is_zero_copy():
