@@ -1,10 +1,31 @@
-"""Comparison helpers for the numerical contract (DESIGN.md section 3)."""
+"""Comparison helpers for the numerical contract (DESIGN.md section 3),
+and the import of the reference libraries the test extras install."""
+
+import importlib
+import os
 
 import numpy as np
+import pytest
 
 FP32 = 1e-5
 TF32 = 2e-3
 HALF = 1e-2
+
+# Set to 1 where every test extra is installed (.ci/run): a missing one then fails the tests that need it.
+REQUIRE_EXTRAS = "FCN_CUDA_REQUIRE_TEST_EXTRAS"
+
+
+def needs_extra(module, what):
+    """`module` imported, for a test comparing against `what` (a test extra:
+    pip install -e '.[test]'). Where it is missing the calling test skips,
+    or fails when FCN_CUDA_REQUIRE_TEST_EXTRAS=1."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        message = f"{what} needs {module}, a test extra (pip install -e '.[test]'): {e}"
+        if os.environ.get(REQUIRE_EXTRAS) == "1":
+            pytest.fail(f"{message}; {REQUIRE_EXTRAS}=1 requires every test extra")
+        pytest.skip(message)
 
 
 def to_numpy(a):

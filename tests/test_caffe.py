@@ -2,7 +2,7 @@
 on real files (tests/data, SOURCES.md there) and on FCN nets written by
 tests/caffe_encoder.py in every encoding Caffe and protobuf allow;
 load_model of the reference's FCN nets and of VGG16 (the transplant); the
-error paths."""
+error paths. Only the OpenCV comparisons need OpenCV (a test extra)."""
 
 import hashlib
 import re
@@ -18,13 +18,11 @@ from fcn_cuda.colors import VOC_CLASSES
 from fcn_cuda.files import WeightFileError
 
 import caffe_encoder as E
-from _util import FP32, assert_close
+from _util import FP32, REQUIRE_EXTRAS, assert_close, needs_extra
 from torch_fcn import SMALL_FC, SMALL_WIDTHS, random_fcn, state_dict_f32
 
 DATA = Path(__file__).parent / "data"
 REAL = {"lenet_v2": "lenet_v2.prototxt", "lenet_v1": "lenet_v1.prototxt", "cifar10_quick_v1": "cifar10_quick_v1.prototxt"}
-
-cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless<5, a test extra) is the reference reader")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +31,9 @@ def host():
 
 
 def opencv_blobs(prototxt, caffemodel):
-    """{layer: [blobs]} as OpenCV's Caffe importer (its own protobuf parser) reads them."""
+    """{layer: [blobs]} as OpenCV's Caffe importer (its own protobuf parser) reads them. Only the tests
+    that call this need OpenCV (opencv-python-headless<5)."""
+    cv2 = needs_extra("cv2", "the comparison with OpenCV's Caffe importer")
     net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     return net, {name: [np.asarray(b) for b in net.getLayer(name).blobs] for name in net.getLayerNames()}
 
@@ -47,6 +47,18 @@ def assert_same_blobs(ours, theirs):
         for i, (a, b) in enumerate(zip(ours.get(name, []), blobs)):
             assert np.squeeze(a).shape == np.squeeze(b).shape, (name, i, a.shape, b.shape)
             np.testing.assert_array_equal(a.reshape(-1).astype(np.float32), b.reshape(-1), err_msg=f"{name} blob {i}")
+
+
+def test_a_missing_test_extra_skips_or_fails_as_the_environment_says(monkeypatch):
+    """needs_extra: a module that is not there skips the test, or fails it where
+    FCN_CUDA_REQUIRE_TEST_EXTRAS=1 (CI installs every extra: a skip there would hide a broken install)."""
+    assert needs_extra("numpy", "this check") is np
+    monkeypatch.delenv(REQUIRE_EXTRAS, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="the comparison needs no_such_module_x, a test extra"):
+        needs_extra("no_such_module_x", "the comparison")
+    monkeypatch.setenv(REQUIRE_EXTRAS, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"{REQUIRE_EXTRAS}=1 requires every test extra"):
+        needs_extra("no_such_module_x", "the comparison")
 
 
 # ----------------------------------------------------------------- real files

@@ -23,12 +23,9 @@ import fcn_cuda
 from fcn_cuda import crf
 from fcn_cuda.data import SyntheticShapes
 
-from _util import FP32, errors, to_numpy
+from _util import FP32, errors, needs_extra, to_numpy
 
 pytestmark = pytest.mark.kernels
-
-dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is a test extra: pip install -e '.[test]'")
-from pydensecrf.utils import unary_from_softmax  # noqa: E402
 
 
 def smooth_field(rng, channels, h, w, cells=5):
@@ -51,10 +48,12 @@ def crf_inputs(seed, h, w, c, gain=3.0):
 
 def pydensecrf(img, probs, iterations=5, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
                bilateral_srgb=13.0, bilateral_compat=10.0):
-    """The reference call, as the issue and pydensecrf's README write it."""
+    """The reference call, as the issue and pydensecrf's README write it (pydensecrf2, a test extra:
+    the tests that call this skip without it)."""
+    dcrf = needs_extra("pydensecrf.densecrf", "the comparison with pydensecrf")
     c, h, w = probs.shape
     d = dcrf.DenseCRF2D(w, h, c)
-    d.setUnaryEnergy(unary_from_softmax(probs))
+    d.setUnaryEnergy(needs_extra("pydensecrf.utils", "the comparison with pydensecrf").unary_from_softmax(probs))
     if gaussian_compat:
         d.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
     if bilateral_compat:
