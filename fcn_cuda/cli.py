@@ -224,8 +224,8 @@ def _load_init(path, variant, num_classes, at_once=False):
 
     weights = read(path)  # parsed once (a VGG16 caffemodel is 528 MB): its layout, then the model
     if weights[2] == "vgg16":
-        return model_from(weights, variant=variant, num_classes=num_classes, at_once=at_once)
-    model = model_from(weights)
+        return model_from(weights, variant=variant, num_classes=num_classes, at_once=at_once, source=path)
+    model = model_from(weights, source=path)
     if at_once and not model.at_once:
         raise ValueError(f"--at-once conflicts with --init {path}: a trained FCN-{model.variant} without the at-once "
                          "scales, which staging keeps (leave --at-once out, or start from VGG16)")

@@ -328,8 +328,23 @@ def test_truncated_files_raise_naming_the_file(tmp_path):
 
 def test_corrupt_bytes_never_escape_as_another_error(tmp_path):
     """Random byte damage either still parses (protobuf cannot tell) or
-    raises WeightFileError: never an IndexError, a hang or a crash."""
-    raw = bytearray(E.net(E.fcn_layers(small_fcn("32s"))))
+    raises WeightFileError naming the file: never an IndexError, a plain
+    ValueError, a hang or a crash. A flip into a weight can make it NaN or
+    inf: that case on purpose first, in a caffemodel and in our own file."""
+    sd = small_fcn("32s")
+    for bad in (np.nan, np.inf):
+        damaged = {**sd, "fc7.weight": sd["fc7.weight"].copy()}
+        damaged["fc7.weight"][1, 2] = bad
+        caffe = write_fcn(tmp_path / "nan.caffemodel", damaged, False, "v2")
+        ours = tmp_path / "nan.safetensors"
+        Wt.save_safetensors(ours, damaged, {"format": "fcn_cuda"})
+        for path in (caffe, ours):
+            with pytest.raises(WeightFileError, match=f"^{re.escape(str(path))}: .*fc7.weight contains NaN or inf"):
+                fcn_cuda.load_model(path)
+    with pytest.raises(ValueError, match="num_classes must be >= 1") as e:  # an argument's error names no file
+        fcn_cuda.load_model(caffe, num_classes=0)
+    assert not isinstance(e.value, WeightFileError)
+    raw = bytearray(E.net(E.fcn_layers(sd)))
     rng = np.random.default_rng(5)
     path = tmp_path / "damaged.caffemodel"
     outcomes = set()

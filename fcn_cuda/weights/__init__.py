@@ -16,8 +16,9 @@ import json
 import os
 from pathlib import Path
 
+from .. import _validate as V
 from ..files import WeightFileError
-from ..model import FCN, as_numpy, checked_class_names, deployed, infer_variant, transplant
+from ..model import FCN, VARIANTS, as_numpy, checked_class_names, deployed, infer_variant, transplant
 from . import caffe, pth
 from .caffe import read_caffemodel
 from .safetensors import load as load_safetensors, save as save_safetensors
@@ -85,14 +86,29 @@ def load_model(src, variant=None, num_classes=None, at_once=None):
     A training checkpoint loads as the model its run's final.safetensors
     holds (model.deployed: the class prior removed).
     """
-    return model_from(read(src), variant, num_classes, at_once)
+    return model_from(read(src), variant, num_classes, at_once, source=src if isinstance(src, (str, os.PathLike))
+                      else None)
 
 
-def model_from(weights, variant=None, num_classes=None, at_once=None):
+def model_from(weights, variant=None, num_classes=None, at_once=None, source=None):
     """load_model of what read() returned, (state dict, metadata, layout):
     a caller that looked at the layout first builds the model without
-    reading the file again."""
-    sd, meta, layout = weights
+    reading the file again. source: the file they came from; a problem
+    with their content (NaN weights, a misshapen layer, bad metadata) is
+    then a WeightFileError naming it."""
+    if variant is not None:
+        V.choice(variant, "variant", VARIANTS)
+    if num_classes is not None:
+        num_classes = V.integer(num_classes, "num_classes", minimum=1)
+    try:
+        return _model(*weights, variant, num_classes, at_once)
+    except ValueError as e:  # the arguments were checked above: this is the content
+        if source is None:
+            raise
+        raise WeightFileError(f"{source}: {e}") from None
+
+
+def _model(sd, meta, layout, variant, num_classes, at_once):
     if layout == "vgg16":
         variant = variant or "32s"
         num_classes = 21 if num_classes is None else num_classes
