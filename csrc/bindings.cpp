@@ -93,6 +93,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("race_probe", [](Addr y, int kind, bool ordered, Addr s) {
         fcn::launch_race_probe(P<float>(y), kind, ordered, S(s));
     }, nogil);
+    m.def("failing_block_probe", [](Addr y, int blocks, int threads, int fail, Addr s) {
+        fcn::launch_failing_block_probe(P<float>(y), blocks, threads, fail, S(s));
+    }, nogil);
 
     // ---- conv2d
     m.def("conv2d", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W, int K,

@@ -108,3 +108,11 @@ def race(kind, ordered=False):
     y = be.xp.zeros(1, dtype=np.float32)
     be.ext.race_probe(be.ptr(y), RACES[kind], bool(ordered), be.stream())
     return float(y[0])
+
+
+def failing_blocks(y, blocks, fail):
+    """failing_block_probe: `blocks` blocks of y.size // blocks threads, each
+    thread writing y[its index] = 1; block `fail` (-1: none) meets a divergent
+    barrier, so the launch raises RuntimeError. Returns nothing: y is written."""
+    be = _be()
+    be.ext.failing_block_probe(be.ptr(y), blocks, y.size // blocks, fail, be.stream())

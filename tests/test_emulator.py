@@ -432,3 +432,28 @@ def test_tsan_build_reports_nothing_for_correct_kernels():
     """)
     assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
     assert "clean" in proc.stdout
+
+
+def test_tsan_build_orders_a_failed_launch_before_what_follows():
+    # Two workers, blocks dealt round robin: worker 0 (the calling thread)
+    # runs block 0, then skips block 2 after block 1 fails on worker 1. What
+    # block 0's threads did must still be ordered before the host's next
+    # launch, which reuses the stack the launch's arguments lay on and
+    # writes the same words of y.
+    proc = _run_sanitized("thread", """
+        import numpy as np
+        import pytest
+        import fcn_cuda
+        from fcn_cuda import _probes
+        fcn_cuda.set_emulator_workers(2)
+        y = np.zeros(4 * 32, np.float32)
+        with pytest.raises(RuntimeError, match=r"kernel failing_block_probe, block \\(1,0,0\\): divergent"):
+            _probes.failing_blocks(y, blocks=4, fail=1)
+        assert y[:32].all() and not y[64:].any()  # block 0 ran, blocks 2 and 3 did not
+        _probes.failing_blocks(y, blocks=1, fail=-1)
+        assert y.all()
+        print("clean")
+    """)
+    assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
+    assert "clean" in proc.stdout
+

@@ -451,9 +451,12 @@ void work(Launch& L, int index, int nworkers) {
         const long long b = kTsan ? index + turn * nworkers : L.next.fetch_add(1, std::memory_order_relaxed);
         if (b >= L.blocks) break;
         if (kTsan) wait_for_turn(L, b);
-        if (!L.failed.load(std::memory_order_relaxed)) run_block(w, L, b);
+        const bool runs = !L.failed.load(std::memory_order_relaxed);
+        if (runs) run_block(w, L, b);
         if (kTsan) pass_turn(L, b);  // after a failure too: the worker holding block b + 1 waits for it
-        ++w.block_turn;
+        // Only a block that ran moves the parity: the closing acquire must read the slot that this
+        // worker's last block released to (a skipped block released nothing).
+        if (runs) ++w.block_turn;
         if (L.failed.load(std::memory_order_relaxed)) break;
     }
     tsan_acquire(block_start_order(w));  // everything this worker's threads wrote

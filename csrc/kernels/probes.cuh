@@ -20,6 +20,9 @@
 //   race_probe: a data race on a __shared__ word within a block, or on a
 //     global word between blocks (the TSan build must report each), and the
 //     same accesses ordered by a barrier or made atomic (never reported).
+//   failing_block_probe: a multi-block launch in which one block fails
+//     (a divergent barrier): the launch must end with the error, ordered
+//     before what the host does next (the TSan build must report nothing).
 #pragma once
 #include "common.cuh"
 
@@ -180,6 +183,14 @@ __global__ void race_probe(float* y, int kind, int ordered) {
         if (ordered) atomicAdd(y, 1.f);
         else y[0] += 1.f;
     }
+}
+
+// Every thread writes y[its global index] = 1, but block `fail` (-1: none) meets a divergent
+// __syncthreads (its odd threads wait, its even ones write and exit), which the emulator reports;
+// the blocks after it are skipped. Undefined behaviour on a GPU: an emulator test only.
+__global__ void failing_block_probe(float* y, int fail) {
+    if (int(blockIdx.x) == fail && threadIdx.x % 2 == 1) __syncthreads();
+    y[blockIdx.x * blockDim.x + threadIdx.x] = 1.f;
 }
 
 }  // namespace fcn

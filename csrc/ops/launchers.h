@@ -48,6 +48,7 @@ void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment,
                                cudaStream_t stream);
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
 void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream);
+void launch_failing_block_probe(float* y, int blocks, int threads, int fail, cudaStream_t stream);
 
 // ---- conv2d.cu
 // variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16"); b may be null;

@@ -56,4 +56,8 @@ void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream) {
     launch("race_probe", race_probe, grid, block, 0, stream, y, kind, int(ordered));
 }
 
+void launch_failing_block_probe(float* y, int blocks, int threads, int fail, cudaStream_t stream) {
+    launch("failing_block_probe", failing_block_probe, dim3(blocks), dim3(threads), 0, stream, y, fail);
+}
+
 }  // namespace fcn
