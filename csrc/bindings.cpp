@@ -36,6 +36,7 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.attr("SANITIZE") = fcn_emu::sanitizer();
     m.def("set_workers", &fcn_emu::set_workers, "emulator worker threads; 0 = one per core, 1 = deterministic");
     m.def("workers", &fcn_emu::workers);
+    m.def("inject_worker_fault", &fcn_emu::inject_worker_fault, "tests only: a worker of the next launch throws");
 #else
     m.attr("EMULATED") = false;
     m.attr("SANITIZE") = "";

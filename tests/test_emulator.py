@@ -457,3 +457,38 @@ def test_tsan_build_orders_a_failed_launch_before_what_follows():
     assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
     assert "clean" in proc.stdout
 
+
+# A worker that fails outside any block (an allocation, an exception that is
+# no std::exception) must end the launch with an error: in the TSan build the
+# others wait for its turns, elsewhere an exception leaving a pool thread
+# would end the process. The emulator's test hook makes worker `worker`
+# throw as it reaches its turn `turn` (0: before its first block).
+WORKER_FAULTS = """
+    import numpy as np
+    import pytest
+    import fcn_cuda
+    from fcn_cuda import _backend, _probes
+    ext = _backend.active().ext
+    fcn_cuda.set_emulator_workers(2)
+    faults = [(w, t) for w, t in FAULTS if w < _backend.emulator_workers()]  # the ASan build runs one worker
+    assert faults
+    for worker, turn in faults:
+        y = np.zeros(6 * 32, np.float32)
+        ext.inject_worker_fault(worker, turn)
+        with pytest.raises(RuntimeError, match="kernel failing_block_probe: an exception that is not a std::exception"):
+            _probes.failing_blocks(y, blocks=6, fail=-1)
+        _probes.failing_blocks(y, blocks=6, fail=-1)  # the next launch runs, from this thread too
+        assert y.all(), (worker, turn)
+    print("clean")
+"""
+
+
+@pytest.mark.parametrize("sanitizer", [None, "thread"])
+def test_a_worker_failing_between_blocks_ends_the_launch(sanitizer):
+    # Blocks go to whichever worker is free, except in the TSan build: there
+    # worker 1 surely reaches its second turn.
+    faults = [(1, 0), (0, 0)] + ([(1, 1), (0, 2)] if sanitizer else [])
+    code = f"FAULTS = {faults!r}\n" + textwrap.dedent(WORKER_FAULTS)
+    proc = _run_sanitized(sanitizer, code, timeout=300) if sanitizer else _run_isolated(code)
+    assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
+    assert "clean" in proc.stdout

@@ -106,6 +106,10 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, F body) 
 void set_workers(int n);  // 0: one per core (or FCN_CUDA_EMU_WORKERS); 1: deterministic
 int workers();
 const char* sanitizer();  // "address", "thread", or "" for the optimized build
+// Tests only: in the next launch, worker `worker` (0: the calling thread) throws an exception that is
+// no std::exception as it reaches its turn `turn` (0: before its first block), to show that a worker
+// failing outside any block ends the launch with an error, never a hang or a crash.
+void inject_worker_fault(int worker, int turn);
 
 void* dynamic_smem();
 unsigned lane_id();

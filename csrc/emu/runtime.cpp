@@ -40,10 +40,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "emu.h"
@@ -91,6 +93,8 @@ struct Launch {
     std::atomic<long long> next{0};
     std::atomic<uint32_t> turn{0};  // TSan build: the block whose turn it is to run (mod 2^32)
     std::atomic<bool> failed{false};
+    int fault_worker = -1;  // inject_worker_fault: this worker throws as it reaches turn fault_turn
+    long long fault_turn = -1;
     std::mutex error_mutex;
     std::string error;
 
@@ -372,6 +376,13 @@ void run_fibers(Worker& w) {
     }
 }
 
+void block_failed(Worker& w, Launch& L, const char* what) {
+    w.loop_mode = false;
+    w.current = nullptr;
+    tsan_drop_unfinished_fibers(w);
+    L.set_error(std::string("kernel ") + L.name + ", " + block_str(blockIdx) + ": " + what);
+}
+
 void run_block(Worker& w, Launch& L, long long b) {
     const dim3 g = L.grid;
     blockIdx = {unsigned(b % g.x), unsigned((b / g.x) % g.y), unsigned(b / (long long)(g.x) / g.y)};
@@ -406,10 +417,9 @@ void run_block(Worker& w, Launch& L, long long b) {
         for (int i = 1; i < n; ++i) start_fiber(w, i, tid_of(i));
         run_fibers(w);
     } catch (const std::exception& e) {
-        w.loop_mode = false;
-        w.current = nullptr;
-        tsan_drop_unfinished_fibers(w);
-        L.set_error(std::string("kernel ") + L.name + ", " + block_str(blockIdx) + ": " + e.what());
+        block_failed(w, L, e.what());
+    } catch (...) {
+        block_failed(w, L, "an exception that is not a std::exception");
     }
 }
 
@@ -424,6 +434,36 @@ void pass_turn(Launch& L, long long b) {
     syscall(SYS_futex, &L.turn, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 }
 
+// A test's stand-in for an exception that no handler expects (not a std::exception), thrown by
+// inject_worker_fault's worker.
+struct InjectedFault {};
+
+// However work() is left, at its end or by an exception (a std::bad_alloc, a non-standard exception
+// from a block's error path), the worker leaves no one waiting and nothing half done: leaving by an
+// exception marks the launch failed, so the blocks after are skipped; the TSan build passes every turn
+// of this worker that is left, in order (the worker holding the next block waits for it and would wait
+// forever: never a hang); what this worker's threads wrote is ordered before the launch's end; and the
+// worker is free for the next launch (a stale w.launch would refuse every later launch from this
+// thread as "launched from inside a kernel").
+struct WorkerExit {
+    Launch& L;
+    Worker& w;
+    int nworkers;
+    long long next_turn;  // TSan build: this worker's first block whose turn it has not passed
+    int exceptions = std::uncaught_exceptions();
+
+    ~WorkerExit() {
+        if (std::uncaught_exceptions() > exceptions) L.failed = true;
+        if (kTsan)
+            for (long long b = next_turn; b < L.blocks; b += nworkers) {
+                wait_for_turn(L, b);
+                pass_turn(L, b);
+            }
+        tsan_acquire(block_start_order(w));  // everything this worker's threads wrote
+        w.launch = nullptr;
+    }
+};
+
 // Worker `index` of `nworkers` runs blocks until none are left. The TSan
 // build deals them round robin and runs them in turn, so which blocks share
 // a worker (and are ordered) does not depend on timing; the others take the
@@ -431,6 +471,7 @@ void pass_turn(Launch& L, long long b) {
 void work(Launch& L, int index, int nworkers) {
     Worker& w = this_worker();
     w.launch = &L;
+    WorkerExit leaving{L, w, nworkers, index};
     const size_t want = std::max<size_t>(L.smem, 128);
     if (w.smem_capacity < want) {
         std::free(w.smem);
@@ -448,22 +489,34 @@ void work(Launch& L, int index, int nworkers) {
 #endif
     tsan_release(block_start_order(w));  // what the host wrote before the launch
     for (long long turn = 0;; ++turn) {
+        if (index == L.fault_worker && turn == L.fault_turn) throw InjectedFault{};
         const long long b = kTsan ? index + turn * nworkers : L.next.fetch_add(1, std::memory_order_relaxed);
         if (b >= L.blocks) break;
         if (kTsan) wait_for_turn(L, b);
         const bool runs = !L.failed.load(std::memory_order_relaxed);
         if (runs) run_block(w, L, b);
         if (kTsan) pass_turn(L, b);  // after a failure too: the worker holding block b + 1 waits for it
+        leaving.next_turn = b + nworkers;
         // Only a block that ran moves the parity: the closing acquire must read the slot that this
         // worker's last block released to (a skipped block released nothing).
         if (runs) ++w.block_turn;
         if (L.failed.load(std::memory_order_relaxed)) break;
     }
-    tsan_acquire(block_start_order(w));  // everything this worker's threads wrote
-    w.launch = nullptr;
 }
 
 // ------------------------------------------------------------ worker pool
+// work(), with whatever escapes it recorded as the launch's error: an exception must not leave a pool
+// thread (std::terminate) or the caller's Pool::run before every helper is done with the launch.
+void work_reporting(Launch& L, int index, int nworkers) {
+    try {
+        work(L, index, nworkers);
+    } catch (const std::exception& e) {
+        L.set_error(std::string("kernel ") + L.name + ": " + e.what());
+    } catch (...) {
+        L.set_error(std::string("kernel ") + L.name + ": an exception that is not a std::exception");
+    }
+}
+
 class Pool {
 public:
     // Runs `L` on the caller and nworkers - 1 pool threads.
@@ -490,11 +543,7 @@ public:
             std::unique_lock<std::mutex> lock(mutex_);
             taken_cv_.wait(lock, [this] { return taken_ == helpers_; });
         }
-        try {
-            work(L, 0, nworkers);
-        } catch (const std::exception& e) {
-            L.set_error(std::string("kernel ") + L.name + ": " + e.what());
-        }
+        work_reporting(L, 0, nworkers);
         std::unique_lock<std::mutex> lock(mutex_);
         done_.wait(lock, [this] { return active_ == 0; });
         launch_ = nullptr;
@@ -514,11 +563,7 @@ private:
                 ++taken_;
             }
             taken_cv_.notify_one();
-            try {
-                work(*L, index + 1, helpers_ + 1);
-            } catch (const std::exception& e) {
-                L->set_error(std::string("kernel ") + L->name + ": " + e.what());
-            }
+            work_reporting(*L, index + 1, helpers_ + 1);
             std::lock_guard<std::mutex> lock(mutex_);
             if (--active_ == 0) done_.notify_all();
         }
@@ -537,6 +582,7 @@ private:
 Pool* g_pool = nullptr;
 std::mutex g_launch_mutex;  // one launch at a time, like one stream
 int g_workers = 0;
+int g_fault_worker = -1, g_fault_turn = -1;  // inject_worker_fault's, for the next launch
 
 Pool& pool() {
     if (!g_pool) g_pool = new Pool();  // never destroyed: its threads outlive static destructors
@@ -598,6 +644,12 @@ const char* sanitizer() {
 #endif
 }
 
+void inject_worker_fault(int worker, int turn) {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    g_fault_worker = worker;
+    g_fault_turn = turn;
+}
+
 void launch_impl(const char* name, dim3 grid, dim3 block, size_t smem_bytes, Thunk thunk, void* ctx) {
     if (tls_worker && tls_worker->launch)
         throw std::runtime_error(std::string("kernel ") + name + ": launched from inside a kernel");
@@ -611,6 +663,8 @@ void launch_impl(const char* name, dim3 grid, dim3 block, size_t smem_bytes, Thu
     L.thunk = thunk;
     L.ctx = ctx;
     L.blocks = (long long)grid.x * grid.y * grid.z;
+    L.fault_worker = std::exchange(g_fault_worker, -1);
+    L.fault_turn = std::exchange(g_fault_turn, -1);
     const int nworkers = int(std::min<long long>(workers(), L.blocks));
     pool().run(L, nworkers);
     if (L.failed) throw std::runtime_error(L.error);
