@@ -28,7 +28,8 @@
 // one at a time, in block order, through a futex that TSan does not see:
 // TSan tracks at most 256 threads at once (its "slots"), and threads beyond
 // that take slots from others, which then miss races. One block of up to
-// 256 threads, plus the idle workers, stays within them.
+// 256 threads, plus the idle workers, stays within them; a launch of larger
+// blocks is refused in this build (check_config), never run half-checked.
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -67,6 +68,7 @@ namespace {
 constexpr size_t kStackBytes = 64 * 1024;  // kernels here use 2-8 KB; wmma fragments are the largest
 constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxDynamicSmem = 227 * 1024;  // sm_90's opt-in limit per block
+constexpr int kTsanMaxThreads = 256;            // TSan's thread slots (see the top)
 
 enum class State : uint8_t { kReady, kAtBarrier, kAtWarp, kDone, kFailed };
 
@@ -617,6 +619,12 @@ void check_config(const char* name, dim3 grid, dim3 block, size_t smem) {
     else if (grid.x > 0x7fffffffu) why = "gridDim.x above 2^31 - 1";
     else if (smem > kMaxDynamicSmem) why = "more than 227 KiB of dynamic shared memory";
     if (!why.empty()) throw std::runtime_error(std::string("kernel ") + name + ": invalid configuration (" + why + ")");
+    // Valid on a GPU, but past what the TSan build can check: refused, never run with races missed.
+    if (kTsan && threads > kTsanMaxThreads)
+        throw std::runtime_error(std::string("kernel ") + name + ": a block of " + std::to_string(threads) +
+                                 " threads; the ThreadSanitizer build runs at most " +
+                                 std::to_string(kTsanMaxThreads) +
+                                 " (TSan follows 256 threads at once and would miss races between the others)");
 }
 
 }  // namespace
@@ -707,7 +715,14 @@ const uint64_t* warp_exchange(unsigned mask, uint64_t value) {
 // on a slot of its own, and after the rendezvous acquires every lane's slot.
 // A lane alternates between two slots, and deposits which one it used: it
 // may already release again (at its next __syncwarp) before a slower lane
-// of this rendezvous has resumed and acquired.
+// of this rendezvous has resumed and acquired. Two are enough, with mixed
+// masks too (lanes of a warp meeting in different groups, or a lane that
+// also syncs alone and so changes parity against the others): run_fibers
+// resumes every lane a rendezvous released within one round, before it
+// opens the next, so no lane reaches its next-but-one __syncwarp (the same
+// slot again) while a lane of this rendezvous has still to acquire from it.
+// Were that to change, such a slow lane would acquire releases made after
+// the rendezvous, an ordering CUDA does not give, and races would be missed.
 void syncwarp(unsigned mask) {
     Worker* w = tls_worker;
     if (!kTsan || !w || !w->current) {  // warp_exchange reports any misuse
