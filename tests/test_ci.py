@@ -1,12 +1,16 @@
 """What the CI scripts promise: .ci/gpu's compute-sanitizer stages run with
-CuPy's memory pool off, and .ci/run's TSan stage fails on a report."""
+CuPy's memory pool off, .ci/run's TSan stage fails on a report, and .ci/run
+(not any CI=true) makes the sanitizer tests fail where a build is missing."""
 
 import re
 import sys
 import types
 from pathlib import Path
 
+import pytest
+
 import conftest
+import test_emulator
 
 CI = Path(__file__).resolve().parent.parent / ".ci"
 
@@ -38,3 +42,24 @@ def test_the_tsan_stage_stops_at_the_first_report():
     assert 'TSAN_OPTIONS="halt_on_error=1 exitcode=66"' in stage and "libtsan.so" in stage
     assert '-m "kernels and not model_scale"' in stage
     assert "set -euo pipefail" in script  # a non-zero pytest (66 on a report) fails the script
+
+
+def test_ci_run_requires_the_sanitizer_builds_and_the_test_extras_by_its_own_variables():
+    script = (CI / "run").read_text()
+    exports = re.findall(r"^export (.*)$", script, re.M)
+    assert "FCN_CUDA_REQUIRE_SANITIZER_BUILDS=1 FCN_CUDA_REQUIRE_TEST_EXTRAS=1" in exports
+    code = "\n".join(line.split("#", 1)[0] for line in script.splitlines())
+    assert not re.search(r"\bCI=", code)  # a user's CI sets CI=true; it must not change what the tests demand
+
+
+@pytest.mark.parametrize("env,outcome", [({}, "skip"), ({"CI": "true"}, "skip"),
+                                         ({"FCN_CUDA_REQUIRE_SANITIZER_BUILDS": "1"}, "fail")])
+def test_a_missing_sanitizer_build_fails_only_where_required(monkeypatch, env, outcome):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("FCN_CUDA_REQUIRE_SANITIZER_BUILDS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(test_emulator.SANITIZER_BUILDS, "thread", ("thread", "_host_never_built", "libtsan.so"))
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match="fcn_cuda._host_never_built is not built"):
+        test_emulator._run_sanitized("thread", "pass")
