@@ -113,6 +113,10 @@ def cuda_unavailable_reason():
 
 
 def _select(name):
+    """The Backend for a name as use_backend and using take it: a str, any case, blanks around it ignored."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    name = name.strip().lower()
     if name == "host":
         return _host_backend()
     if name == "cuda":
@@ -150,10 +154,8 @@ def use_backend(name):
     Asking for ``'cuda'`` where it cannot run raises RuntimeError saying why.
     """
     global _active
-    if not isinstance(name, str):
-        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
     previous = _active.name if _active is not None else None
-    _active = _select(name.strip().lower())
+    _active = _select(name)
     return previous
 
 

@@ -367,6 +367,23 @@ def test_using_switches_the_backend_of_its_thread_only(monkeypatch):
     assert seen["worker"] is elsewhere and _backend.active() is elsewhere
 
 
+@pytest.mark.parametrize("switch", ["use_backend", "using"])
+def test_backend_names_are_checked_alike(switch):
+    """use_backend and using take the same names: a str, any case, blanks ignored; others refused."""
+    def select(name):
+        if switch == "use_backend":
+            _backend.use_backend(name)
+            return _backend.active()
+        with _backend.using(name) as be:
+            return be
+
+    assert select(" Host ").name == "host"
+    with pytest.raises(TypeError, match="backend name must be a str, got int"):
+        select(3)
+    with pytest.raises(ValueError, match="backend must be 'host' or 'cuda', got 'gpu'"):
+        select("gpu")
+
+
 # ----------------------------------------------------------------------- bad input
 def test_bool_arguments_are_checked_alike_in_ops_and_the_wrappers():
     """One check (fcn_cuda._validate.flag) for every bool argument: a bool or NumPy bool, never 1 or None."""
