@@ -49,7 +49,8 @@ dropout(const float* __restrict__ x, float* __restrict__ y, int n, unsigned long
         unsigned step, unsigned threshold, float scale) {
     const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
     const int lead = int(offset % 4);  // x[0]'s word within its counter
-    if (t >= unsigned(ceil_div(lead + n, 4))) return;
+    // Unsigned: lead + n + 3 <= 2^31 + 5 cannot wrap, where int arithmetic overflows for n near INT_MAX.
+    if (t >= (unsigned(lead) + unsigned(n) + 3u) / 4u) return;
     const unsigned long long j = offset / 4 + t;
     const Philox4 r = philox4x32_10({{unsigned(j), unsigned(j >> 32), 0u, 0u}}, seed, step);
 #pragma unroll
