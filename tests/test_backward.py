@@ -11,28 +11,12 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fcn_cuda
-from fcn_cuda import _backend, ops
+from fcn_cuda import ops
 
 from _util import assert_close, conv_call, to_numpy
 
-pytestmark = pytest.mark.kernels
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """The API allocates its outputs (and workspaces): poison every allocation
-    (NaN, or all bits set for integers) so an element a kernel fails to write shows up."""
-    plain = _backend.Backend.empty
-
-    def empty(self, shape, dtype=np.float32):
-        a = plain(self, shape, dtype)
-        if np.dtype(dtype).kind == "f":
-            a.fill(np.nan)
-        else:
-            a.view(np.uint8).fill(0xFF)
-        return a
-
-    monkeypatch.setattr(_backend.Backend, "empty", empty)
+# The API allocates its outputs and workspaces: each is poisoned (conftest.py).
+pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
 
 
 def t64(a, grad=False):
