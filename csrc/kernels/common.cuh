@@ -5,14 +5,16 @@
 //   * g++ with -DFCN_EMU (the `_host` extension): csrc/emu/emu.h, a host
 //     emulation of the CUDA execution model that runs this same source.
 // Everything a kernel needs beyond the CUDA language itself lives here:
-// ceil_div, warp reductions, the dynamic shared memory macro and the single
-// launch helper (`<<<>>>` is not C++, so launches never appear in kernels).
+// vector access (as_vector, lane_vectors), ceil_div, warp reductions, the
+// dynamic shared memory macro and the single launch helper (`<<<>>>` is not
+// C++, so launches never appear in kernels).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #if defined(FCN_EMU)
 #include "../emu/emu.h"
@@ -55,6 +57,39 @@ __device__ __forceinline__ V* as_vector(T* p) {
 #endif
     return reinterpret_cast<V*>(p);
 }
+
+// A thread that owns 1 or 4 consecutive floats (or ints) holds them in a
+// register array v[kLanes] and moves them as one access: for 4 one 16-byte
+// vector (the address 16-byte aligned), for 1 the element itself.
+// lane_vectors<kLanes>(p) is p as an array of such accesses; for 4 it comes
+// from as_vector, whose alignment test the emulator runs where it is called,
+// so take it outside a loop and index it inside. pack_lanes / unpack_lanes
+// move the register array into and out of the vector.
+template <typename T, int kLanes>
+struct LaneVector;
+template <> struct LaneVector<float, 1> { using type = float; };
+template <> struct LaneVector<float, 4> { using type = float4; };
+template <> struct LaneVector<int, 1> { using type = int; };
+template <> struct LaneVector<int, 4> { using type = int4; };
+
+template <int kLanes, typename T>
+__device__ __forceinline__ auto lane_vectors(T* p) {
+    using V = typename LaneVector<std::remove_const_t<T>, kLanes>::type;
+    if constexpr (kLanes == 1) return p;
+    else return as_vector<std::conditional_t<std::is_const_v<T>, const V, V>>(p);
+}
+
+__device__ __forceinline__ void unpack_lanes(float q, float (&v)[1]) { v[0] = q; }
+__device__ __forceinline__ void unpack_lanes(const float4& q, float (&v)[4]) {
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+}
+__device__ __forceinline__ float pack_lanes(const float (&v)[1]) { return v[0]; }
+__device__ __forceinline__ float4 pack_lanes(const float (&v)[4]) { return make_float4(v[0], v[1], v[2], v[3]); }
+__device__ __forceinline__ int pack_lanes(const int (&v)[1]) { return v[0]; }
+__device__ __forceinline__ int4 pack_lanes(const int (&v)[4]) { return make_int4(v[0], v[1], v[2], v[3]); }
 
 // Written without a + b - 1, which overflows for a near INT_MAX.
 __host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return a / b + (a % b != 0); }

@@ -88,32 +88,6 @@ __device__ __forceinline__ void crf_features(const unsigned char* __restrict__ i
 // at a time. __fmul_rn is never fused (the emulator's twin in emu.h neither).
 __device__ __forceinline__ float crf_mul(float a, float b) { return __fmul_rn(a, b); }
 
-// kLanes consecutive floats: a float4 (16-byte aligned: V is a multiple of 4) or one float.
-template <int kLanes>
-struct CrfLanes {
-    float v[kLanes];
-};
-
-// Group i of kLanes floats of the rows at base (the pixel or vertex row times V / kLanes, plus the
-// group): indexed off base, so that the emulator's alignment test of base stays out of the loops.
-template <int kLanes>
-__device__ __forceinline__ CrfLanes<kLanes> crf_load(const float* base, size_t i) {
-    CrfLanes<kLanes> r;
-    if constexpr (kLanes == 4) {
-        const float4 q = as_vector<const float4>(base)[i];
-        r.v[0] = q.x, r.v[1] = q.y, r.v[2] = q.z, r.v[3] = q.w;
-    } else {
-        r.v[0] = base[i];
-    }
-    return r;
-}
-
-template <int kLanes>
-__device__ __forceinline__ void crf_store(float* base, size_t i, const CrfLanes<kLanes>& r) {
-    if constexpr (kLanes == 4) as_vector<float4>(base)[i] = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
-    else base[i] = r.v[0];
-}
-
 // Eigen's expAndNormalize for one pixel: exp(t_c - max) / sum, written to out[c * stride] for c < C.
 __device__ __forceinline__ void crf_softmax_pixel(const float* __restrict__ t, int C, float* __restrict__ out,
                                                   int stride) {
@@ -530,20 +504,22 @@ crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, c
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (M + 1) * groups) return;
     const int v = t / groups, g = t - v * groups;
-    CrfLanes<kLanes> acc = {};
+    float acc[kLanes] = {};
     if (v < M) {
+        const auto x_rows = lane_vectors<kLanes>(x);  // the alignment test once, not per entry
         const int end = vertex_start[v + 1];
         for (int i = vertex_start[v]; i < end; ++i) {
             const int p = splat_pixel[i];
             if (p < 0) continue;  // the padding point: in the lattice, never splatted
             const float w = splat_weight[i];
             const float s = scale ? scale[p] : 1.f;
-            const CrfLanes<kLanes> in = crf_load<kLanes>(x, size_t(p) * groups + g);
+            float in[kLanes];
+            unpack_lanes(x_rows[size_t(p) * groups + g], in);
 #pragma unroll
-            for (int l = 0; l < kLanes; ++l) acc.v[l] += crf_mul(w, in.v[l] * s);
+            for (int l = 0; l < kLanes; ++l) acc[l] += crf_mul(w, in[l] * s);
         }
     }
-    crf_store<kLanes>(values, size_t(v) * groups + g, acc);
+    lane_vectors<kLanes>(values)[size_t(v) * groups + g] = pack_lanes(acc);
 }
 
 // One thread per (vertex v <= M, group g), as crf_splat. One Jacobi step along one axis:
@@ -556,41 +532,43 @@ crf_blur(const float* __restrict__ in, const int* __restrict__ neighbours, int M
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (M + 1) * groups) return;
     const int v = t / groups, g = t - v * groups;
-    CrfLanes<kLanes> r = {};
+    float r[kLanes] = {};
     if (v < M) {
         const int2 nb = as_vector<const int2>(neighbours)[v];
-        const CrfLanes<kLanes> a = crf_load<kLanes>(in, size_t(v) * groups + g);
-        const CrfLanes<kLanes> b1 = crf_load<kLanes>(in, size_t(nb.x) * groups + g);
-        const CrfLanes<kLanes> b2 = crf_load<kLanes>(in, size_t(nb.y) * groups + g);
+        const auto rows = lane_vectors<kLanes>(in);
+        float a[kLanes], b1[kLanes], b2[kLanes];
+        unpack_lanes(rows[size_t(v) * groups + g], a);
+        unpack_lanes(rows[size_t(nb.x) * groups + g], b1);
+        unpack_lanes(rows[size_t(nb.y) * groups + g], b2);
 #pragma unroll
         for (int l = 0; l < kLanes; ++l) {
-            const float pair = b1.v[l] + b2.v[l];
-            r.v[l] = kDouble ? float(double(a.v[l]) + 0.5 * double(pair)) : a.v[l] + 0.5f * pair;
+            const float pair = b1[l] + b2[l];
+            r[l] = kDouble ? float(double(a[l]) + 0.5 * double(pair)) : a[l] + 0.5f * pair;
         }
     }
-    crf_store<kLanes>(out, size_t(v) * groups + g, r);
+    lane_vectors<kLanes>(out)[size_t(v) * groups + g] = pack_lanes(r);
 }
 
 // Pixel n's sliced value for one group: sum over r = 0..D of its weight b_r times alpha times the value of
 // its vertex r, alpha = 1 / (1 + 2^-D). pydensecrf's vector routine multiplies (b_r alpha) * value; its
 // scalar one (kSeq, V <= 2) (b_r value) alpha.
 template <int D, int kLanes, bool kSeq>
-__device__ __forceinline__ CrfLanes<kLanes> crf_slice_pixel(const float* __restrict__ values,
-                                                            const int* __restrict__ vertex_of,
-                                                            const float* __restrict__ bary, int n, int P, int V,
-                                                            int g) {
+__device__ __forceinline__ void crf_slice_pixel(const float* __restrict__ values, const int* __restrict__ vertex_of,
+                                                const float* __restrict__ bary, int n, int P, int V, int g,
+                                                float (&acc)[kLanes]) {
     constexpr float kAlpha = 1.f / (1.f + 1.f / float(1 << D));
-    CrfLanes<kLanes> acc = {};
+    const auto rows = lane_vectors<kLanes>(values);
+#pragma unroll
+    for (int l = 0; l < kLanes; ++l) acc[l] = 0.f;
 #pragma unroll
     for (int r = 0; r <= D; ++r) {
         const int e = r * P + n;
         const float b = bary[e];
-        const CrfLanes<kLanes> val = crf_load<kLanes>(values, size_t(vertex_of[e]) * (V / kLanes) + g);
+        float val[kLanes];
+        unpack_lanes(rows[size_t(vertex_of[e]) * (V / kLanes) + g], val);
 #pragma unroll
-        for (int l = 0; l < kLanes; ++l)
-            acc.v[l] += kSeq ? crf_mul(b * val.v[l], kAlpha) : crf_mul(b * kAlpha, val.v[l]);
+        for (int l = 0; l < kLanes; ++l) acc[l] += kSeq ? crf_mul(b * val[l], kAlpha) : crf_mul(b * kAlpha, val[l]);
     }
-    return acc;
 }
 
 // One thread per pixel n; grid ceil(N / 256). The normaliser from the filtered ones (V = 1, pydensecrf's
@@ -601,8 +579,9 @@ crf_slice_norm(const float* __restrict__ values, const int* __restrict__ vertex_
                int N, int P, float* __restrict__ norm) {
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
-    const float k1 = crf_slice_pixel<D, 1, true>(values, vertex_of, bary, n, P, 1, 0).v[0];
-    norm[n] = float(1.0 / sqrt(double(k1) + 1e-20));
+    float k1[1];
+    crf_slice_pixel<D, 1, true>(values, vertex_of, bary, n, P, 1, 0, k1);
+    norm[n] = float(1.0 / sqrt(double(k1[0]) + 1e-20));
 }
 
 // One thread per (pixel n, group g), g fastest; grid ceil(N * V/kLanes / 256). The message of one term,
@@ -616,12 +595,13 @@ crf_slice_message(const float* __restrict__ values, const int* __restrict__ vert
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= N * groups) return;
     const int n = t / groups, g = t - n * groups;
-    const CrfLanes<kLanes> acc = crf_slice_pixel<D, kLanes, kSeq>(values, vertex_of, bary, n, P, V, g);
+    float acc[kLanes], r[kLanes];
+    crf_slice_pixel<D, kLanes, kSeq>(values, vertex_of, bary, n, P, V, g, acc);
     const size_t o = size_t(n) * groups + g;
-    CrfLanes<kLanes> r = crf_load<kLanes>(t_in, o);
+    unpack_lanes(lane_vectors<kLanes>(t_in)[o], r);
 #pragma unroll
-    for (int l = 0; l < kLanes; ++l) r.v[l] = r.v[l] - crf_mul(-compat, acc.v[l] * norm[n]);
-    crf_store<kLanes>(t_out, o, r);
+    for (int l = 0; l < kLanes; ++l) r[l] = r[l] - crf_mul(-compat, acc[l] * norm[n]);
+    lane_vectors<kLanes>(t_out)[o] = pack_lanes(r);
 }
 
 }  // namespace fcn

@@ -60,24 +60,6 @@ __device__ __forceinline__ void fold_channel(RunningMax& st, float v, int c) {
     }
 }
 
-// kPixels consecutive floats as one load or store (16 bytes for four).
-__device__ __forceinline__ void load_pixels(const float* p, float (&v)[1]) { v[0] = __ldg(p); }
-__device__ __forceinline__ void load_pixels(const float* p, float (&v)[4]) {
-    const float4 q = __ldg(as_vector<const float4>(p));
-    v[0] = q.x;
-    v[1] = q.y;
-    v[2] = q.z;
-    v[3] = q.w;
-}
-__device__ __forceinline__ void store_pixels(float* p, const float (&v)[1]) { *p = v[0]; }
-__device__ __forceinline__ void store_pixels(float* p, const float (&v)[4]) {
-    *as_vector<float4>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void store_pixels(int* p, const int (&v)[1]) { *p = v[0]; }
-__device__ __forceinline__ void store_pixels(int* p, const int (&v)[4]) {
-    *as_vector<int4>(p) = make_int4(v[0], v[1], v[2], v[3]);
-}
-
 // Thread g owns pixels p .. p + kPixels - 1 of image n, where g enumerates
 // the groups of kPixels pixels image by image: groups = N * H*W / kPixels.
 // grid = ceil(groups / 256) x 1, block = 256. probs / labels may be null
@@ -99,7 +81,7 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
     // several be in flight while the running state waits on each.
 #pragma unroll 4
     for (int c = 0; c < C; ++c) {
-        load_pixels(x + base + c * HW, v);
+        unpack_lanes(__ldg(lane_vectors<kPixels>(x + base + c * HW)), v);
 #pragma unroll
         for (int i = 0; i < kPixels; ++i) fold_channel<kProbs>(st[i], v[i], c);
     }
@@ -108,7 +90,7 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
         int label[kPixels];
 #pragma unroll
         for (int i = 0; i < kPixels; ++i) label[i] = st[i].label;
-        store_pixels(labels + n * HW + p, label);
+        *lane_vectors<kPixels>(labels + n * HW + p) = pack_lanes(label);
     }
     if (kProbs) {
         // A pixel of only -inf has max = -inf and exp(-inf - -inf) = NaN
@@ -120,10 +102,10 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
         // just filled with these bytes.
 #pragma unroll 4
         for (int c = 0; c < C; ++c) {
-            load_pixels(x + base + c * HW, v);
+            unpack_lanes(__ldg(lane_vectors<kPixels>(x + base + c * HW)), v);
 #pragma unroll
             for (int i = 0; i < kPixels; ++i) v[i] = expf(v[i] - st[i].max) * inv_sum[i];
-            store_pixels(probs + base + c * HW, v);
+            *lane_vectors<kPixels>(probs + base + c * HW) = pack_lanes(v);
         }
     }
 }
