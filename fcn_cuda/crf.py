@@ -69,9 +69,9 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
     if (h, w) != tuple(img.shape[:2]):
         raise ValueError(f"probs is {c} x {h} x {w} but img is {img.shape[0]} x {img.shape[1]}: they must cover "
                          "the same H x W pixels")
-    if not bool(be.xp.isfinite(probs).all()):
-        raise ValueError("probs must be finite (it holds NaN or inf)")
-    if bool((probs < 0).any()):
+    if not bool(((probs >= 0) & (probs < np.inf)).all()):  # one pass; NaN fails both comparisons
+        if not bool(be.xp.isfinite(probs).all()):
+            raise ValueError("probs must be finite (it holds NaN or inf)")
         raise ValueError("probs must be >= 0 (class probabilities)")
     iterations = V.integer(iterations, "iterations", minimum=0)
     variant = V.choice(variant, "variant", CRF_VARIANTS)
@@ -84,27 +84,34 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
         if compat != 0:
             terms.append((name, d, sxy, srgb, compat))
 
-    n = h * w
     v = c if c <= 2 else -(-c // 4) * 4  # pixel-major rows: float4s from 3 classes on, as pydensecrf's SSE
-    limit = V.INT32_LIMIT - 255          # thread counts are ints, rounded up to whole blocks
-    V.fits_int32(n * v, "the N x V working arrays")
-    if n * v > limit:
-        raise ValueError(f"{h} x {w} pixels x {v} channels is beyond 32-bit indexing")
+    _check_indexing(h, w, c, v, [(name, d) for name, d, *_ in terms] if variant == "lattice" else [])
     filters = []
     for name, d, sxy, srgb, compat in terms:
         if variant == "naive":
             filters.append((_Exact(be, img, d, sxy, srgb), compat))
             continue
-        entries = (d + 1) * (n + 1)
-        if (entries + 1) * v > limit:
-            raise ValueError(f"the {name} lattice of {h} x {w} pixels with {c} classes is beyond 32-bit indexing")
         bits, fits_int16 = be.ext.crf_key_bits(d, h, w, sxy, srgb)
         if not fits_int16 or bits > 64:
             raise ValueError(f"{name}_sxy = {sxy:g}" + (f" and {name}_srgb = {srgb:g}" if d == 5 else "") +
                              f" are too small for a {h} x {w} image: the lattice coordinates exceed the 16 bits "
                              "pydensecrf keeps them in")
-        filters.append((_Lattice(be, img, d, sxy, srgb), compat))
+        filters.append((_Lattice(be, img, d, sxy, srgb, bits), compat))
     return _mean_field(be, probs, filters, iterations, v)
+
+
+def _check_indexing(h, w, c, v, lattices):
+    """Refuses sizes whose thread counts or array indices, all ints in the kernels, would pass 2^31: the N x V
+    rows, and for each (name, d) lattice its (d+1)(N+1) entries, their V-wide blur rows and the (d+1) x
+    vertices neighbour threads (a lattice has at most as many vertices as entries)."""
+    limit = V.INT32_LIMIT - 255  # thread counts are rounded up to whole blocks of 256
+    n = h * w
+    if n * v > limit:
+        raise ValueError(f"{h} x {w} pixels x {v} channels is beyond 32-bit indexing")
+    for name, d in lattices:
+        entries = (d + 1) * (n + 1)
+        if max((entries + 1) * v, (d + 1) * entries) > limit:
+            raise ValueError(f"the {name} lattice of {h} x {w} pixels with {c} classes is beyond 32-bit indexing")
 
 
 def settings(crf):
@@ -168,14 +175,13 @@ class _Lattice:
     normaliser (csrc/kernels/crf.cuh). Reading the vertex count back is the
     one wait on the device."""
 
-    def __init__(self, be, img, d, sxy, srgb, padding=True):
+    def __init__(self, be, img, d, sxy, srgb, bits, padding=True):
         ext, s = be.ext, be.stream()
         h, w = img.shape[:2]
         self.be, self.d, self.n = be, d, h * w
         # pydensecrf's padding point (crf.cuh, crf_lattice_points); a test turns it off to show that it matters.
         self.p = self.n + (padding and self.n % 4 != 0)
         e = (d + 1) * self.p
-        bits, _ = ext.crf_key_bits(d, h, w, sxy, srgb)
         bary = be.empty((e,))
         keys, entries = be.empty((e,), np.uint64), be.empty((e,), np.int32)
         ext.crf_lattice_points(be.ptr(img), h, w, self.p, d, sxy, srgb, be.ptr(bary), be.ptr(keys), be.ptr(entries), s)

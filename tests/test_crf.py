@@ -286,6 +286,23 @@ def test_bad_inputs_raise_naming_the_argument(be):
         crf.dense_crf(img, probs, 5, 3.0)  # the parameters are keyword-only
 
 
+def test_sizes_beyond_32_bit_indexing_are_refused_before_any_work():
+    """The limits dense_crf checks, at their edges (the arithmetic alone: no array of that size is made)."""
+    bilateral, both = [("bilateral", 5)], [("gaussian", 2), ("bilateral", 5)]
+    crf._check_indexing(7000, 7000, 1, 1, both)  # 36 (N + 1) neighbour threads: 1.76e9, within int
+    # 8000 x 8000, one class: the rows (6.4e7) and the entries (3.8e8) fit, the neighbour threads (2.3e9) do not.
+    with pytest.raises(ValueError, match="the bilateral lattice of 8000 x 8000 pixels with 1 classes is beyond 32-bit"):
+        crf._check_indexing(8000, 8000, 1, 1, both)
+    crf._check_indexing(8000, 8000, 1, 1, [("gaussian", 2)])  # 9 (N + 1) threads fit
+    # 21 classes pad to 24-wide rows: the blur rows 6 (N + 1) x 24 pass 2^31 from N = 14.9e6 on.
+    crf._check_indexing(3800, 3900, 21, 24, bilateral)
+    with pytest.raises(ValueError, match="the bilateral lattice of 3900 x 3900 pixels with 21 classes"):
+        crf._check_indexing(3900, 3900, 21, 24, bilateral)
+    with pytest.raises(ValueError, match="9500 x 9500 pixels x 24 channels is beyond 32-bit indexing"):
+        crf._check_indexing(9500, 9500, 21, 24, [])  # the naive rung: the N x V rows alone
+    crf._check_indexing(9400, 9400, 21, 24, [])
+
+
 def test_arrays_of_the_other_backend_are_refused(be):
     img, probs = crf_inputs(1, 10, 11, 3)
     if be.name == "host":

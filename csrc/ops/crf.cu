@@ -11,7 +11,12 @@ namespace fcn {
 
 namespace {
 
-dim3 crf_grid(long long threads) { return dim3(unsigned(ceil_div(threads, (long long)kCrfThreads))); }
+// The kernels number their threads with ints; fcn_cuda/crf.py refuses sizes beyond, and this is the backstop.
+dim3 crf_grid(long long threads) {
+    if (threads > 2147483647ll - (kCrfThreads - 1))
+        throw std::invalid_argument("dense CRF: " + std::to_string(threads) + " threads are beyond 32-bit indexing");
+    return dim3(unsigned(ceil_div(threads, (long long)kCrfThreads)));
+}
 
 // Bits needed for the integers 0..range.
 int bit_width(long long range) {
