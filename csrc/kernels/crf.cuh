@@ -174,7 +174,8 @@ crf_naive_norm(const float* __restrict__ f, int N, float* __restrict__ norm) {
 
 // One thread per (pixel i, class c), c fastest; grid ceil(N*C / 256). The symmetric-normalised message
 // m = norm_i * sum_j k(f_i, f_j) * norm_j * Q[j][c], applied through the Potts weight as the lattice rung
-// applies it: t_out = t_in - (-w) * m. The threads of a warp share one or two pixels i: they read the
+// applies it: t_out = t_in - (-w) * m, the product rounded before the subtraction (crf_mul: never fused into
+// an FMA, on the GPU as in the emulator). The threads of a warp share one or two pixels i: they read the
 // same f_j and consecutive classes of Q[j].
 template <int D>
 __global__ void __launch_bounds__(kCrfThreads)
@@ -189,7 +190,7 @@ crf_naive_message(const float* __restrict__ f, const float* __restrict__ norm, c
     float sum = 0.f;
     for (int j = 0; j < N; ++j) sum += crf_gaussian<D>(fi, f + size_t(j) * D) * (norm[j] * Q[size_t(j) * V + c]);
     const size_t o = size_t(i) * V + c;
-    t_out[o] = t_in[o] - (-compat) * (sum * norm[i]);
+    t_out[o] = t_in[o] - crf_mul(-compat, sum * norm[i]);
 }
 
 // ---------------------------------------------------------------- lattice: points and keys
