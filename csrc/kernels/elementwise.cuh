@@ -13,9 +13,11 @@
 
 namespace fcn {
 
-// One float per thread per step; grid = ceil_div(n, 256 * 4) x 1, block = 256.
+// One float per thread per step; grid = ceil_div(n, 256 * 4) x 1, block = 256. unsigned: the last step
+// takes i past n by up to a quarter of n, beyond INT_MAX for n near it.
 __global__ void axpy_scalar(int n, float a, const float* __restrict__ x, float* __restrict__ y) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = fmaf(a, x[i], y[i]);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < unsigned(n); i += gridDim.x * blockDim.x)
+        y[i] = fmaf(a, x[i], y[i]);
 }
 
 // One thread per float4; the grid strides so a modest grid covers any n.
