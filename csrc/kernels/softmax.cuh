@@ -75,13 +75,17 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
     const int p = (g - n * groups_per_image) * kPixels;
     const int base = n * C * HW + p;  // channel 0 of the first pixel; channel c is c * HW further
 
+    // Channel c of the kPixels pixels is vector c * stride of xs (and of ps): the alignment test, which the
+    // emulator runs where lane_vectors is called, once per thread, not per channel.
+    const int stride = HW / kPixels;
+    const auto xs = lane_vectors<kPixels>(x + base);
     RunningMax st[kPixels];
     float v[kPixels];
     // The loads of consecutive channels are independent, so unrolling lets
     // several be in flight while the running state waits on each.
 #pragma unroll 4
     for (int c = 0; c < C; ++c) {
-        unpack_lanes(__ldg(lane_vectors<kPixels>(x + base + c * HW)), v);
+        unpack_lanes(__ldg(xs + c * stride), v);
 #pragma unroll
         for (int i = 0; i < kPixels; ++i) fold_channel<kProbs>(st[i], v[i], c);
     }
@@ -100,12 +104,13 @@ channel_softmax(const float* __restrict__ x, float* __restrict__ probs, int* __r
         for (int i = 0; i < kPixels; ++i) inv_sum[i] = 1.f / st[i].sum;
         // Second read of x: on a GPU it mostly hits L2, which the first pass
         // just filled with these bytes.
+        const auto ps = lane_vectors<kPixels>(probs + base);
 #pragma unroll 4
         for (int c = 0; c < C; ++c) {
-            unpack_lanes(__ldg(lane_vectors<kPixels>(x + base + c * HW)), v);
+            unpack_lanes(__ldg(xs + c * stride), v);
 #pragma unroll
             for (int i = 0; i < kPixels; ++i) v[i] = expf(v[i] - st[i].max) * inv_sum[i];
-            *lane_vectors<kPixels>(probs + base + c * HW) = pack_lanes(v);
+            ps[c * stride] = pack_lanes(v);
         }
     }
 }
