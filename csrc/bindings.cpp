@@ -263,11 +263,11 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                                    P<const float>(splat_weight), P<const int>(neighbours)};
     };
     m.def("crf_lattice_norm", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
-                                        Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr ones, Addr a,
+                                        Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr a,
                                         Addr b, Addr norm, Addr s) {
         fcn::launch_crf_lattice_norm(lattice(d, N, P_, M, bary, vertex_of, vertex_start, splat_pixel, splat_weight,
                                              neighbours),
-                                     P<const float>(ones), P<float>(a), P<float>(b), P<float>(norm), S(s));
+                                     P<float>(a), P<float>(b), P<float>(norm), S(s));
     }, nogil);
     m.def("crf_lattice_message", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
                                            Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr norm, Addr Q,

@@ -202,9 +202,8 @@ class _Lattice:
                                be.ptr(bary), be.ptr(self.vertex_start), be.ptr(vertex_keys), be.ptr(self.vertex_of),
                                be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours), s)
         self.norm = be.empty((self.n,))
-        ones = be.xp.ones((self.n,), np.float32)
         a, b = be.empty((m + 1,)), be.empty((m + 1,))
-        ext.crf_lattice_norm(*self._view(), be.ptr(ones), be.ptr(a), be.ptr(b), be.ptr(self.norm), s)
+        ext.crf_lattice_norm(*self._view(), be.ptr(a), be.ptr(b), be.ptr(self.norm), s)
 
     def _view(self):
         be = self.be

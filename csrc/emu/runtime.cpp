@@ -26,10 +26,12 @@
 // seen when they run on different workers: blocks are dealt round robin
 // over at least 2 workers, so blocks b and b + 1 never share one. They run
 // one at a time, in block order, through a futex that TSan does not see:
-// TSan tracks at most 256 threads at once (its "slots"), and threads beyond
-// that take slots from others, which then miss races. One block of up to
-// 256 threads, plus the idle workers, stays within them; a launch of larger
-// blocks is refused in this build (check_config), never run half-checked.
+// TSan tracks threads in a fixed set of slots (255 usable in gcc 12's
+// libtsan); threads beyond them take slots from others, which may then miss
+// races. With one block running at a time, blocks of up to 256 threads were
+// checked to have every race reported (thread 0 against each of 1..255, on
+// 2 workers, over repeated launches); a launch of larger blocks is refused
+// in this build (check_config), never run half-checked.
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>

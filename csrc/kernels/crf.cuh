@@ -175,8 +175,8 @@ crf_naive_norm(const float* __restrict__ f, int N, float* __restrict__ norm) {
 // One thread per (pixel i, class c), c fastest; grid ceil(N*C / 256). The symmetric-normalised message
 // m = norm_i * sum_j k(f_i, f_j) * norm_j * Q[j][c], applied through the Potts weight as the lattice rung
 // applies it: t_out = t_in - (-w) * m, the product rounded before the subtraction (crf_mul: never fused into
-// an FMA, on the GPU as in the emulator). The threads of a warp share one or two pixels i: they read the
-// same f_j and consecutive classes of Q[j].
+// an FMA, on the GPU as in the emulator). The threads of a warp cover ceil(32 / C) + 1 pixels i or fewer:
+// they read a few f_j and consecutive classes of Q[j].
 template <int D>
 __global__ void __launch_bounds__(kCrfThreads)
 crf_naive_message(const float* __restrict__ f, const float* __restrict__ norm, const float* __restrict__ Q, int N,
@@ -493,7 +493,8 @@ crf_lattice_neighbours(const unsigned long long* __restrict__ vertex_keys, int M
 
 // One thread per (vertex v, group g of kLanes channels), g fastest; grid ceil((M+1) * V/kLanes / 256).
 // values[v] = sum over the vertex's entries, in sorted order (which is pixel order), of
-// weight * (x[pixel] * scale[pixel]) — pydensecrf's splat of norm . Q (scale null: x as it is). Row M,
+// weight * (x[pixel] * scale[pixel]) — pydensecrf's splat of norm . Q (scale null: x as it is; x null:
+// x all 1, V = 1, the normaliser's splat). Row M,
 // the zero the blur reads for a missing neighbour, is written 0. Consecutive threads read consecutive
 // float4s of one pixel's row.
 template <int kLanes>
@@ -515,7 +516,8 @@ crf_splat(const float* __restrict__ x, const float* __restrict__ scale, int V, c
             const float w = splat_weight[i];
             const float s = scale ? scale[p] : 1.f;
             float in[kLanes];
-            unpack_lanes(x_rows[size_t(p) * groups + g], in);
+            if (x) unpack_lanes(x_rows[size_t(p) * groups + g], in);
+            else for (int l = 0; l < kLanes; ++l) in[l] = 1.f;
 #pragma unroll
             for (int l = 0; l < kLanes; ++l) acc[l] += crf_mul(w, in[l] * s);
         }

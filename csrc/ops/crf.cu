@@ -186,9 +186,9 @@ void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb
                stream, vertex_keys, M, s.layout, neighbours);
 }
 
-void launch_crf_lattice_norm(const CrfLatticeView& L, const float* ones, float* values_a, float* values_b,
-                             float* norm, cudaStream_t stream) {
-    const float* values = splat_and_blur<1, true>(L, ones, nullptr, 1, values_a, values_b, stream);
+void launch_crf_lattice_norm(const CrfLatticeView& L, float* values_a, float* values_b, float* norm,
+                             cudaStream_t stream) {
+    const float* values = splat_and_blur<1, true>(L, nullptr, nullptr, 1, values_a, values_b, stream);  // x = 1
     if (L.d == 2)
         launch("crf_slice_norm<2>", crf_slice_norm<2>, crf_grid(L.N), dim3(kCrfThreads), 0, stream, values,
                L.vertex_of, L.bary, L.N, L.P, norm);

@@ -191,8 +191,8 @@ struct CrfLatticeView {
     const float* splat_weight;
     const int* neighbours;
 };
-// norm (N) = 1 / sqrt(K 1 + 1e-20); ones: N floats 1; values_a / values_b: M + 1 floats each.
-void launch_crf_lattice_norm(const CrfLatticeView& L, const float* ones, float* values_a, float* values_b,
+// norm (N) = 1 / sqrt(K 1 + 1e-20); values_a / values_b: M + 1 floats each.
+void launch_crf_lattice_norm(const CrfLatticeView& L, float* values_a, float* values_b,
                              float* norm, cudaStream_t stream);
 // t_out = t_in + compat * norm . K (norm . Q), Q and t pixel-major N x V (V: 1, 2 or a multiple of 4);
 // values_a / values_b: (M + 1) * V floats each. t_out may be t_in.
