@@ -288,9 +288,11 @@ def transplant(vgg, variant="32s", num_classes=21):
     Widths come from `vgg`, so a reduced-width VGG16 gives a reduced FCN."""
     V.choice(variant, "variant", VARIANTS)
     num_classes = V.integer(num_classes, "num_classes", minimum=1)
-    fresh = FCN._fresh(param_shapes(variant, num_classes, trunk_widths(vgg), np.shape(vgg["fc6.weight"])[0]), seed=0)
-    fresh.update(vgg)
-    return fresh
+    shapes = param_shapes(variant, num_classes, trunk_widths(vgg), np.shape(vgg["fc6.weight"])[0])
+    # Only what vgg lacks is made fresh (score layers zero, upsampling bilinear): drawing the whole model to
+    # overwrite it would cost seconds and a gigabyte at VGG16 width (fc6 alone is 103M weights).
+    fresh = FCN._fresh({k: s for k, s in shapes.items() if k not in vgg}, seed=0)
+    return {**{k: vgg[k] if k in vgg else fresh[k] for k in shapes}, **vgg}
 
 
 class FCN:
