@@ -688,11 +688,12 @@ def softmax_cross_entropy(scores, labels, ignore_index=255, normalize=False, wei
     return _softmax_cross_entropy(scores, labels, ignore_index, V.flag(normalize, "normalize"), weight)[0]
 
 
-def dropout(x, p=0.5, seed=0, step=0, offset=0, training=True):
+def dropout(x, p=0.5, seed=0, step=0, training=True, *, offset=0):
     """Training-mode dropout with fcn_cuda's counter-based mask (Philox keyed
     by (seed, step), x placed at element `offset` of a larger batch:
     ops.dropout), x unchanged when training is False. The backward
-    recomputes the mask (ops.dropout_backward)."""
+    recomputes the mask (ops.dropout_backward). `training` stays fifth, as
+    before offset was added; offset is keyword-only."""
     _tensors(x=(x, False))
     if not V.flag(training, "training"):
         return x
@@ -806,7 +807,8 @@ class FCN(nn.Module):
         for layer, name in enumerate(("fc6", "fc7")):
             h = conv2d(h, getattr(self, name).weight, getattr(self, name).bias, relu=True)
             if key is not None:
-                h = dropout(h, DROPOUT_P, *dropout_key(key, layer, h))
+                seed, step, offset = dropout_key(key, layer, h)
+                h = dropout(h, DROPOUT_P, seed, step, offset=offset)
         return conv2d(h, self.score_fr.weight, self.score_fr.bias), pools
 
     def _coarse_scores(self, x):

@@ -310,6 +310,9 @@ def test_dropout_mask_scale_and_backward(nan_outputs):
     assert torch.equal(y, fct.dropout(x, 0.5, seed=9, step=4))           # the same key, the same mask
     assert not torch.equal(y, fct.dropout(x, 0.5, seed=9, step=5))
     assert fct.dropout(x, 0.5, training=False) is x
+    assert fct.dropout(x, 0.5, 9, 4, False) is x  # training positionally, where it has always been
+    with pytest.raises(TypeError):
+        fct.dropout(x, 0.5, 9, 4, True, 0)  # offset is keyword-only
     # offset places x in a larger batch: image 1 alone draws the whole batch's mask for image 1
     assert torch.equal(fct.dropout(x[1:], 0.5, seed=9, step=4, offset=x[0].numel()), y[1:])
 
