@@ -50,7 +50,8 @@ def default_model():
             raise FileNotFoundError(
                 f"no bundled default model at {DEFAULT_WEIGHTS}. Pass a model: "
                 "fcn_cuda.infer(img, fcn_cuda.load_model(path)), where path is an fcn_cuda .safetensors file, "
-                "torchvision VGG16 weights (.pth) or a pytorch-fcn FCN32s/16s/8s checkpoint (.pth)")
+                "torchvision VGG16 weights (.pth), a pytorch-fcn FCN32s/16s/8s checkpoint (.pth) or a Caffe "
+                "FCN or VGG16 .caffemodel")
         from .weights import load_model
 
         _default_model = load_model(DEFAULT_WEIGHTS)

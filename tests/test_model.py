@@ -73,6 +73,18 @@ def test_shift_scores_moves_every_output_score_by_its_class_offset(be, variant, 
     assert to_numpy(model.labels(x)).tolist() == after.argmax(1).tolist()
 
 
+def test_trained_fcn_weights_refuse_a_variant_or_class_count_they_do_not_have(be):
+    """variant and num_classes shape a VGG16 transplant; given with FCN weights they must match them, never be
+    dropped without a word."""
+    sd = state_dict_f32(random_fcn("8s", seed=1, num_classes=3))
+    with pytest.raises(ValueError, match="the weights are FCN-8s, not FCN-16s"):
+        fcn_cuda.load_model(sd, variant="16s")
+    with pytest.raises(ValueError, match="the weights have 3 classes, not 4"):
+        fcn_cuda.load_model(sd, num_classes=4)
+    model = fcn_cuda.load_model(sd, variant="8s", num_classes=3)
+    assert (model.variant, model.num_classes) == ("8s", 3)
+
+
 def test_shift_scores_refuses_bad_offsets_and_trained_upsampling(be):
     model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=1, num_classes=3)))
     before = model.state_dict()

@@ -118,9 +118,13 @@ def _model(sd, meta, layout, variant, num_classes, at_once):
         if variant is not None and variant != found:
             raise ValueError(f"the weights are FCN-{found}, not FCN-{variant}")
         variant = found
-        num_classes = sd["score_fr.weight"].shape[0] if "score_fr.weight" in sd else None
-        if num_classes is None:
+        if "score_fr.weight" not in sd:
             raise WeightFileError("the weights have no score_fr.weight")
+        found = sd["score_fr.weight"].shape[0]
+        if num_classes is not None and num_classes != found:
+            raise ValueError(f"the weights have {found} classes, not {num_classes} (num_classes sets the classes of "
+                             "a VGG16 transplant only)")
+        num_classes = found
     if at_once is None:
         at_once = meta.get("at_once") == "True"
     model = FCN(variant, num_classes, at_once=at_once, state_dict=sd, class_names=_class_names(meta, num_classes))
