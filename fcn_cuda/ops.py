@@ -949,11 +949,10 @@ def _softmax_xent(scores, labels, ignore_index, normalize, weight, divisor):
         raise ValueError(f"divisor must be a finite number >= 0, got {divisor!r}")
     V.fits_int32(scores.size + 255, "scores (rounded up to whole blocks)")
     xp = be.xp
-    _check_labels(labels, c, ignore_index, xp)
+    ignored = _check_labels(labels, c, ignore_index, xp)
     weight = _class_weights(weight, c)
     if divisor is None:
-        divisor = loss_divisor(class_pixel_counts(labels, c, ignore_index) if normalize else None, n, normalize,
-                               weight)
+        divisor = loss_divisor(_class_counts(labels, ignored, c, be) if normalize else None, n, normalize, weight)
     grad = be.empty(scores.shape)
     ws = be.empty((be.ext.softmax_xent_workspace(n * h * w),))
     total = be.empty((1,))
@@ -983,8 +982,15 @@ def class_pixel_counts(labels, num_classes, ignore_index=255):
     be = _backend.active()
     labels = V.array(labels, "labels", dtype=np.int32, be=be)
     num_classes = V.integer(num_classes, "num_classes", minimum=1)
-    ignored = _check_labels(labels, num_classes, ignore_index, be.xp)
-    return be.to_numpy(be.xp.bincount(labels[~ignored].ravel(), minlength=num_classes)).astype(np.int64)
+    return _class_counts(labels, _check_labels(labels, num_classes, ignore_index, be.xp), num_classes, be)
+
+
+def _class_counts(labels, ignored, c, be):
+    """class_pixel_counts of labels already checked (`ignored`: _check_labels' mask). The ignored pixels are
+    counted as class c and dropped, rather than masked out first, which would wait on the device for the
+    masked size."""
+    counts = be.xp.bincount(be.xp.where(ignored, c, labels).ravel(), minlength=c + 1)[:c]
+    return be.to_numpy(counts).astype(np.int64)
 
 
 def loss_divisor(counts, n, normalize=False, weight=None):
