@@ -100,7 +100,7 @@ def train(out, recipe=RECIPE, progress=True, max_seconds=None, **overrides):
     fields = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{k: v for k, v in recipe.items() if k in fields})
     train_set = SyntheticShapes(recipe["count"], recipe["size"], seed=recipe["seed"])
-    val_set = SyntheticShapes(recipe["val_count"], recipe["size"], seed=recipe["seed"] + 1_000_003)
+    val_set = validation(recipe=recipe)
     return run(fresh_model(recipe), train_set, val_set, out=out, config=config, progress=progress,
                max_seconds=max_seconds)
 
@@ -123,11 +123,13 @@ def score(weights, count=HELD_OUT_COUNT, progress=True, crf=None):
     return fcn_cuda.evaluate(model, data, progress=Progress(len(data), "score") if progress else None, crf=crf)
 
 
-def validation(count=RECIPE["val_count"], size=RECIPE["size"]):
-    """The recipe's validation set (what training validates on): the set the CRF's parameters are tuned on."""
+def validation(count=None, size=None, recipe=RECIPE):
+    """The recipe's validation set (what train validates on; count and size default to the recipe's): the set
+    the CRF's parameters are tuned on."""
     from .data import SyntheticShapes
 
-    return SyntheticShapes(count, size, seed=RECIPE["seed"] + 1_000_003)
+    return SyntheticShapes(recipe["val_count"] if count is None else count, recipe["size"] if size is None else size,
+                           seed=recipe["seed"] + 1_000_003)
 
 
 # The dense CRF parameters tune_crf tries for the bundled model (the others as pydensecrf's README): a
