@@ -68,7 +68,9 @@ def test_ship_refuses_weights_below_the_target(tmp_path):
 def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "TARGET_MEAN_IU", 0.0)
     dest, sample, picture = tmp_path / "default.safetensors", tmp_path / "s.png", tmp_path / "p.png"
-    scores = bundled.ship(_untrained(tmp_path), dest=dest, sample=sample, picture=picture, trained_on="host",
+    # The shipped weights themselves: on an untrained model's flat labels the CRF changes nothing, and the
+    # picture's refined panel could not be told from the plain one.
+    scores = bundled.ship(bundled.DEFAULT_WEIGHTS, dest=dest, sample=sample, picture=picture, trained_on="host",
                           count=2)
     tensors, meta = load_safetensors(dest)
     held = json.loads(meta["held_out"])
@@ -83,6 +85,7 @@ def test_ship_writes_model_sample_and_picture(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rgb, expected)
     labels = fcn_cuda.infer(rgb, shipped)
     refined = fcn_cuda.infer(rgb, shipped, crf=True)
+    assert (refined != labels).any()
     sheet = np.asarray(Image.open(picture).convert("RGB"))
     h, w = 2 * rgb.shape[0], 2 * rgb.shape[1]
     assert sheet.shape == (22 + h + 22, 5 * (w + 8) - 8, 3)

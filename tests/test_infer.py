@@ -11,6 +11,7 @@ from PIL import Image
 import fcn_cuda
 from fcn_cuda import cli
 from fcn_cuda.colors import colorize, overlay, palette_image, voc_colormap
+from fcn_cuda.data import SyntheticShapes
 from fcn_cuda.inference import load_image
 
 from _util import to_numpy
@@ -172,18 +173,24 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert "error" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _crf_case():
+    """The bundled model and a 48 x 48 shapes image on which the CRF changes some of its labels (an untrained
+    model's flat predictions it leaves as they are)."""
+    return fcn_cuda.inference.default_model(), SyntheticShapes(1, 48, seed=1)[0][0]
+
+
 def test_infer_with_the_crf_refines_the_softmax(be):
     """infer(crf=...) is the argmax of dense_crf on the model's softmax; crf=True takes the bundled model's
     parameters (fcn_cuda.crf.SHAPES), a dict changes some of them; the scores stay the model's."""
     from fcn_cuda import crf, ops
 
-    model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=5, num_classes=4)))
-    rgb = np.random.default_rng(3).integers(0, 256, (21, 26, 3), dtype=np.uint8)
+    model, rgb = _crf_case()
     plain, scores = fcn_cuda.infer(rgb, model, return_scores=True)
     probs = ops.softmax(be.xp.asarray(scores)[None])[0]
     for setting, params in ((True, crf.SHAPES), (dict(iterations=2, bilateral_srgb=30.0),
                                                   {**crf.SHAPES, "iterations": 2, "bilateral_srgb": 30.0})):
         expect = to_numpy(crf.dense_crf(be.xp.asarray(rgb), probs, **params)).argmax(0)
+        assert (expect != plain).any()  # the CRF moves labels here: dropping it would fail
         np.testing.assert_array_equal(fcn_cuda.infer(rgb, model, crf=setting), expect)
         labels, with_scores = fcn_cuda.infer(rgb, model, return_scores=True, crf=setting)
         np.testing.assert_array_equal(labels, expect)
@@ -197,19 +204,22 @@ def test_infer_with_the_crf_refines_the_softmax(be):
         fcn_cuda.infer(rgb, model, crf=dict(bilateral_srgb=0))
 
 
-def test_cli_infer_with_the_crf(tmp_path):
+def test_cli_infer_with_the_crf(tmp_path, capsys):
     fcn_cuda.use_backend("host")
     weights = tmp_path / "w.safetensors"
-    model = fcn_cuda.load_model(state_dict_f32(random_fcn("8s", seed=2, num_classes=4)))
+    model, rgb = _crf_case()
     model.save(weights)
     path = tmp_path / "img.png"
-    rgb = np.random.default_rng(4).integers(0, 256, (17, 15, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(path)
+    plain = fcn_cuda.infer(rgb, model)
     for flags, setting in ((["--crf"], True), (["--crf-iterations", "3", "--crf-bilateral-sxy", "9.5"],
                                                dict(iterations=3, bilateral_sxy=9.5))):
         out = tmp_path / "-".join(flags)
         assert cli.main(["infer", str(path), "--weights", str(weights), "--out", str(out), *flags]) == 0
-        np.testing.assert_array_equal(np.asarray(Image.open(out / "img_labels.png")),
-                                      fcn_cuda.infer(rgb, model, crf=setting))
+        expect = fcn_cuda.infer(rgb, model, crf=setting)
+        assert (expect != plain).any()  # the flags reach the CRF: without them these labels would be plain's
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "img_labels.png")), expect)
+    capsys.readouterr()
     assert cli.main(["infer", str(path), "--weights", str(weights), "--out", str(tmp_path), "--crf-gaussian-sxy",
                      "-1"]) == 2
+    assert "gaussian_sxy must be > 0" in capsys.readouterr().err
