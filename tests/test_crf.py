@@ -286,6 +286,17 @@ def test_bad_inputs_raise_naming_the_argument(be):
         crf.dense_crf(img, probs, 5, 3.0)  # the parameters are keyword-only
 
 
+def test_the_defaults_are_pydensecrf_readme_values_everywhere():
+    """dense_crf's defaults, and the torch op's, are crf.PYDENSECRF_README: the three copies cannot drift."""
+    import inspect
+
+    import fcn_cuda.torch as fct
+
+    for fn in (crf.dense_crf, fct.dense_crf):
+        defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k in crf.PARAMETERS}
+        assert defaults == crf.PYDENSECRF_README, fn.__module__
+
+
 def test_sizes_beyond_32_bit_indexing_are_refused_before_any_work():
     """The limits dense_crf checks, at their edges (the arithmetic alone: no array of that size is made)."""
     bilateral, both = [("bilateral", 5)], [("gaussian", 2), ("bilateral", 5)]
