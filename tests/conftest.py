@@ -38,21 +38,24 @@ def _backends():
 
 @pytest.fixture(params=_backends())
 def be(request):
-    """The Backend object for one backend, made active for the test."""
-    previous = fcn_cuda.backend()
+    """The Backend object for one backend, made active for the test (_backend_put_back restores the one
+    before)."""
     fcn_cuda.use_backend(request.param)
-    yield _backend.active()
-    fcn_cuda.use_backend(previous)
+    return _backend.active()
 
 
 @pytest.fixture(autouse=True)
 def _backend_put_back():
-    """The backend active before each test is active after it: a switch
-    never leaks into later tests (on a GPU machine they would run on the
-    host, or the reverse, depending on test order)."""
-    previous = fcn_cuda.backend()
+    """The backend active before each test is active after it, and the
+    emulator's worker count: a switch never leaks into later tests (on a GPU
+    machine they would run on the host, or the reverse, depending on test
+    order; after set_emulator_workers(1) they would never meet the
+    multi-worker orderings)."""
+    previous, workers = fcn_cuda.backend(), fcn_cuda.emulator_workers()
     yield
     fcn_cuda.use_backend(previous)
+    if fcn_cuda.emulator_workers() != workers:
+        fcn_cuda.set_emulator_workers(workers)
 
 
 @pytest.fixture
