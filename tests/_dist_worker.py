@@ -81,11 +81,9 @@ def main(argv):
     ap.add_argument("out")
     ap.add_argument("log")
     ap.add_argument("--iterations", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--kill-at", type=int, help="rank 1 kills itself (SIGKILL) as this step starts")
     ap.add_argument("--term-at", type=int, help="rank 1 sends itself SIGTERM as this step starts")
     ap.add_argument("--stall-at", type=int, help="rank 1 stops answering (sleeps) as this step starts")
-    ap.add_argument("--slow", type=float, default=0.0, help="seconds each step sleeps (a run to be interrupted)")
     ap.add_argument("--full-disk-at", type=int, help="rank 0's checkpoint of this step fails as on a full disk")
     args = ap.parse_args(argv)
     fcn_cuda.use_backend(os.environ.get("FCN_CUDA_BACKEND", "host"))
@@ -127,16 +125,13 @@ def main(argv):
         if rank == 1 and self.step + 1 == args.stall_at:
             (log / "stalled_at").write_text(repr(time.time()))
             time.sleep(float(os.environ.get("STALL_SECONDS", "3600")))
-        if rank == 0 and self.step == 2:
-            (log / "step2").touch()
-        time.sleep(args.slow)
         return step(self, x, labels)
 
     training.Trainer.train_step = train_step
     train, val = datasets()
     try:
         trainer = fcn_cuda.train(small_model(), Logged(train, reads, "train"), Logged(val, reads, "val"),
-                                 out=args.out, config=config(iterations=args.iterations, batch_size=args.batch_size),
+                                 out=args.out, config=config(iterations=args.iterations),
                                  progress=False)
     except distributed.RankLost:
         (log / f"lost_at{rank}").write_text(repr(time.time()))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import fcn_cuda
 from fcn_cuda import cli
@@ -180,7 +181,6 @@ def test_formats_are_told_by_content(tmp_path, suffix):
         got = fcn_cuda.load_model(path).state_dict()
         np.testing.assert_array_equal(got["fc6.weight"], sd["fc6.weight"])
     assert Wt.file_format(caffe) == "caffe" and Wt.file_format(tmp_path / f"own{suffix}") == "safetensors"
-    torch = pytest.importorskip("torch")
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / f"pt{suffix}")
     assert Wt.file_format(tmp_path / f"pt{suffix}") == "pth"
     np.testing.assert_array_equal(fcn_cuda.load_model(tmp_path / f"pt{suffix}").state_dict()["fc7.bias"], sd["fc7.bias"])
@@ -236,7 +236,6 @@ def test_vgg16_caffemodel_is_the_transplant(tmp_path, variant, num_classes):
     """VGG_ILSVRC_16_layers (a V1 net, fc6 / fc7 / fc8 InnerProduct, legacy
     dims) loads as the torchvision import of the same weights does: fc6 /
     fc7 convolutionalized, score layers zero, upsampling bilinear, fc8 dropped."""
-    torch = pytest.importorskip("torch")
     sd = vgg16()
     path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
     path.write_bytes(E.net(E.vgg16_layers(sd)))
@@ -276,8 +275,7 @@ def test_vgg16_misfits_are_listed_by_layer(tmp_path):
     assert str(path) in msg and "conv3_3: missing" in msg and "conv6: not a layer of VGG16" in msg
     out, before = SMALL_WIDTHS[1][0], SMALL_WIDTHS[0][-1]
     assert f"conv2_1: weight is {out}x3x3x3, expected {out}x{before}x3x3" in msg, msg
-    assert layers  # the well-formed net, for contrast, loads
-    path.write_bytes(E.net(layers))
+    path.write_bytes(E.net(layers))  # the well-formed net, for contrast, loads
     fcn_cuda.load_model(path)
 
 
