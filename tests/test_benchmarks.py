@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import shutil
+import os
 import subprocess
 import sys
 import tempfile
@@ -277,6 +278,22 @@ def test_dispatch_rows_call_the_same_kernels_both_ways():
             assert set(suite.compare(ours, ref).values()) == {0.0}, case.name
     finally:
         ctx.close()
+
+
+def test_torch_dispatch_script_runs_every_op():
+    """benchmarks/torch_dispatch.py, as its docstring runs it, one call a side: every op's row and the summary."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "benchmarks/torch_dispatch.py", "--calls", "1", "--rounds", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from benchmarks import torch_dispatch
+        names = list(torch_dispatch.calls("cpu"))
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = [line.split()[0] for line in proc.stdout.splitlines()[2:-1]]
+    assert rows == names and "median cost of the torch dispatch per call" in proc.stdout.splitlines()[-1]
 
 
 def test_compare_sees_differences():
