@@ -25,6 +25,7 @@ import numpy as np
 import fcn_cuda
 from fcn_cuda import _backend, ops
 from fcn_cuda.bilinear import bilinear_weights
+from fcn_cuda.crf import PARAMETERS, PYDENSECRF_README
 from fcn_cuda.model import BF16_WEIGHT_LAYERS, CONV1_PAD, VGG16_BLOCKS, head_geometry, param_shapes
 
 from .timing import CupyClock, Timing, TorchClock, time_device, time_host
@@ -738,11 +739,12 @@ def dispatch_cases(ctx, tag, n, h, w, layers):
          lambda x, w: ops.upsample_argmax(x, w, 8, oh, ow, o8), [ctx.randn(up8["x"], 3.0), b16]),
         ("softmax_cross_entropy(scores)", f"scores {_fmt(scores_shape)}, loss and gradient",
          lambda x, l: top.softmax_cross_entropy(x, l, 255, False, None),
-         lambda x, l: ops.softmax_cross_entropy(x, l), [ctx.randn(scores_shape, 3.0), rng_labels()]),
+         # what the op runs: the loss left on the device (the public call also brings it to the host)
+         lambda x, l: ops._softmax_cross_entropy_on_device(x, l), [ctx.randn(scores_shape, 3.0), rng_labels()]),
         ("dropout(fc6)", f"x {_fmt(by['fc7']['x'])} p 0.5",
          lambda x: top.dropout(x, 0.5, 1, 2, 0), lambda x: ops.dropout(x, 0.5, 1, 2), [ctx.randn(by["fc7"]["x"])]),
         ("dense_crf(probs)", f"img {h}x{w}x3, probs {classes}x{h}x{w}, 5 iterations",
-         lambda i, p: top.dense_crf(i, p, 5, 3.0, 3.0, 80.0, 13.0, 10.0, "lattice"),
+         lambda i, p: top.dense_crf(i, p, 5, *(PYDENSECRF_README[k] for k in PARAMETERS[1:]), "lattice"),
          lambda i, p: fcn_cuda.dense_crf(i, p, 5), list(crf_input(ctx.rng, h, w, classes))),
     ]
     cases = []
@@ -821,12 +823,15 @@ def crf_cases(ctx):
                          "pydensecrf2 is not installed (pip install -e '.[test]')")
         return []
 
+    r = PYDENSECRF_README  # the parameters on both sides
+
     def reference(img, probs, it):
         c, h, w = probs.shape
         d = dcrf.DenseCRF2D(w, h, c)
         d.setUnaryEnergy(unary_from_softmax(probs))
-        d.addPairwiseGaussian(sxy=3, compat=3)
-        d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=img, compat=10)
+        d.addPairwiseGaussian(sxy=r["gaussian_sxy"], compat=r["gaussian_compat"])
+        d.addPairwiseBilateral(sxy=r["bilateral_sxy"], srgb=r["bilateral_srgb"], rgbim=img,
+                               compat=r["bilateral_compat"])
         return np.array(d.inference(it)).reshape(c, h, w)
 
     cases = []
