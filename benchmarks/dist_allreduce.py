@@ -48,10 +48,6 @@ def main(argv):
               if not k.startswith("upscore")}  # frozen: never sent
     grads = {k: be.xp.ones(v, np.float32) for k, v in shapes.items()}
     nbytes = 4 * sum(g.size for g in grads.values())
-    summed = ranks.sum_flat(grads)  # what is timed does the work: every element sums to the world size
-    if not all(bool((s == ranks.size).all()) for s in summed.values()):
-        raise SystemExit(f"rank {ranks.rank}: the all-reduce did not sum the gradients")
-
     def reduce():
         ranks.sum_flat(grads)
         if be.name == "cuda":
@@ -60,6 +56,9 @@ def main(argv):
     rows = []
     for way, bucket in WAYS.items():
         distributed.BUCKET_BYTES = bucket
+        summed = ranks.sum_flat(grads)  # each way timed does the work: every element sums to the world size
+        if not all(bool((s == ranks.size).all()) for s in summed.values()):
+            raise SystemExit(f"rank {ranks.rank}: the all-reduce {way} did not sum the gradients")
         seconds = median_seconds(reduce, args.runs)
         busbw = 2 * (ranks.size - 1) / ranks.size * nbytes / seconds / 1e9
         rows.append({"way": way, "bucket_bytes": None if math.isinf(bucket) else bucket, "ms": 1e3 * seconds,
