@@ -13,6 +13,8 @@ move / time), `pct_of_peak`: the roofline fraction
 100 * max(flops / peak_flops, bytes / copy_bandwidth) / time against the
 peaks measured at the start of the same run, and `err`, the difference
 between the two outputs (relative L2, or the fraction of differing labels).
+fcn_cuda's output is taken before the timing loop and again after it: the
+row fails when the two differ or when any output holds a NaN or an infinity.
 """
 
 import contextlib
@@ -875,6 +877,35 @@ def compare(ours, ref):
     return {"rel_l2": float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30))}
 
 
+def require_finite(out, what):
+    """Raises when an output (or a part of a tuple) holds a NaN or an infinity."""
+    for part in out if isinstance(out, tuple) else (out,):
+        a = np.asarray(part)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise AssertionError(f"{what} is not finite: {np.mean(~np.isfinite(a)):.3g} of its values are NaN or inf")
+
+
+def recheck(before, after, ref):
+    """The check of a timed row: fcn_cuda's output on input set 0 before the
+    timing loop and again after it, each against the reference. fcn_cuda is
+    deterministic, so the second must be the first's bits: a difference means
+    that runs back to back raced or corrupted state. A NaN or an infinity in
+    any output fails the row. Returns the worse of the two errors."""
+    require_finite(ref, "the reference's output")
+    require_finite(before, "the output")
+    require_finite(after, "the output after the timing loop")
+    pairs = zip(before, after) if isinstance(before, tuple) else ((before, after),)
+    for b, a in pairs:
+        if not np.array_equal(np.asarray(b), np.asarray(a)):
+            differ = float(np.mean(np.asarray(b) != np.asarray(a)))
+            raise AssertionError(f"the output after the timing loop differs from the one before it "
+                                 f"({differ:.3g} of its values): runs back to back changed the result")
+    err = compare(before, ref)
+    for key, v in compare(after, ref).items():
+        err[key] = max(err.get(key, 0.0), v)
+    return err
+
+
 def make_row(case, t_ours: Timing, t_ref: Timing, err, peaks):
     ours_ms, ref_ms = t_ours.median_ms, t_ref.median_ms
 
@@ -908,16 +939,18 @@ def run_group(ctx, cases, peaks, rows):
             continue
         try:
             if case.ours_key not in ours_cache:
+                before = ctx.ours_numpy(case.ours_fns[0]())
                 t_ours = ctx.time_ours(case.ours_fns)
-                ours_cache[case.ours_key] = (t_ours, ctx.ours_numpy(case.ours_fns[0]()))
+                after = ctx.ours_numpy(case.ours_fns[0]())
+                ours_cache[case.ours_key] = (t_ours, before, after)
             if case.ref_key not in ref_cache:
                 t_ref = ctx.time_ref(case.ref_fns, case.ref_precision, case.ref_on_host)
                 with ctx.ref_mode(case.ref_precision):
                     ref_out = ctx.ref_numpy(case.ref_fns[0]())
                 ref_cache[case.ref_key] = (t_ref, ref_out)
-            t_ours, ours_out = ours_cache[case.ours_key]
+            t_ours, before, after = ours_cache[case.ours_key]
             t_ref, ref_out = ref_cache[case.ref_key]
-            err = compare(ours_out, ref_out)
+            err = recheck(before, after, ref_out)
         except Exception as e:
             if "compile" in case.ref:  # a failing torch.compile is the reference's problem: noted, not fatal
                 ctx.skip(case.name, f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")

@@ -445,3 +445,30 @@ def test_benchmark_suite_row(benchmark, host_cases, layer):
     err = suite.compare(out, ref)
     assert err.get("rel_l2", 0.0) < 1e-5 and err.get("label_mismatch", 0.0) == 0.0
     assert not math.isnan(err.get("rel_l2", 0.0))
+
+
+def _pool_that_turns(after_calls, spoil):
+    """ops.max_pool2d, whose outputs from call `after_calls` on go through spoil."""
+    real, calls = suite.ops.max_pool2d, []
+
+    def pool(*args, **kwargs):
+        calls.append(1)
+        y = real(*args, **kwargs)
+        return spoil(y) if len(calls) > after_calls else y
+    return pool
+
+
+@pytest.mark.parametrize("after_calls, spoil, message", [
+    (0, lambda y: y * np.float32("nan"), "the output is not finite"),
+    # quick config: 1 call before the loop, 1 warm-up and 3 timed runs; the 6th call is the re-check
+    (5, lambda y: y + np.float32(1), "differs from the one before it"),
+    (5, lambda y: y * np.float32("inf"), "the output after the timing loop is not finite"),
+])
+def test_a_row_is_checked_again_after_its_timing_loop(tmp_path, monkeypatch, after_calls, spoil, message):
+    monkeypatch.setattr(suite.ops, "max_pool2d", _pool_that_turns(after_calls, spoil))
+    code = bench_main.main(["--quick", "--backend", "host", "--out", str(tmp_path), "--only", "1x48x48/pool1/"])
+    assert code == 1
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["rows"] == []
+    assert [f["name"] for f in result["failed"]] == ["1x48x48/pool1/max_pool2d/torch-cpu"]
+    assert message in result["failed"][0]["error"]
