@@ -31,6 +31,7 @@ const auto nogil = py::call_guard<py::gil_scoped_release>();
 
 PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.doc() = "fcn_cuda kernels (see csrc/)";
+    m.def("sync_launches", &fcn::launch_sync_enabled, "FCN_CUDA_SYNC_LAUNCHES: every launch waits for its kernel and checks it");
 #if defined(FCN_EMU)
     m.attr("EMULATED") = true;
     m.attr("SANITIZE") = fcn_emu::sanitizer();

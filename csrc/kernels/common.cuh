@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -139,25 +140,63 @@ __device__ __forceinline__ float block_tree_sum(float* s, float v) {
     return s[threadIdx.x];
 }
 
+// FCN_CUDA_SYNC_LAUNCHES=1: every launch waits for its kernel and checks
+// how it ended, so a fault (an illegal address, a misaligned access) is
+// raised by the launch that caused it, naming that kernel, instead of at a
+// later sync as some other call's error. For debugging and the GPU test
+// runs: it serializes host and device. Read once per process (unset or 0:
+// off); any other value is refused at every launch until it is fixed. The
+// emulator runs each grid to completion anyway: there it is only validated.
+inline bool sync_launches() {
+    static const bool on = [] {
+        const char* v = std::getenv("FCN_CUDA_SYNC_LAUNCHES");
+        const std::string value = v ? v : "";
+        if (value.empty() || value == "0") return false;
+        if (value == "1") return true;
+        throw std::runtime_error("FCN_CUDA_SYNC_LAUNCHES must be 0 or 1, got '" + value + "'");
+    }();
+    return on;
+}
+
+// "kernel NAME (grid X x Y x Z, block X x Y x Z): WHAT", as a GPU launch's
+// error names it (the GPU does not say which block faulted; the emulator does).
+inline std::runtime_error launch_error(const char* name, dim3 grid, dim3 block, const char* what) {
+    auto dims = [](dim3 d) {
+        return std::to_string(d.x) + "x" + std::to_string(d.y) + "x" + std::to_string(d.z);
+    };
+    return std::runtime_error(std::string("kernel ") + name + " (grid " + dims(grid) + ", block " + dims(block) +
+                              "): " + what);
+}
+
 // The one launch helper. `name` is what an error message calls the kernel.
-// Under nvcc: the triple-chevron launch plus a check of the launch status;
-// an error becomes std::runtime_error, which pybind11 turns into RuntimeError.
+// Under nvcc: the triple-chevron launch plus a check of the launch status
+// (and, with FCN_CUDA_SYNC_LAUNCHES=1, of the kernel's end); an error becomes
+// std::runtime_error, which pybind11 turns into RuntimeError.
 // Under the emulator: the grid runs to completion on the host worker pool
 // before this returns, and emulator errors (divergent barriers, ...) throw.
 template <typename... KArgs, typename... Args>
 inline void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
                    cudaStream_t stream, Args... args) {
+    const bool sync = sync_launches();
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) return;
 #if defined(FCN_EMU)
+    (void)sync;
     ::fcn_emu::launch(name, grid, block, smem_bytes, [=]() { kernel(static_cast<KArgs>(args)...); });
 #else
     if (smem_bytes > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-        if (e != cudaSuccess) throw std::runtime_error(std::string("kernel ") + name + ": " + cudaGetErrorString(e));
+        if (e != cudaSuccess) throw launch_error(name, grid, block, cudaGetErrorString(e));
     }
     kernel<<<grid, block, smem_bytes, stream>>>(static_cast<KArgs>(args)...);
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) throw std::runtime_error(std::string("kernel ") + name + ": " + cudaGetErrorString(e));
+    if (e != cudaSuccess) throw launch_error(name, grid, block, cudaGetErrorString(e));
+    if (!sync) return;
+    // A stream being captured into a CUDA graph must not be synchronized
+    // (that would end the capture): its kernels run, and are checked, at replay.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    e = cudaStreamIsCapturing(stream, &capture);
+    if (e == cudaSuccess && capture == cudaStreamCaptureStatusNone) e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess) throw launch_error(name, grid, block, cudaGetErrorString(e));
 #endif
 }
 

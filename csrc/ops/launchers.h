@@ -34,6 +34,8 @@ void launch_confusion_matrix(const int* gt, const int* pred, int n, int C, unsig
                              cudaStream_t stream);
 
 // ---- probes.cu
+// FCN_CUDA_SYNC_LAUNCHES as fcn::launch reads it (common.cuh); throws on a value other than 0 or 1.
+bool launch_sync_enabled();
 void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStream_t stream);
 void launch_divergent_barrier(float* y, cudaStream_t stream);
 void launch_early_exit_barrier(float* y, cudaStream_t stream);

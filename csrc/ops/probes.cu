@@ -3,6 +3,8 @@
 
 namespace fcn {
 
+bool launch_sync_enabled() { return sync_launches(); }
+
 void launch_barrier_rotate(const float* x, float* y, int n, int rounds, cudaStream_t stream) {
     launch("barrier_rotate", barrier_rotate, dim3(1), dim3(n), 0, stream, x, y, rounds);
 }
