@@ -16,6 +16,7 @@ import numpy as np
 
 import fcn_cuda
 from fcn_cuda import ops
+from fcn_cuda.ops.conv2d import conv2d_default_variant, conv2d_tile_use
 from timing import median_seconds  # benchmarks/timing.py: this script's own folder is on sys.path
 
 LAYER = (1, 64, 64, 64, 64, 3, 3, 1, 1)  # N, C, H, W, K, R, S, stride, padding
@@ -40,9 +41,9 @@ def bench(shape, runs, rng):
     b = rng.standard_normal(k, dtype=np.float32)
     p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - s) // stride + 1
     flop = 2 * n * k * p * q * c * r * s
-    use = ops._conv2d_tile_use(n * p * q, k, c * r * s)
+    use = conv2d_tile_use(n * p * q, k, c * r * s)
     print(f"x {n}x{c}x{h}x{w} * w {k}x{c}x{r}x{s} stride {stride} pad {pad}: {flop / 1e6:.1f} MFLOP, "
-          f"igemm tile use {use:.2f}, default {ops._conv2d_default_variant(fcn_cuda._backend.active(), n * p * q, k, c * r * s)}")
+          f"igemm tile use {use:.2f}, default {conv2d_default_variant(n * p * q, k, c * r * s)}")
     for variant in ops.conv2d_variants(wt.shape):
         t = median_seconds(lambda: ops.conv2d(x, wt, b, stride, pad, relu=True, variant=variant), runs)
         print(f"  {variant:10s} {t * 1e3:9.2f} ms  {flop / t / 1e9:7.3f} GFLOP/s")

@@ -29,6 +29,7 @@ from fcn_cuda import _backend, ops
 from fcn_cuda.bilinear import bilinear_weights
 from fcn_cuda.crf import PARAMETERS, PYDENSECRF_README
 from fcn_cuda.model import BF16_WEIGHT_LAYERS, CONV1_PAD, VGG16_BLOCKS, head_geometry, param_shapes
+from fcn_cuda.ops.loss import softmax_cross_entropy_on_device
 
 from .timing import CupyClock, Timing, TorchClock, time_device, time_host
 
@@ -742,7 +743,7 @@ def dispatch_cases(ctx, tag, n, h, w, layers):
         ("softmax_cross_entropy(scores)", f"scores {_fmt(scores_shape)}, loss and gradient",
          lambda x, l: top.softmax_cross_entropy(x, l, 255, False, None),
          # what the op runs: the loss left on the device (the public call also brings it to the host)
-         lambda x, l: ops._softmax_cross_entropy_on_device(x, l), [ctx.randn(scores_shape, 3.0), rng_labels()]),
+         lambda x, l: softmax_cross_entropy_on_device(x, l), [ctx.randn(scores_shape, 3.0), rng_labels()]),
         ("dropout(fc6)", f"x {_fmt(by['fc7']['x'])} p 0.5",
          lambda x: top.dropout(x, 0.5, 1, 2, 0), lambda x: ops.dropout(x, 0.5, 1, 2), [ctx.randn(by["fc7"]["x"])]),
         ("dense_crf(probs)", f"img {h}x{w}x3, probs {classes}x{h}x{w}, 5 iterations",

@@ -23,6 +23,7 @@ import fcn_cuda
 import fcn_cuda.torch as fct
 from fcn_cuda import ops
 from fcn_cuda.bilinear import bilinear_weights
+from fcn_cuda.ops.loss import softmax_cross_entropy_on_device
 from timing import median_seconds  # benchmarks/timing.py: this script's own folder is on sys.path
 
 
@@ -62,7 +63,7 @@ def calls(device):
         "softmax_cross_entropy": (lambda: top.softmax_cross_entropy(s, labels, 255, False, None),
                                   lambda: fct.softmax_cross_entropy(s, labels),
                                   # the op's own work: the loss stays on the device, as the op leaves it
-                                  lambda: ops._softmax_cross_entropy_on_device(arr["s"], arr["labels"])),
+                                  lambda: softmax_cross_entropy_on_device(arr["s"], arr["labels"])),
         "dropout": (lambda: top.dropout(x, 0.5, 1, 2, 0), lambda: fct.dropout(x, 0.5, 1, 2),
                     lambda: ops.dropout(arr["x"], 0.5, 1, 2)),
     }

@@ -1,9 +1,10 @@
-"""Argument checks shared by every public entry point (DESIGN.md section 4).
+"""Argument checks shared by every public entry point (docs/design.md).
 
 Everything is checked here, in Python, before a launch; the C++ launchers
 trust their arguments. Errors name the argument and what was expected.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -100,3 +101,20 @@ def choice(v, name, options):
     if v not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {v!r}")
     return v
+
+
+def real(v, name):
+    """A finite real number (not a bool) as a Python float, or TypeError / ValueError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):  # math, not NumPy: torch.compile traces this check in fcn_cuda.torch's wrappers
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def shape4(shape, name):
+    """A 4-tuple of positive ints (an array shape the caller describes)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {shape!r}")
+    return tuple(integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(shape))

@@ -20,7 +20,6 @@ import numpy as np
 
 from . import _backend
 from . import _validate as V
-from .ops import _real
 
 CRF_VARIANTS = ("lattice", "naive")
 
@@ -131,7 +130,7 @@ def settings(crf):
 
 def _float32(v, name):
     """A real number as the float32 the kernels take."""
-    v = _real(v, name)
+    v = V.real(v, name)
     if abs(v) > _FLOAT32_MAX:
         raise ValueError(f"{name} = {v:g} is beyond float32's range")
     return float(np.float32(v))
@@ -139,7 +138,7 @@ def _float32(v, name):
 
 def _width(v, name):
     """A Gaussian's width: > 0, and not 0 as a float32 (the kernels divide by it in float)."""
-    if not _real(v, name) > 0:
+    if not V.real(v, name) > 0:
         raise ValueError(f"{name} must be > 0, got {v}")
     f = _float32(v, name)
     if f == 0:

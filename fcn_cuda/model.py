@@ -18,6 +18,7 @@ from . import _validate as V
 from . import ops
 from .bilinear import bilinear_weights
 from .files import WeightFileError
+from .ops.conv2d import conv2d_relu_maxpool_variant
 
 VARIANTS = ("32s", "16s", "8s")
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -525,7 +526,7 @@ class FCN:
                 # The block's last conv + ReLU + pool as one kernel when nothing
                 # keeps the conv output or the pool indices (inference).
                 fuse = (FUSE_POOL and i == len(block) - 1 and not indices and not _stores(store, name)
-                        and ops._conv2d_relu_maxpool_variant(h.shape, w.shape, pad))
+                        and conv2d_relu_maxpool_variant(h.shape, w.shape, pad))
                 if fuse:
                     h = ops.conv2d_relu_maxpool(h, w, bias, padding=pad, variant=fuse)
                     pooled = True

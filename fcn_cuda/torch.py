@@ -39,6 +39,10 @@ from torch import nn
 
 from . import _backend, crf, ops
 from . import _validate as V
+from .ops.conv2d import conv2d_relu_maxpool_variant, conv_out
+from .ops.dropout import dropout_args
+from .ops.loss import softmax_cross_entropy_on_device
+from .ops.pool import pool_size
 from .model import AT_ONCE_SCALE, CONV1_PAD, DROPOUT_P, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, dropout_key, \
     head_geometry, param_shapes, trunk_widths
 from .model import FCN as _EngineFCN
@@ -149,7 +153,7 @@ def _bias_grad(grad_y):
 def _(x, weight, bias, stride, padding, relu):
     n, _, h, w = x.shape
     k, _, r, s = weight.shape
-    return x.new_empty((n, k, ops._conv_out(h, r, stride[0], padding[0]), ops._conv_out(w, s, stride[1], padding[1])))
+    return x.new_empty((n, k, conv_out(h, r, stride[0], padding[0]), conv_out(w, s, stride[1], padding[1])))
 
 
 @_conv2d_grad_input.register_fake
@@ -196,7 +200,7 @@ def _conv2d_relu_maxpool(x, weight, bias, padding):
     """The end of a VGG block at inference, as fcn_cuda.FCN runs it: one
     fused kernel where conv2d's default variant has that epilogue, else
     conv2d then max_pool2d; the same bits either way."""
-    variant = x.ndim == 4 and weight.ndim == 4 and ops._conv2d_relu_maxpool_variant(x.shape, weight.shape, padding)
+    variant = x.ndim == 4 and weight.ndim == 4 and conv2d_relu_maxpool_variant(x.shape, weight.shape, padding)
     if variant:
         return ops.conv2d_relu_maxpool(x, weight, bias, padding=padding, variant=variant)
     return ops.max_pool2d(ops.conv2d(x, weight, bias, padding=padding, relu=True), 2, 2, ceil_mode=True)
@@ -206,8 +210,8 @@ def _conv2d_relu_maxpool(x, weight, bias, padding):
 def _(x, weight, bias, padding):
     n, _, h, w = x.shape
     k, _, r, s = weight.shape
-    p, q = ops._conv_out(h, r, 1, padding), ops._conv_out(w, s, 1, padding)
-    return x.new_empty((n, k, ops._pool_size(p, 2, 2, True), ops._pool_size(q, 2, 2, True)))
+    p, q = conv_out(h, r, 1, padding), conv_out(w, s, 1, padding)
+    return x.new_empty((n, k, pool_size(p, 2, 2, True), pool_size(q, 2, 2, True)))
 
 
 _conv2d_relu_maxpool.register_autograd(_no_backward("conv2d_relu_maxpool (train through conv2d and max_pool2d)"))
@@ -338,8 +342,8 @@ def _max_pool2d_backward(grad_y, indices, x_shape, kernel_size, stride):
 
 def _pooled_shape(x, kernel_size, stride, ceil_mode):
     n, c, h, w = x.shape
-    return (n, c, ops._pool_size(h, kernel_size[0], stride[0], ceil_mode),
-            ops._pool_size(w, kernel_size[1], stride[1], ceil_mode))
+    return (n, c, pool_size(h, kernel_size[0], stride[0], ceil_mode),
+            pool_size(w, kernel_size[1], stride[1], ceil_mode))
 
 
 @_max_pool2d.register_fake
@@ -505,7 +509,7 @@ _upsample_softmax_argmax.register_autograd(_no_backward("upsample_argmax's proba
 @_op("softmax_cross_entropy(Tensor scores, Tensor labels, int ignore_index, bool normalize, Tensor? weight) "
      "-> (Tensor, Tensor)")
 def _softmax_cross_entropy(scores, labels, ignore_index, normalize, weight):
-    return ops._softmax_cross_entropy_on_device(scores, labels, ignore_index, normalize, weight)
+    return softmax_cross_entropy_on_device(scores, labels, ignore_index, normalize, weight)
 
 
 @_op("dropout(Tensor x, float p, int seed, int step, int offset) -> Tensor")
@@ -651,7 +655,7 @@ def score_crop_add(up, feat, weight, bias=None, offset=0, scale=1.0):
     K x C x 1 x 1. Differentiable in up, feat, weight and bias
     (ops.score_crop_add_backward)."""
     _tensors(up=(up, False), feat=(feat, False), weight=(weight, False), bias=(bias, True))
-    return _score_crop_add(up, feat, weight, bias, _pair(offset, "offset", 0), ops._real(scale, "scale"))
+    return _score_crop_add(up, feat, weight, bias, _pair(offset, "offset", 0), V.real(scale, "scale"))
 
 
 def softmax(x):
@@ -697,7 +701,7 @@ def dropout(x, p=0.5, seed=0, step=0, training=True, *, offset=0):
     _tensors(x=(x, False))
     if not V.flag(training, "training"):
         return x
-    p, seed, step = ops._dropout_args(p, seed, step)
+    p, seed, step = dropout_args(p, seed, step)
     return _dropout(x, p, seed, step, V.integer(offset, "offset", minimum=0, maximum=2**62))
 
 
@@ -708,7 +712,7 @@ def dense_crf(img, probs, iterations=5, *, gaussian_sxy=3.0, gaussian_compat=3.0
     mean field, the same arguments). Not differentiable."""
     _tensors(img=(img, False), probs=(probs, False))
     iterations = V.integer(iterations, "iterations", minimum=0)
-    params = [ops._real(v, k) for k, v in (("gaussian_sxy", gaussian_sxy), ("gaussian_compat", gaussian_compat),
+    params = [V.real(v, k) for k, v in (("gaussian_sxy", gaussian_sxy), ("gaussian_compat", gaussian_compat),
                                            ("bilateral_sxy", bilateral_sxy), ("bilateral_srgb", bilateral_srgb),
                                            ("bilateral_compat", bilateral_compat))]
     return _dense_crf(img, probs, iterations, *params, V.choice(variant, "variant", crf.CRF_VARIANTS))

@@ -129,13 +129,13 @@ def test_default_variant(be, rng):
 
 def test_default_rule():
     """igemm by default; direct on the host only where igemm's tiles would be mostly zero-fill."""
-    from fcn_cuda import _backend
-    host = _backend._host_backend()
-    assert ops._conv2d_default_variant(host, 64 * 64, 64, 64 * 9) == "igemm"  # conv 64 -> 64 at 64x64
-    assert ops._conv2d_default_variant(host, 64 * 64, 1, 64 * 9) == "direct"  # one output channel
-    assert ops._conv2d_default_variant(host, 4, 512, 512 * 49) == "direct"  # fc6 on a 2x2 output
-    cuda = type(host)("cuda", None, None)
-    assert ops._conv2d_default_variant(cuda, 4, 512, 512 * 49) == "igemm"
+    from fcn_cuda.ops.conv2d import conv2d_default_variant
+    assert conv2d_default_variant(64 * 64, 64, 64 * 9, "host") == "igemm"  # conv 64 -> 64 at 64x64
+    assert conv2d_default_variant(64 * 64, 1, 64 * 9, "host") == "direct"  # one output channel
+    assert conv2d_default_variant(4, 512, 512 * 49, "host") == "direct"  # fc6 on a 2x2 output
+    assert conv2d_default_variant(4, 512, 512 * 49, "cuda") == "igemm"
+    assert conv2d_default_variant(3, 64, 27, "host") == "small_c"  # conv1_1's 27 taps, on either backend
+    assert conv2d_default_variant(3, 64, 27, "cuda") == "small_c"
 
 
 def test_torch_tensor_input(be, rng):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import fcn_cuda
 from fcn_cuda import model as M
 from fcn_cuda import ops
+from fcn_cuda.ops.conv2d import conv2d_auto_splits, conv2d_relu_maxpool_variant
 
 from _util import FP32, HALF, TF32, assert_close, conv_call, to_numpy
 from test_conv2d import draw  # the fixed-seed inputs
@@ -259,6 +260,6 @@ def test_model_fuses_only_where_conv2d_would_not_split():
     depth 4608) stays unfused, since the split sums in another order; conv3_3
     at the same size fuses."""
     fcn_cuda.use_backend("host")
-    assert ops._conv2d_auto_splits(44 * 44, 512, 512 * 9) > 1
-    assert ops._conv2d_relu_maxpool_variant((1, 512, 44, 44), (512, 512, 3, 3), 1) is None
-    assert ops._conv2d_relu_maxpool_variant((1, 256, 175, 175), (256, 256, 3, 3), 1) == "igemm"
+    assert conv2d_auto_splits(44 * 44, 512, 512 * 9) > 1
+    assert conv2d_relu_maxpool_variant((1, 512, 44, 44), (512, 512, 3, 3), 1) is None
+    assert conv2d_relu_maxpool_variant((1, 256, 175, 175), (256, 256, 3, 3), 1) == "igemm"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import fcn_cuda
 from fcn_cuda import ops
+from fcn_cuda.ops.conv2d import conv2d_auto_splits
 
 from _util import FP32, HALF, TF32, assert_close, to_numpy
 from test_conv2d import draw, reference  # the float64 torch reference and the fixed-seed inputs
@@ -80,7 +81,7 @@ def test_relu_and_bias(be, rng, variant, relu, bias):
 def test_fc6_layer_config(be, rng):
     """FCN's fc6 (7x7, pad 0, ReLU) at reduced width on a pool5-like odd map,
     split as the automatic rule would split the real layer (4)."""
-    assert ops._conv2d_auto_splits(16 * 16, 4096, 512 * 49) == 4
+    assert conv2d_auto_splits(16 * 16, 4096, 512 * 49) == 4
     check(be, rng, "igemm", 4, 1, 40, 11, 9, 24, 7, 7, 1, 0)
 
 
@@ -110,14 +111,14 @@ def test_deterministic(be, rng, variant):
 def test_one_split_is_the_unsplit_path(be, rng):
     """splits=1 launches today's kernel: the same bits as no `splits` on a shape the rule leaves whole."""
     x, wt, b = draw(be, rng, *SHAPES["depth117"][:7])
-    assert ops._conv2d_auto_splits(2 * 11 * 10, 21, 13 * 9) == 1
+    assert conv2d_auto_splits(2 * 11 * 10, 21, 13 * 9) == 1
     assert same_bits(ops.conv2d(x, wt, b, padding=1, variant="igemm", splits=1),
                      ops.conv2d(x, wt, b, padding=1, variant="igemm"))
 
 
 def test_auto_rule():
     """> 1 split only for few output tiles over a deep filter (FCN at a 500 x 500 input, batch 1)."""
-    auto = ops._conv2d_auto_splits
+    auto = conv2d_auto_splits
     assert auto(16 * 16, 4096, 512 * 49) == 4   # fc6: 4 x 64 tiles, 1568 stages
     assert auto(16 * 16, 4096, 4096) == 4       # fc7 (1x1, 4096 -> 4096)
     assert auto(88 * 88, 256, 256 * 9) == 1     # conv3_2: depth 2304

@@ -1,0 +1,275 @@
+"""Convolution forward (csrc/kernels/conv2d.cuh, conv2d_small_c.cuh): conv2d and its
+variants, the fused conv2d_relu_maxpool, bf16 weights, and the policy that
+picks a variant and a depth split when the caller does not.
+"""
+
+import numpy as np
+
+from .. import _backend
+from .. import _validate as V
+
+__all__ = ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "CONV2D_SPLIT_VARIANTS", "conv2d_variants", "Bf16Weights",
+           "to_bf16_weights", "conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS"]
+
+CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16")
+# The math each variant does (docs/design.md gives each its tolerance).
+CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16"}
+SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
+# The variants that can split their depth (split-K, conv2d's `splits`).
+CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
+CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
+
+
+def conv2d_variants(w_shape, precision=None):
+    """The variants that take filters of shape K x C x R x S (of one precision, if given)."""
+    _, c, r, s = w_shape
+    return tuple(v for v in CONV2D_VARIANTS if (v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
+                 and precision in (None, CONV2D_PRECISION[v]))
+
+
+def conv_out(size, k, s, p):
+    """A convolution's output size along one axis: input `size`, kernel k,
+    stride s, padding p (negative when no window fits)."""
+    return (size + 2 * p - k) // s + 1
+
+
+# ---- the policy: what conv2d runs when the caller does not say
+
+
+def conv2d_tile_use(m, k, crs):
+    """The useful fraction of the work igemm does in its tiles (GEMM rows
+    m = N*P*Q, columns k = K, depth crs = C*R*S): 64 x 64 x 16, or for
+    K <= 32 and K <= 16 the narrower 128 x 32 and 256 x 16 its launcher picks."""
+    padded = lambda v, tile: -(-v // tile) * tile
+    tile_n = 16 if k <= 16 else 32 if k <= 32 else 64
+    return m * k * crs / (padded(m, 4096 // tile_n) * padded(k, tile_n) * padded(crs, 16))
+
+
+def conv2d_default_variant(m, k, crs, backend=None):
+    """The variant conv2d runs for variant=None (GEMM rows m = N*P*Q,
+    columns k = K, depth crs = C*R*S) on `backend` ('host' or 'cuda'; None:
+    the active one): small_c for shallow filters (conv1_1's 27 taps: 2.8x faster than igemm
+    in the emulator on a 100 x 100 image); else igemm; on the host, direct
+    where most of igemm's tile work would be zero-fill: the emulator runs
+    direct faster below about 20% tile use (`python benchmarks/emu_conv2d.py
+    --sweep`). Not yet measured on a GPU."""
+    if crs <= SMALL_C_MAX_TAPS // 2:
+        return "small_c"
+    if (backend or _backend.active().name) == "host" and conv2d_tile_use(m, k, crs) < 0.2:
+        return "direct"
+    return "igemm"
+
+
+def conv2d_auto_splits(m, k, crs):
+    """splits=None's depth split for an igemm variant (GEMM rows m = N*P*Q,
+    columns k = K, depth crs = C*R*S). A prediction for an H100 (132 SMs),
+    not a measurement: no GPU has run it. An SM holds 4 conv2d_igemm blocks
+    (64 registers x 256 threads), so fewer than 2 x 132 64 x 64 tiles leave
+    it at half occupancy or less (fc6 at batch 1 on a 500 x 500 image:
+    4 x 64 = 256 tiles, each 1568 stages deep). Then a deep enough depth
+    (>= 4096) is split until about 1024 blocks run, as conv2d_grad_weight's
+    split rule does, keeping >= 64 stages (1024 taps) per split so the
+    workspace round trip (8 bytes per output per split) stays small next to
+    the dot products. At 500 x 500, batch 1: fc6, fc7 and conv5_x get 4
+    splits, conv1-conv4 none. The rule reads the shape only, never the
+    machine or backend, so the bits of a result never depend on where it ran."""
+    tiles = -(-m // 64) * -(-k // 64)
+    if tiles >= 2 * 132 or crs < 4096:
+        return 1
+    return min(-(-1024 // tiles), -(-crs // 16) // 64)
+
+
+def conv2d_relu_maxpool_variant(x_shape, w_shape, padding):
+    """The variant conv2d picks by default for this stride-1 layer when
+    conv2d_relu_maxpool has it and conv2d would not split its depth, else
+    None: FCN's forward fuses exactly then, so its output stays that of
+    conv2d + max_pool2d bit for bit (a split sums in another order)."""
+    n, _, h, wd = x_shape
+    k, c, r, s = w_shape
+    m = n * (h + 2 * padding - r + 1) * (wd + 2 * padding - s + 1)
+    variant = conv2d_default_variant(m, k, c * r * s)
+    if variant not in CONV2D_RELU_MAXPOOL_VARIANTS or conv2d_auto_splits(m, k, c * r * s) > 1:
+        return None
+    return variant
+
+
+# ---- bf16 weights
+
+
+class Bf16Weights:
+    """Convolution filters stored in bfloat16, half the bytes of float32, for
+    conv2d / conv2d_relu_maxpool's igemm_bf16 (its bf16-weights mode).
+
+    NumPy and CuPy have no bfloat16 dtype, so ``bits`` holds each weight's
+    bf16 bit pattern (the upper 16 bits of the float32 it stands for) as a
+    K x C x R x S uint16 array of the active backend; ``shape`` is the
+    filters' logical shape. Made by to_bf16_weights(w). The values are w
+    rounded to nearest even, the rounding igemm_bf16 applies to float32
+    weights as it loads them, so igemm_bf16 gives the same bits on either.
+    """
+
+    def __init__(self, bits):
+        self.bits = V.array(bits, "bits", ndim=4, dtype=np.uint16, shape_hint="K x C x R x S")
+
+    @property
+    def shape(self):
+        return tuple(self.bits.shape)
+
+    def __repr__(self):
+        return f"Bf16Weights(shape={self.shape})"
+
+
+def to_bf16_weights(w):
+    """``w`` (K x C x R x S float32) rounded to bfloat16, round to nearest
+    even (NaN stays NaN, overflow past the bf16 maximum becomes inf), as a
+    Bf16Weights (csrc/kernels/conv2d.cuh, conv2d_to_bf16). Convert once, when
+    the weights are loaded; conv2d then streams half the weight bytes."""
+    be = _backend.active()
+    w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    V.fits_int32(w.size + 255, "w (plus a block of 256 threads)")
+    bits = be.empty(w.shape, np.uint16)
+    be.ext.conv2d_to_bf16(be.ptr(w), be.ptr(bits), w.size, be.stream())
+    return Bf16Weights(bits)
+
+
+# ---- the convolutions
+
+
+def _bf16_variant(w, variant, op):
+    """The variant for bf16 weights: igemm_bf16, the only one that reads them."""
+    if variant not in (None, "igemm_bf16"):
+        raise ValueError(f"w holds bf16 weights ({w!r}), which only variant igemm_bf16 of {op} reads; "
+                         f"got variant {variant!r} (pass float32 weights for it)")
+    return "igemm_bf16"
+
+
+def _conv_args(x, w, b, stride, padding, op, be):
+    """The checks every convolution entry point makes: (x, w, b, (N, C, H, W,
+    K, R, S, sh, sw, ph, pw, P, Q)). w: float32 filters, or a Bf16Weights,
+    whose bits come back as w."""
+    x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
+    if isinstance(w, Bf16Weights):
+        w = V.array(w.bits, "w.bits", ndim=4, dtype=np.uint16, shape_hint="K x C x R x S", be=be)
+    else:
+        w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+    n, c, h, wd = x.shape
+    k, cw, r, s = w.shape
+    if cw != c:
+        raise ValueError(f"w has {cw} input channels (shape {tuple(w.shape)}) but x has {c} "
+                         f"(shape {tuple(x.shape)})")
+    if k > 65535 * 64:  # the igemm kernels put 64-channel tiles on grid.y
+        raise ValueError(f"w has {k} output channels; {op} supports at most {65535 * 64}")
+    if b is not None:
+        b = V.array(b, "b", ndim=1, be=be)
+        if b.shape[0] != k:
+            raise ValueError(f"b must hold one value per output channel of w ({k}), got {b.shape[0]}")
+    sh, sw = V.pair(stride, "stride", minimum=1)
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    if max(sh, sw) > V.INT32_LIMIT:
+        raise ValueError(f"stride must be at most {V.INT32_LIMIT}, got {(sh, sw)}")
+    if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
+        raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
+                         f"beyond 32-bit indexing ({V.INT32_LIMIT})")
+    p = (h + 2 * ph - r) // sh + 1
+    q = (wd + 2 * pw - s) // sw + 1
+    if p <= 0 or q <= 0:
+        raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
+                         f"{h} x {wd} image with padding {(ph, pw)}")
+    return x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None):
+    """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
+
+    x: N x C x H x W, w: K x C x R x S, b: K or None; stride (>= 1) and
+    padding (>= 0) are an int or an (h, w) pair. Returns N x K x P x Q with
+    P = (H + 2*padding[0] - R) // stride[0] + 1, Q likewise.
+    variant: one of CONV2D_VARIANTS, or None for the fastest for the backend
+    and shape (igemm, but direct on the host when igemm's tiles are mostly
+    padding, e.g. a handful of output pixels or channels).
+    w may be a Bf16Weights (to_bf16_weights): filters already rounded to
+    bf16, read by igemm_bf16 only (the default then; any other variant is a
+    ValueError), bit for bit its result on the float32 filters, splits
+    included, for half the weight bytes.
+    splits: split-K for the igemm variants (CONV2D_SPLIT_VARIANTS): the
+    depth C*R*S is cut into `splits` ranges of whole 16-tap stages, computed
+    by separate blocks into a workspace (splits x N x K x P x Q floats) and
+    summed in a fixed order, so the bits depend on the shape and `splits`
+    only. None: automatic (conv2d_auto_splits: > 1 only for few output tiles
+    over a deep filter, fc6 / fc7 at batch 1); 1: no split; an int up to
+    ceil(C*R*S / 16) forces it (with variant None, the default variant if it
+    is an igemm one, else igemm).
+    """
+    be = _backend.active()
+    if variant is not None:
+        V.choice(variant, "variant", CONV2D_VARIANTS)
+    bf16w = isinstance(w, Bf16Weights)
+    if bf16w:
+        variant = _bf16_variant(w, variant, "conv2d")
+    if splits is not None:
+        splits = V.integer(splits, "splits", minimum=1)
+        if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
+            raise ValueError(f"splits = {splits} needs one of the variants {list(CONV2D_SPLIT_VARIANTS)}; "
+                             f"{variant} does not split its depth")
+    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding, "conv2d", be)
+    if variant == "small_c" and c * r * s > SMALL_C_MAX_TAPS:
+        raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
+                         f"supports at most 64")
+    relu = V.flag(relu, "relu")
+    # The launchers round the output up to whole 256-thread blocks in int arithmetic.
+    limit = V.INT32_LIMIT - 255
+    if n * k * p * q > limit:
+        raise ValueError(f"the output (N x K x P x Q = {n} x {k} x {p} x {q}) would have {n * k * p * q} "
+                         f"elements; the kernels index with 32-bit ints (at most {limit} here)")
+    stages = -(-(c * r * s) // 16)
+    if splits is not None and splits > min(stages, 65535):  # grid.z holds the splits
+        raise ValueError(f"splits must be at most {min(stages, 65535)} (the 16-tap stages of C*R*S = "
+                         f"{c * r * s}), got {splits}")
+    if variant is None:
+        variant = conv2d_default_variant(n * p * q, k, c * r * s, be.name)
+        if splits is not None and splits > 1 and variant not in CONV2D_SPLIT_VARIANTS:
+            variant = "igemm"
+    if splits is None:
+        splits = conv2d_auto_splits(n * p * q, k, c * r * s) if variant in CONV2D_SPLIT_VARIANTS else 1
+    V.fits_int32(splits * n * k * p * q + 255, f"the workspace of splits = {splits} partial outputs")
+    y = be.empty((n, k, p, q))
+    plain, split = ((be.ext.conv2d_bf16w, be.ext.conv2d_split_bf16w) if bf16w
+                    else (be.ext.conv2d, be.ext.conv2d_split))
+    if splits == 1:
+        plain(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+              n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
+    else:
+        ws = be.empty((splits * n * k * p * q,))
+        split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+              be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
+    return y
+
+
+def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
+    """``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride, padding)), 2, 2, ceil_mode=True)``
+    without storing the convolution's output (csrc/kernels/conv2d.cuh, ConvOut).
+
+    Arguments as conv2d's; returns N x K x ceil(P/2) x ceil(Q/2). variant: one
+    of CONV2D_RELU_MAXPOOL_VARIANTS (the igemm pipelines, with conv2d's
+    precision for the same name), default igemm. The result equals
+    ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
+    bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
+    convolution becomes 0, where F.relu would propagate it. w may be a
+    Bf16Weights, as in conv2d (igemm_bf16 only, the default then).
+    """
+    be = _backend.active()
+    if variant is not None:
+        V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
+    bf16w = isinstance(w, Bf16Weights)
+    variant = _bf16_variant(w, variant, "conv2d_relu_maxpool") if bf16w else variant or "igemm"
+    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding,
+                                                                     "conv2d_relu_maxpool", be)
+    po, qo = (p + 1) // 2, (q + 1) // 2
+    # The kernels round pixels and outputs up to whole blocks in int arithmetic.
+    V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
+    V.fits_int32(n * k * po * qo + 255, "the output (N x K x ceil(P/2) x ceil(Q/2), plus a block)")
+    y = be.empty((n, k, po, qo))
+    launch = be.ext.conv2d_relu_maxpool_bf16w if bf16w else be.ext.conv2d_relu_maxpool
+    launch(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
+           n, c, h, wd, k, r, s, sh, sw, ph, pw, be.stream())
+    return y
