@@ -99,6 +99,19 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_failing_block_probe(P<float>(y), blocks, threads, fail, S(s));
     }, nogil);
 
+    // ---- scan
+    m.def("scan_workspace", &fcn::scan_workspace);
+    m.def("exclusive_scan", [](Addr data, int n, Addr ws, Addr total, Addr s) {
+        fcn::launch_exclusive_scan(P<int>(data), n, P<int>(ws), P<int>(total), S(s));
+    }, nogil);
+
+    // ---- sort
+    m.def("sort_pairs_workspace", &fcn::sort_pairs_workspace);
+    m.def("sort_pairs", [](Addr keys, Addr vals, Addr keys_alt, Addr vals_alt, Addr ws, int n, int bits, Addr s) {
+        return fcn::launch_sort_pairs(P<unsigned long long>(keys), P<int>(vals), P<unsigned long long>(keys_alt),
+                                      P<int>(vals_alt), P<int>(ws), n, bits, S(s));
+    }, nogil);
+
     // ---- conv2d
     m.def("conv2d", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W, int K,
                        int kh, int kw, int sh, int sw, int ph, int pw, bool relu, Addr s) {
@@ -234,15 +247,10 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         const int bits = fcn::crf_key_bits(d, H, W, sxy, srgb, &fits);
         return py::make_tuple(bits, fits);
     });
-    m.def("crf_lattice_workspace", &fcn::crf_lattice_workspace);
     m.def("crf_lattice_points", [](Addr img, int H, int W, int P_, int d, float sxy, float srgb, Addr bary, Addr keys,
                                    Addr entries, Addr s) {
         fcn::launch_crf_lattice_points(P<const unsigned char>(img), H, W, P_, d, sxy, srgb, P<float>(bary),
                                        P<unsigned long long>(keys), P<int>(entries), S(s));
-    }, nogil);
-    m.def("crf_sort_pairs", [](Addr keys, Addr vals, Addr keys_alt, Addr vals_alt, Addr ws, int n, int bits, Addr s) {
-        return fcn::launch_crf_sort_pairs(P<unsigned long long>(keys), P<int>(vals), P<unsigned long long>(keys_alt),
-                                          P<int>(vals_alt), P<int>(ws), n, bits, S(s));
     }, nogil);
     m.def("crf_vertex_count", [](Addr keys, int n, Addr first, Addr ws, Addr count, Addr s) {
         fcn::launch_crf_vertex_count(P<const unsigned long long>(keys), n, P<int>(first), P<int>(ws), P<int>(count),

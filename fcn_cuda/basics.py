@@ -1,6 +1,6 @@
 """The first rungs of the study ladder: small kernels that show how the
 execution model works and seed the real ops (csrc/kernels/elementwise.cuh,
-reduce.cuh, gemm.cuh). Each runs on the active backend.
+reduce.cuh, gemm.cuh, scan.cuh, sort.cuh). Each runs on the active backend.
 """
 
 import numpy as np
@@ -8,8 +8,8 @@ import numpy as np
 from . import _backend
 from . import _validate as V
 
-__all__ = ["axpy", "block_sum", "warp_segment_sum", "warp_shuffle", "gemm", "AXPY_VARIANTS", "GEMM_VARIANTS",
-           "SHUFFLE_KINDS"]
+__all__ = ["axpy", "block_sum", "warp_segment_sum", "warp_shuffle", "gemm", "exclusive_scan", "sort_pairs",
+           "AXPY_VARIANTS", "GEMM_VARIANTS", "SHUFFLE_KINDS"]
 
 SHUFFLE_KINDS = {"idx": 0, "up": 1, "down": 2, "xor": 3}
 AXPY_VARIANTS = ("scalar", "float4")
@@ -96,3 +96,45 @@ def gemm(a, b, variant="tiled"):
     c = be.empty((m, n))
     be.ext.gemm(variant, be.ptr(a), be.ptr(b), be.ptr(c), m, n, k, be.stream())
     return c
+
+
+def exclusive_scan(counts):
+    """The exclusive prefix sum of int32 counts (out[i] = counts[0] + ... +
+    counts[i-1]) and their total, a 1-element int32 array of the backend.
+    The counts must be >= 0 and their total fit an int32, as where the dense
+    CRF and the radix sort use it; checking that reads them once more (on
+    the cuda backend, a wait on the device)."""
+    be = _backend.active()
+    counts = V.array(counts, "counts", ndim=1, dtype=np.int32, be=be)
+    if int(counts.min()) < 0:
+        raise ValueError(f"counts must be >= 0, got {int(counts.min())}")
+    total = int(counts.sum(dtype=np.int64))
+    if total > V.INT32_LIMIT:
+        raise ValueError(f"counts sum to {total}; the scan adds in int32 (at most {V.INT32_LIMIT})")
+    out = counts.copy()
+    ws = be.empty((be.ext.scan_workspace(out.size),), np.int32)
+    total_out = be.empty((1,), np.int32)
+    be.ext.exclusive_scan(be.ptr(out), out.size, be.ptr(ws), be.ptr(total_out), be.stream())
+    return out, total_out
+
+
+def sort_pairs(keys, values, bits=64):
+    """(keys, values) sorted stably by the low `bits` bits of the keys (a
+    radix sort, 4 bits a pass): uint64 keys, int32 values of the same
+    length; the bits above `bits` travel with their key unsorted. Returns
+    new arrays; the inputs are only read."""
+    be = _backend.active()
+    keys = V.array(keys, "keys", ndim=1, dtype=np.uint64, be=be)
+    values = V.array(values, "values", ndim=1, dtype=np.int32, be=be)
+    if keys.shape != values.shape:
+        raise ValueError(f"keys and values must have the same shape, got {keys.shape} and {values.shape}")
+    bits = V.integer(bits, "bits", minimum=1, maximum=64)
+    n = keys.size
+    if n > V.INT32_LIMIT - 31:  # a thread's chunk of 32 keys ends past the last key in int
+        raise ValueError(f"keys has {n} elements; the sort takes at most {V.INT32_LIMIT - 31}")
+    k, v = keys.copy(), values.copy()
+    k_alt, v_alt = be.empty((n,), np.uint64), be.empty((n,), np.int32)
+    ws = be.empty((be.ext.sort_pairs_workspace(n),), np.int32)
+    if be.ext.sort_pairs(be.ptr(k), be.ptr(v), be.ptr(k_alt), be.ptr(v_alt), be.ptr(ws), n, bits, be.stream()):
+        return k_alt, v_alt
+    return k, v

@@ -185,9 +185,8 @@ class _Lattice:
         keys, entries = be.empty((e,), np.uint64), be.empty((e,), np.int32)
         ext.crf_lattice_points(be.ptr(img), h, w, self.p, d, sxy, srgb, be.ptr(bary), be.ptr(keys), be.ptr(entries), s)
         keys_alt, entries_alt = be.empty((e,), np.uint64), be.empty((e,), np.int32)
-        ws = be.empty((ext.crf_lattice_workspace(e),), np.int32)
-        if ext.crf_sort_pairs(be.ptr(keys), be.ptr(entries), be.ptr(keys_alt), be.ptr(entries_alt), be.ptr(ws), e,
-                              bits, s):
+        ws = be.empty((max(ext.sort_pairs_workspace(e), ext.scan_workspace(e)),), np.int32)  # sort, then count
+        if ext.sort_pairs(be.ptr(keys), be.ptr(entries), be.ptr(keys_alt), be.ptr(entries_alt), be.ptr(ws), e, bits, s):
             keys, entries = keys_alt, entries_alt
         first, count = be.empty((e,), np.int32), be.empty((1,), np.int32)
         ext.crf_vertex_count(be.ptr(keys), e, be.ptr(first), be.ptr(ws), be.ptr(count), s)

@@ -1,6 +1,6 @@
 """fcn_cuda.dense_crf against pydensecrf (the lattice rung) and against a
-float64 brute force (the naive rung); determinism, pydensecrf's quirks, the
-device sort, and every bad input.
+float64 brute force (the naive rung); determinism, pydensecrf's quirks and
+every bad input (the lattice's sort and scan: tests/kernels/test_sort.py, test_scan.py).
 
 Inputs are smooth random fields (an image and class logits), with hard
 edges from the synthetic shapes: what a segmentation model feeds the CRF.
@@ -201,24 +201,6 @@ def test_deterministic_run_to_run_and_across_workers(be, variant):
                 assert np.array_equal(first, run(be, img, probs, iterations=3, variant=variant)), workers
         finally:
             fcn_cuda.set_emulator_workers(previous)
-
-
-@pytest.mark.parametrize("n,bits", [(1, 4), (31, 9), (1000, 13), (5000, 64), (150_001, 20)])
-def test_device_sort_is_a_stable_sort(be, n, bits):
-    """crf_sort_pairs (the lattice's radix sort, through its scan) against NumPy's stable argsort."""
-    rng = np.random.default_rng(n)
-    keys = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
-    keys &= np.uint64(2**bits - 1) if bits < 64 else np.uint64(2**64 - 1)
-    keys[rng.random(n) < 0.3] = keys[0]  # many equal keys: stability shows
-    xp, ext = be.xp, be.ext
-    k, v = xp.array(keys), xp.arange(n, dtype=np.int32)  # a copy: the sort works in place
-    k_alt, v_alt = be.empty((n,), np.uint64), be.empty((n,), np.int32)  # poisoned, as the workspace
-    ws = be.empty((ext.crf_lattice_workspace(n),), np.int32)
-    if ext.crf_sort_pairs(be.ptr(k), be.ptr(v), be.ptr(k_alt), be.ptr(v_alt), be.ptr(ws), n, bits, be.stream()):
-        k, v = k_alt, v_alt
-    order = np.argsort(keys, kind="stable")
-    np.testing.assert_array_equal(to_numpy(v), order)
-    np.testing.assert_array_equal(to_numpy(k), keys[order])
 
 
 def test_a_term_of_weight_zero_is_left_out(be):

@@ -27,11 +27,9 @@
 // order in which threads run:
 //   crf_lattice_points      one thread per pixel: elevation, remainder-0 point, rank, barycentric
 //                           weights, and the d+1 vertex keys, packed into 64 bits (CrfKeyLayout);
-//   crf_sort_count/scatter  a stable LSD radix sort of (key, entry) pairs, 4 bits a pass, each thread
-//                           counting and placing one chunk of consecutive keys in order;
-//   crf_scan_*              the exclusive prefix sum that the sort and the vertex numbering rely on;
-//   crf_vertex_flags        sorted keys -> a flag where a new vertex starts; its scan numbers the vertices
-//                           in key order;
+//   sort_pairs              a stable LSD radix sort of the (key, entry) pairs (sort.cuh);
+//   crf_vertex_flags        sorted keys -> a flag where a new vertex starts; its exclusive scan (scan.cuh)
+//                           numbers the vertices in key order;
 //   crf_lattice_tables      per vertex: its first sorted entry (its splat list) and key; per entry: the
 //                           vertex id the slice reads, the pixel and weight the splat reads;
 //   crf_lattice_neighbours  per vertex and axis: the two neighbours, by binary search over the keys.
@@ -283,131 +281,6 @@ crf_lattice_points(const unsigned char* __restrict__ img, CrfLatticeShape s, flo
         entries[e] = e;
         bary[e] = b[r];
     }
-}
-
-// ---------------------------------------------------------------- lattice: stable radix sort
-
-constexpr int kSortRadixBits = 4;  // 16 digits a pass: each thread's counts fit two 64-bit registers
-constexpr int kSortDigits = 1 << kSortRadixBits;
-constexpr int kSortItems = 32;     // consecutive keys per thread (at most 255: 8-bit counters)
-
-// A thread's 16 digit counters, 8 bits each, in two registers (no indexed local array).
-struct CrfDigitCounts {
-    unsigned long long lo = 0, hi = 0;
-
-    __device__ __forceinline__ int get(int digit) const {
-        return int(((digit < 8 ? lo : hi) >> ((digit & 7) * 8)) & 0xffu);
-    }
-    // The count before this key, then one more.
-    __device__ __forceinline__ int bump(int digit) {
-        const int before = get(digit);
-        const unsigned long long one = 1ull << ((digit & 7) * 8);
-        if (digit < 8) lo += one;
-        else hi += one;
-        return before;
-    }
-};
-
-// One thread per chunk t of kSortItems consecutive keys; grid ceil(chunks / 256). counts[digit*chunks + t]
-// = how many keys of chunk t have `digit` in bits [shift, shift + 4). Digit-major, so that the exclusive
-// scan of counts is, for each (digit, chunk), where that chunk's first key of that digit goes.
-__global__ void __launch_bounds__(kCrfThreads)
-crf_sort_count(const unsigned long long* __restrict__ keys, int n, int shift, int chunks, int* __restrict__ counts) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= chunks) return;
-    CrfDigitCounts c;
-    const int end = min(n, (t + 1) * kSortItems);
-    for (int i = t * kSortItems; i < end; ++i) c.bump(int(keys[i] >> shift) & (kSortDigits - 1));
-#pragma unroll
-    for (int k = 0; k < kSortDigits; ++k) counts[k * chunks + t] = c.get(k);
-}
-
-// One thread per chunk, as crf_sort_count; offsets = the exclusive scan of its counts. The thread walks
-// its chunk in order again and puts each key (and its value) at its digit's offset plus the number of
-// keys before it in the chunk with the same digit: equal digits keep their order (a stable pass).
-__global__ void __launch_bounds__(kCrfThreads)
-crf_sort_scatter(const unsigned long long* __restrict__ keys_in, const int* __restrict__ vals_in, int n, int shift,
-                 int chunks, const int* __restrict__ offsets, unsigned long long* __restrict__ keys_out,
-                 int* __restrict__ vals_out) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= chunks) return;
-    CrfDigitCounts c;
-    const int end = min(n, (t + 1) * kSortItems);
-    for (int i = t * kSortItems; i < end; ++i) {
-        const unsigned long long key = keys_in[i];
-        const int digit = int(key >> shift) & (kSortDigits - 1);
-        const int dst = offsets[digit * chunks + t] + c.bump(digit);
-        keys_out[dst] = key;
-        vals_out[dst] = vals_in[i];
-    }
-}
-
-// ---------------------------------------------------------------- exclusive prefix sum
-
-// A scan of n ints in three kinds of launches (see crf.cu, crf_scan): each thread sums one run of
-// kScanItems consecutive ints (crf_scan_runs), the run sums are scanned (recursively, until they fit one
-// block: crf_scan_block), and each thread rewrites its run from its run's offset (crf_scan_runs_apply).
-// Two of the three never synchronise, so the emulator runs them as plain loops.
-constexpr int kScanItems = 16;                        // consecutive ints per thread
-constexpr int kScanTile = kCrfThreads * kScanItems;  // what one block scans
-
-// One thread per run t of kScanItems ints; grid ceil(runs / 256). sums[t] = the run's sum.
-__global__ void __launch_bounds__(kCrfThreads)
-crf_scan_runs(const int* __restrict__ data, int n, int* __restrict__ sums) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    const long long begin = (long long)t * kScanItems;
-    if (begin >= n) return;
-    const int end = int(min((long long)n, begin + kScanItems));
-    int s = 0;
-    for (int i = int(begin); i < end; ++i) s += data[i];
-    sums[t] = s;
-}
-
-// One thread per run, as crf_scan_runs; offsets = the exclusive scan of the run sums. data becomes its
-// exclusive scan.
-__global__ void __launch_bounds__(kCrfThreads)
-crf_scan_runs_apply(int* __restrict__ data, int n, const int* __restrict__ offsets) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    const long long begin = (long long)t * kScanItems;
-    if (begin >= n) return;
-    const int end = int(min((long long)n, begin + kScanItems));
-    int run = offsets[t];
-    for (int i = int(begin); i < end; ++i) {
-        const int v = data[i];
-        data[i] = run;
-        run += v;
-    }
-}
-
-// One block of kCrfThreads for n <= kScanTile ints: thread k scans ints [k*kScanItems, (k+1)*kScanItems);
-// a shuffle scan within each warp and the 8 warp sums add the runs before it. *total (when given) = the
-// sum of all n.
-__global__ void __launch_bounds__(kCrfThreads) crf_scan_block(int* data, int n, int* total) {
-    __shared__ int warp_sums[kCrfThreads / kWarpSize];
-    const int begin = threadIdx.x * kScanItems, end = min(n, begin + kScanItems);
-    int own = 0;
-    for (int i = begin; i < end; ++i) own += data[i];
-    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-    int inclusive = own;
-#pragma unroll
-    for (int offset = 1; offset < kWarpSize; offset *= 2) {
-        const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-        if (lane >= offset) inclusive += up;
-    }
-    if (lane == kWarpSize - 1) warp_sums[warp] = inclusive;
-    __syncthreads();
-    int run = inclusive - own, sum = 0;
-#pragma unroll
-    for (int w = 0; w < kCrfThreads / kWarpSize; ++w) {
-        run += w < warp ? warp_sums[w] : 0;
-        sum += warp_sums[w];
-    }
-    for (int i = begin; i < end; ++i) {
-        const int v = data[i];
-        data[i] = run;
-        run += v;
-    }
-    if (total && threadIdx.x == 0) *total = sum;
 }
 
 // ---------------------------------------------------------------- lattice: vertices and neighbours

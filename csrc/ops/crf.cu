@@ -70,26 +70,6 @@ CrfLatticeShape lattice_shape(int d, int H, int W, int P, float sxy, float srgb,
     return s;
 }
 
-// Exclusive scan of n ints in place; *total (when given) = their sum. workspace: crf_scan_workspace(n) ints.
-void crf_scan(int* data, int n, int* workspace, int* total, cudaStream_t stream) {
-    if (n <= kScanTile) {
-        launch("crf_scan_block", crf_scan_block, dim3(1), dim3(kCrfThreads), 0, stream, data, n, total);
-        return;
-    }
-    const int runs = ceil_div(n, kScanItems);
-    launch("crf_scan_runs", crf_scan_runs, crf_grid(runs), dim3(kCrfThreads), 0, stream, data, n, workspace);
-    crf_scan(workspace, runs, workspace + runs, total, stream);
-    launch("crf_scan_runs_apply", crf_scan_runs_apply, crf_grid(runs), dim3(kCrfThreads), 0, stream, data, n,
-           workspace);
-}
-
-// Ints of workspace crf_scan needs for n: the run sums of every level.
-int crf_scan_workspace(int n) {
-    if (n <= kScanTile) return 0;
-    const int runs = ceil_div(n, kScanItems);
-    return runs + crf_scan_workspace(runs);
-}
-
 // splat -> d+1 blurs (axis 0 first), ping-ponging between a and b; returns the buffer holding the result.
 template <int kLanes, bool kSeq>
 float* splat_and_blur(const CrfLatticeView& L, const float* x, const float* scale, int V, float* a, float* b,
@@ -130,11 +110,6 @@ int crf_key_bits(int d, int H, int W, float sxy, float srgb, bool* fits_int16) {
     return bits;
 }
 
-int crf_lattice_workspace(int n) {
-    const long long counts = (long long)kSortDigits * ceil_div(n, kSortItems);  // >= n / 2
-    return int(counts + std::max(crf_scan_workspace(counts), crf_scan_workspace(n)));
-}
-
 void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, int d, float sxy, float srgb,
                                float* bary, unsigned long long* keys, int* entries, cudaStream_t stream) {
     const CrfLatticeShape s = lattice_shape(d, H, W, P, sxy, srgb, nullptr, nullptr);
@@ -146,27 +121,10 @@ void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, in
                bary, keys, entries);
 }
 
-int launch_crf_sort_pairs(unsigned long long* keys, int* vals, unsigned long long* keys_alt, int* vals_alt,
-                          int* workspace, int n, int bits, cudaStream_t stream) {
-    const int chunks = ceil_div(n, kSortItems);
-    const int counts = kSortDigits * chunks;
-    int passes = 0;
-    for (int shift = 0; shift < bits; shift += kSortRadixBits, ++passes) {
-        launch("crf_sort_count", crf_sort_count, crf_grid(chunks), dim3(kCrfThreads), 0, stream, keys, n, shift,
-               chunks, workspace);
-        crf_scan(workspace, counts, workspace + counts, nullptr, stream);
-        launch("crf_sort_scatter", crf_sort_scatter, crf_grid(chunks), dim3(kCrfThreads), 0, stream, keys, vals, n,
-               shift, chunks, workspace, keys_alt, vals_alt);
-        std::swap(keys, keys_alt);
-        std::swap(vals, vals_alt);
-    }
-    return passes % 2;
-}
-
 void launch_crf_vertex_count(const unsigned long long* keys, int n, int* first, int* workspace, int* count,
                              cudaStream_t stream) {
     launch("crf_vertex_flags", crf_vertex_flags, crf_grid(n), dim3(kCrfThreads), 0, stream, keys, n, first);
-    crf_scan(first, n, workspace, count, stream);
+    launch_exclusive_scan(first, n, workspace, count, stream);
 }
 
 void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb, const unsigned long long* keys,

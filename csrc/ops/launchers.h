@@ -52,6 +52,20 @@ void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaS
 void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream);
 void launch_failing_block_probe(float* y, int blocks, int threads, int fail, cudaStream_t stream);
 
+// ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)
+// data (n ints, their partial sums within int) becomes its exclusive scan in place; *total (when non-null) =
+// the sum of all n. workspace: scan_workspace(n) ints (none, may be null, when 0).
+int scan_workspace(int n);
+void launch_exclusive_scan(int* data, int n, int* workspace, int* total, cudaStream_t stream);
+
+// ---- sort.cu  (stable radix sort of key-value pairs; kernels/sort.cuh)
+// Sorts n (key, value) pairs by the low `bits` bits of the keys, stably; the _alt buffers (n each) are the
+// other half of each pass's ping-pong. Returns 1 when the result is in the _alt buffers, 0 when in keys /
+// vals. workspace: sort_pairs_workspace(n) ints.
+int sort_pairs_workspace(int n);
+int launch_sort_pairs(unsigned long long* keys, int* vals, unsigned long long* keys_alt, int* vals_alt,
+                      int* workspace, int n, int bits, cudaStream_t stream);
+
 // ---- conv2d.cu
 // variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16"); b may be null;
 // y is N x K x P x Q with P, Q derived from the rest.
@@ -165,16 +179,11 @@ void launch_sgd_step(float* w, const float* g, float* v, int n, float lr, float 
 // pixels, and pydensecrf's padding point of feature 0 when P = N + 1) and (d+1) * P entries e = r*P + point.
 // The bits of the lattice's sort keys, and whether pydensecrf's 16-bit keys hold them (fcn_cuda refuses otherwise).
 int crf_key_bits(int d, int H, int W, float sxy, float srgb, bool* fits_int16);
-// Ints of workspace for the sort and the vertex count of n entries.
-int crf_lattice_workspace(int n);
 // Per entry: barycentric weight, sort key, and the entry itself (what the sort carries along).
 void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, int d, float sxy, float srgb,
                                float* bary, unsigned long long* keys, int* entries, cudaStream_t stream);
-// Stable sort of n (key, value) pairs by the low `bits` bits of the keys; returns 1 when the result is in the
-// _alt buffers, 0 when in keys / vals.
-int launch_crf_sort_pairs(unsigned long long* keys, int* vals, unsigned long long* keys_alt, int* vals_alt,
-                          int* workspace, int n, int bits, cudaStream_t stream);
-// first[i]: how many distinct keys come before sorted entry i; *count = the number of vertices M.
+// The entries are sorted with launch_sort_pairs. first[i]: how many distinct keys come before sorted entry i;
+// *count = the number of vertices M; workspace: scan_workspace(n) ints.
 void launch_crf_vertex_count(const unsigned long long* keys, int n, int* first, int* workspace, int* count,
                              cudaStream_t stream);
 // The lattice's tables from the sorted entries: vertex_start (M + 1), vertex_keys (M), vertex_of ((d+1) * P,
