@@ -78,8 +78,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("early_exit_barrier", [](Addr y, Addr s) { fcn::launch_early_exit_barrier(P<float>(y), S(s)); }, nogil);
     m.def("missing_lane_shuffle", [](Addr y, Addr s) { fcn::launch_missing_lane_shuffle(P<float>(y), S(s)); }, nogil);
     m.def("deadlock_probe", [](Addr y, Addr s) { fcn::launch_deadlock_probe(P<float>(y), S(s)); }, nogil);
-    m.def("atomics_probe", [](Addr v, int n, int bins, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
-        fcn::launch_atomics_probe(P<const int>(v), n, bins, P<int>(counts), P<int>(maximum), P<int>(cas), P<float>(fsum), S(s));
+    m.def("atomics_probe", [](Addr v, int n, int bins, int cas_threads, Addr counts, Addr maximum, Addr cas, Addr fsum, Addr s) {
+        fcn::launch_atomics_probe(P<const int>(v), n, bins, cas_threads, P<int>(counts), P<int>(maximum), P<int>(cas),
+                                  P<float>(fsum), S(s));
     }, nogil);
     m.def("atomic_sum", [](Addr x, int n, Addr out, Addr s) { fcn::launch_atomic_sum(P<const float>(x), n, P<float>(out), S(s)); }, nogil);
     m.def("tf32_round", [](Addr x, Addr y, int n, Addr s) { fcn::launch_tf32_round(P<const float>(x), P<float>(y), n, S(s)); }, nogil);

@@ -41,13 +41,19 @@ def deadlock():
     return _one_warp("deadlock_probe")
 
 
-def atomics(v, bins):
+def atomics(v, bins, cas_threads):
+    """atomics_probe over the int32 values v: every thread adds, maxes and
+    float-adds; the first cas_threads (0 .. v.size) also run a CAS loop, whose
+    cost on a GPU grows as cas_threads squared. Returns (counts, maximum, the
+    CAS count, the float sum)."""
+    if not 0 <= cas_threads <= v.size:
+        raise ValueError(f"cas_threads must be in 0 .. {v.size}, got {cas_threads}")
     be = _be()
     counts = be.xp.zeros(bins, dtype=np.int32)
     maximum = be.xp.full(1, -(2**31), dtype=np.int32)
     cas = be.xp.zeros(1, dtype=np.int32)
     fsum = be.xp.zeros(1, dtype=np.float32)
-    be.ext.atomics_probe(be.ptr(v), v.size, bins, be.ptr(counts), be.ptr(maximum), be.ptr(cas), be.ptr(fsum),
+    be.ext.atomics_probe(be.ptr(v), v.size, bins, cas_threads, be.ptr(counts), be.ptr(maximum), be.ptr(cas), be.ptr(fsum),
                          be.stream())
     return counts, int(maximum[0]), int(cas[0]), float(fsum[0])
 

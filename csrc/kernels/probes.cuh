@@ -8,7 +8,8 @@
 //     unless __syncthreads really waits.
 //   divergent_barrier / early_exit_barrier / missing_lane_shuffle /
 //     deadlock_probe: must be reported, never hang.
-//   atomics_probe: int add, max, CAS loop and float add from every thread.
+//   atomics_probe: int add, max and float add from every thread, a CAS loop
+//     from the first cas_threads.
 //   atomic_sum: one float accumulator hit by every thread; its rounding
 //     depends on the order, so it shows whether runs are deterministic.
 //   tf32_round: __float_to_tf32 elementwise, to compare with the hardware.
@@ -71,21 +72,26 @@ __global__ void deadlock_probe(float* y) {
 }
 
 // Every thread of the grid: counts[v % bins] += 1 (atomicAdd), maximum = max v
-// (atomicMax), cas_count += 1 through an atomicCAS loop, fsum += 0.5f (float
-// atomicAdd, exact for < 2^24 threads).
-__global__ void atomics_probe(const int* __restrict__ v, int n, int bins, int* counts, int* maximum,
-                              int* cas_count, float* fsum) {
+// (atomicMax), fsum += 0.5f (float atomicAdd, exact for < 2^24 threads); the
+// first cas_threads threads also add 1 to cas_count through an atomicCAS loop.
+// On a GPU k contending threads make about k^2 / 2 attempts in all (each
+// round one wins, the rest retry): the caller keeps k small there (a few
+// thousand), where the emulator, running a block's threads in turn, takes k.
+__global__ void atomics_probe(const int* __restrict__ v, int n, int bins, int cas_threads, int* counts,
+                              int* maximum, int* cas_count, float* fsum) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     atomicAdd(&counts[v[i] % bins], 1);
     atomicMax(maximum, v[i]);
-    // The first guess is read atomically too: a plain load would race with
-    // the other threads' atomicCAS (the TSan build reports it).
-    int old = atomicAdd(cas_count, 0), seen;
-    do {
-        seen = old;
-        old = atomicCAS(cas_count, seen, seen + 1);
-    } while (old != seen);
+    if (i < cas_threads) {
+        // The first guess is read atomically too: a plain load would race
+        // with the other threads' atomicCAS (the TSan build reports it).
+        int old = atomicAdd(cas_count, 0), seen;
+        do {
+            seen = old;
+            old = atomicCAS(cas_count, seen, seen + 1);
+        } while (old != seen);
+    }
     atomicAdd(fsum, 0.5f);
 }
 

@@ -41,8 +41,8 @@ void launch_divergent_barrier(float* y, cudaStream_t stream);
 void launch_early_exit_barrier(float* y, cudaStream_t stream);
 void launch_missing_lane_shuffle(float* y, cudaStream_t stream);
 void launch_deadlock_probe(float* y, cudaStream_t stream);
-void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
-                          cudaStream_t stream);
+void launch_atomics_probe(const int* v, int n, int bins, int cas_threads, int* counts, int* maximum, int* cas_count,
+                          float* fsum, cudaStream_t stream);
 void launch_atomic_sum(const float* x, int n, float* out, cudaStream_t stream);
 void launch_tf32_round(const float* x, float* y, int n, cudaStream_t stream);
 void launch_index_probe(int* out, dim3 grid, dim3 block, cudaStream_t stream);

@@ -25,10 +25,10 @@ void launch_deadlock_probe(float* y, cudaStream_t stream) {
     launch("deadlock_probe", deadlock_probe, dim3(1), dim3(32), 0, stream, y);
 }
 
-void launch_atomics_probe(const int* v, int n, int bins, int* counts, int* maximum, int* cas_count, float* fsum,
-                          cudaStream_t stream) {
-    launch("atomics_probe", atomics_probe, dim3(ceil_div(n, 128)), dim3(128), 0, stream, v, n, bins, counts, maximum,
-           cas_count, fsum);
+void launch_atomics_probe(const int* v, int n, int bins, int cas_threads, int* counts, int* maximum, int* cas_count,
+                          float* fsum, cudaStream_t stream) {
+    launch("atomics_probe", atomics_probe, dim3(ceil_div(n, 128)), dim3(128), 0, stream, v, n, bins, cas_threads,
+           counts, maximum, cas_count, fsum);
 }
 
 void launch_atomic_sum(const float* x, int n, float* out, cudaStream_t stream) {
