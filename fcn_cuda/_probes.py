@@ -1,5 +1,5 @@
 """Python side of csrc/kernels/probes.cuh: kernels that test the execution
-model itself (tests/test_emulator.py). Not part of the public API."""
+model itself (tests/kernels/test_emulator.py). Not part of the public API."""
 
 import numpy as np
 

@@ -426,7 +426,7 @@ class FCN:
         rounded to nearest even, 8 significant bits) and fp32 accumulation,
         the numerical contract's bf16 tolerance (1e-2 relative error); the
         scores move by about that much at most, and labels change only where
-        two classes nearly tie (tests/test_conv2d_bf16_weights.py).
+        two classes nearly tie (tests/kernels/test_conv2d_bf16_weights.py).
 
         Training keeps fp32: a forward pass for a backward one (keep or
         dropout given: loss_and_grads, the Trainer) uses the fp32 weights and

@@ -1,5 +1,5 @@
 """One rank of the data-parallel tests' runs (launched by torchrun from
-tests/test_distributed.py), and the pieces those tests share with it: the
+tests/training/test_distributed.py), and the pieces those tests share with it: the
 tiny model, the data, the config.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_dist_worker.py OUT LOG [options]

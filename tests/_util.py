@@ -3,6 +3,7 @@ and the import of the reference libraries the test extras install."""
 
 import importlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ import pytest
 FP32 = 1e-5
 TF32 = 2e-3
 HALF = 1e-2
+
+TESTS = Path(__file__).resolve().parent  # the shared helpers and data/; the tests are in its folders by layer
+ROOT = TESTS.parent  # the repository
 
 # Set to 1 where every test extra is installed (.ci/run): a missing one then fails the tests that need it.
 REQUIRE_EXTRAS = "FCN_CUDA_REQUIRE_TEST_EXTRAS"

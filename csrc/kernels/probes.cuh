@@ -1,6 +1,6 @@
 // probes.cuh: small kernels that pin down the execution model itself.
 //
-// They exist to be tested (tests/test_emulator.py): each one gives the right
+// They exist to be tested (tests/kernels/test_emulator.py): each one gives the right
 // answer only if barriers, shuffles, atomics, shared memory and indexing
 // behave as CUDA says, or fails in a way the emulator must report. They run
 // unchanged on a GPU, where the same tests compare the two builds.

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +26,9 @@ from fcn_cuda.bilinear import bilinear_weights
 from fcn_cuda.model import dropout_key
 from fcn_cuda.training import TrainConfig, Trainer
 
-from _util import FP32, assert_close
+from _util import FP32, ROOT, assert_close
 from torch_fcn import SMALL_FC, SMALL_WIDTHS, random_fcn, state_dict_f32
 
-ROOT = Path(__file__).resolve().parents[1]
 _NO_GPU = _backend.cuda_unavailable_reason() or (None if torch.cuda.is_available() else "this torch has no CUDA")
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(_NO_GPU is not None, reason=f"no GPU: {_NO_GPU}")]
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=needs_gpu)]

@@ -23,9 +23,9 @@ from fcn_cuda import _backend, distributed
 from fcn_cuda.training import Trainer, batch_indices, evaluate
 
 import _dist_worker as worker
+from _util import ROOT, TESTS
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = str(Path(__file__).resolve().parent / "_dist_worker.py")
+WORKER = str(TESTS / "_dist_worker.py")
 TIMEOUT = 10  # FCN_CUDA_DIST_TIMEOUT of the launched runs, seconds
 
 

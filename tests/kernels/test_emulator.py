@@ -6,13 +6,11 @@ same tests check the kernels, and the cross-backend tests at the end compare
 the emulator's shuffles, TF32 rounding and wmma results with the hardware's.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,8 @@ import pytest
 import fcn_cuda
 from fcn_cuda import _backend, _probes, basics
 
-from _util import FP32, HALF, TF32, assert_close, to_numpy
+from _sanitizers import run_sanitized
+from _util import FP32, HALF, ROOT, TF32, assert_close, to_numpy
 
 pytestmark = pytest.mark.kernels
 
@@ -306,7 +305,7 @@ def test_misaligned_access_faults_in_every_build(kind, what):
 VECTOR_TYPE = r"(?:\b(?:u?(?:char|short|int|long|longlong)|float|double)[1-4]|\b__half2|\b__nv_bfloat162)\b"
 VECTOR_POINTER = re.compile(rf"{VECTOR_TYPE}\s*\*|reinterpret_cast<\s*(?:const\s+)?{VECTOR_TYPE}"
                             rf"|FCN_DYNAMIC_SMEM\(\s*{VECTOR_TYPE}")
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = ROOT / "csrc"
 
 
 def test_kernels_reach_vector_types_only_through_as_vector():
@@ -356,40 +355,12 @@ def test_emulator_matches_hardware_shuffles_tf32_and_wmma(rng):
 
 
 # ---------------------------------------------------- the sanitizer builds
-# Each probe runs in a fresh interpreter on a sanitizer build of the
-# emulator, with the sanitizer's runtime preloaded into the real interpreter
-# binary (sys.executable: never a pyenv shim, which is a shell script).
-# .ci/run builds both and sets FCN_CUDA_REQUIRE_SANITIZER_BUILDS=1: there a
-# missing build fails the test rather than skipping it.
-SANITIZER_BUILDS = {
-    "address": ("1", "_host_asan", "libasan.so libstdc++.so"),
-    "thread": ("thread", "_host_tsan", "libtsan.so"),
-}
-
-
-def _run_sanitized(sanitizer, code, timeout=600):
-    switch, module, runtimes = SANITIZER_BUILDS[sanitizer]
-    if importlib.util.find_spec(f"fcn_cuda.{module}") is None:
-        how = f"FCN_CUDA_SANITIZE={switch} python setup.py build_ext --inplace"
-        if os.environ.get("FCN_CUDA_REQUIRE_SANITIZER_BUILDS") == "1":
-            pytest.fail(f"fcn_cuda.{module} is not built, and FCN_CUDA_REQUIRE_SANITIZER_BUILDS=1 requires it "
-                        f"(build it: {how})")
-        pytest.skip(f"fcn_cuda.{module} is not built ({how} builds it)")
-    preload = " ".join(subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True,
-                                      check=True).stdout.strip() for lib in runtimes.split())
-    env = {k: v for k, v in os.environ.items() if k not in ("FCN_CUDA_EMU_WORKERS", "LD_PRELOAD")}
-    env.update(FCN_CUDA_BACKEND="host", FCN_CUDA_SANITIZE=switch, LD_PRELOAD=preload,
-               ASAN_OPTIONS="detect_leaks=0", TSAN_OPTIONS="halt_on_error=1 exitcode=66", OMP_NUM_THREADS="1")
-    code = f"from fcn_cuda import _backend\nassert _backend.active().ext.SANITIZE == {sanitizer!r}\n" + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @pytest.mark.parametrize("kind,report", [pytest.param("global", "heap-buffer-overflow", id="global"),
                                          pytest.param("static_shared", "out of bounds for type 'float [64]'",
                                                       id="static_shared"),
                                          pytest.param("dynamic_shared", "AddressSanitizer", id="dynamic_shared")])
 def test_asan_build_reports_out_of_bounds(kind, report):
-    proc = _run_sanitized("address", f"""
+    proc = run_sanitized("address", f"""
         from fcn_cuda import _probes
         _probes.out_of_bounds({kind!r})
         print("no report")
@@ -401,7 +372,7 @@ def test_asan_build_reports_out_of_bounds(kind, report):
 
 @pytest.mark.parametrize("kind", ["shared", "warp", "global"])
 def test_tsan_build_reports_data_races(kind):
-    proc = _run_sanitized("thread", f"""
+    proc = run_sanitized("thread", f"""
         from fcn_cuda import _probes
         _probes.race({kind!r})
         print("no report")
@@ -416,7 +387,7 @@ def test_tsan_build_reports_nothing_for_correct_kernels():
     # Barriers, __syncwarp, shuffles, atomics, wmma tiles, dynamic shared
     # memory, blocks on two workers, an error and the launches after it:
     # the happens-before the runtime announces must be exactly CUDA's.
-    proc = _run_sanitized("thread", """
+    proc = run_sanitized("thread", """
         import numpy as np
         import pytest
         from fcn_cuda import _backend, _probes, basics
@@ -452,7 +423,7 @@ def test_tsan_build_orders_a_failed_launch_before_what_follows():
     # block 0's threads did must still be ordered before the host's next
     # launch, which reuses the stack the launch's arguments lay on and
     # writes the same words of y.
-    proc = _run_sanitized("thread", """
+    proc = run_sanitized("thread", """
         import numpy as np
         import pytest
         import fcn_cuda
@@ -473,7 +444,7 @@ def test_tsan_build_orders_a_failed_launch_before_what_follows():
 def test_tsan_build_refuses_blocks_it_cannot_check():
     # TSan follows 256 threads at once; a larger block would run with races
     # missed, so the TSan build refuses it.
-    proc = _run_sanitized("thread", """
+    proc = run_sanitized("thread", """
         import numpy as np
         import pytest
         from fcn_cuda import _probes
@@ -519,6 +490,6 @@ def test_a_worker_failing_between_blocks_ends_the_launch(sanitizer):
     # worker 1 surely reaches its second turn.
     faults = [(1, 0), (0, 0)] + ([(1, 1), (0, 2)] if sanitizer else [])
     code = f"FAULTS = {faults!r}\n" + textwrap.dedent(WORKER_FAULTS)
-    proc = _run_sanitized(sanitizer, code, timeout=300) if sanitizer else _run_isolated(code)
+    proc = run_sanitized(sanitizer, code, timeout=300) if sanitizer else _run_isolated(code)
     assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, proc.stderr[-5000:]
     assert "clean" in proc.stdout

@@ -5,14 +5,14 @@ CuPy's memory pool off, .ci/run's TSan stage fails on a report, and .ci/run
 import re
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
+import _sanitizers
 import conftest
-import test_emulator
+from _util import ROOT
 
-CI = Path(__file__).resolve().parent.parent / ".ci"
+CI = ROOT / ".ci"
 
 
 def test_compute_sanitizer_stages_turn_the_memory_pool_off():
@@ -59,7 +59,7 @@ def test_a_missing_sanitizer_build_fails_only_where_required(monkeypatch, env, o
     monkeypatch.delenv("FCN_CUDA_REQUIRE_SANITIZER_BUILDS", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setitem(test_emulator.SANITIZER_BUILDS, "thread", ("thread", "_host_never_built", "libtsan.so"))
+    monkeypatch.setitem(_sanitizers.SANITIZER_BUILDS, "thread", ("thread", "_host_never_built", "libtsan.so"))
     expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
     with pytest.raises(expected, match="fcn_cuda._host_never_built is not built"):
-        test_emulator._run_sanitized("thread", "pass")
+        _sanitizers.run_sanitized("thread", "pass")

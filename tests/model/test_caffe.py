@@ -6,7 +6,6 @@ error paths. Only the OpenCV comparisons need OpenCV (a test extra)."""
 
 import hashlib
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,10 @@ from fcn_cuda.colors import VOC_CLASSES
 from fcn_cuda.files import WeightFileError
 
 import caffe_encoder as E
-from _util import FP32, REQUIRE_EXTRAS, assert_close, needs_extra
+from _util import FP32, REQUIRE_EXTRAS, TESTS, assert_close, needs_extra
 from torch_fcn import SMALL_FC, SMALL_WIDTHS, random_fcn, state_dict_f32
 
-DATA = Path(__file__).parent / "data"
+DATA = TESTS / "data"
 REAL = {"lenet_v2": "lenet_v2.prototxt", "lenet_v1": "lenet_v1.prototxt", "cifar10_quick_v1": "cifar10_quick_v1.prototxt"}
 
 

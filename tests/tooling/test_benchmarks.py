@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +25,8 @@ import fcn_cuda  # noqa: E402
 from benchmarks import __main__ as bench_main  # noqa: E402
 from benchmarks import report, suite, timing  # noqa: E402
 
-from _util import FP32, HALF, TF32  # noqa: E402
+from _util import FP32, HALF, ROOT, TF32  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # Each conv2d variant is held to its precision's tolerance.
 TOLERANCE = {"fp32": FP32, "tf32": TF32, "bf16": HALF}
 SMOKE_ONLY = ["1x48x48/conv1_1/", "1x48x48/pool1/", "1x48x48/upscore8/", "1x48x48/score_pool4/",
