@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from fcn_cuda import _backend
 
-ROOT = Path(__file__).resolve().parents[2]
+from _util import ROOT
 
 pytestmark = pytest.mark.kernels
 
