@@ -58,6 +58,51 @@ def assert_close(out, ref, tol=FP32, what="output"):
     assert rel <= tol, f"{what}: relative error {rel:.3e} > {tol:.0e} (max abs error {mx:.3e})"
 
 
+def t64(a, grad=False):
+    """a as a float64 torch tensor on the CPU (a leaf that records its gradient when grad)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(to_numpy(a))).double().requires_grad_(grad)
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def dev(be, *arrays):
+    """The arrays on backend be."""
+    return [be.xp.asarray(a) for a in arrays]
+
+
+def same_bits(a, b):
+    return to_numpy(a).tobytes() == to_numpy(b).tobytes()
+
+
+def foreign_array(be, rng, shape):
+    """A float32 array of the other backend, which be's ops must refuse: a torch
+    CPU tensor on 'cuda', an object in GPU memory (__cuda_array_interface__) on 'host'."""
+    if be.name == "cuda":
+        import torch
+
+        return torch.from_numpy(randn(rng, *shape))
+
+    class OnGpu:
+        __cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0, False), "version": 3}
+
+    return OnGpu()
+
+
+def assert_each_raises(bases, cases):
+    """bases: calls that work; cases: (call, exception, match), each changing one
+    argument of a base call, which must raise that exception with that message."""
+    for base in bases:
+        base()
+    for i, (call, error, match) in enumerate(cases):
+        with pytest.raises(error, match=match):
+            call()
+            pytest.fail(f"bad case {i} ({match!r}) did not raise")
+
+
 def nan_filled(be, shape, dtype=np.float32):
     """An output buffer poisoned with NaN so unwritten elements fail."""
     a = be.xp.empty(shape, dtype=dtype)
