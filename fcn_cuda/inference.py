@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _backend, ops
+from . import _backend, ops, tiling
+from . import _validate as V
 from .crf import dense_crf, settings
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "data" / "fcn8s_shapes.safetensors"
@@ -58,7 +59,7 @@ def default_model():
     return _default_model
 
 
-def infer(img, model=None, return_scores=False, crf=False):
+def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=None, progress=None):
     """H x W integer label map (NumPy) for one image; with return_scores also
     the C x H x W float32 class scores. The labels are the same either way;
     without scores the last upsample and the argmax are one kernel
@@ -66,27 +67,73 @@ def infer(img, model=None, return_scores=False, crf=False):
     model.use_bf16_weights() first runs fc6 on bf16 weights (half its weight
     traffic, bf16 accuracy for that layer).
 
+    img: a path, PIL image or H x W x 3 uint8 RGB array (gray and RGBA are
+    converted); with tiles also any array-like with shape, dtype and
+    slicing (np.memmap, zarr, tifffile's memory maps), read a window at a
+    time, and .npy / TIFF paths, memory-mapped (fcn_cuda.tiling.open_image).
+
+    tile=N runs exact tiles of N x N output pixels (N a multiple of 32, the
+    network's stride), each from an input window with the halo the model's
+    layers need (fcn_cuda.tiling): the labels and scores are the whole
+    image's, bit for bit, and memory is bounded by the tile, not the image.
+    Without tile, an image whose whole-image pass would take more than half
+    the free memory runs in tiles chosen here, with a warning that says so.
+    out: an H x W integer array (e.g. an np.memmap) the labels are written
+    into and returned as, instead of a new int32 array. progress: with
+    tiles, a callable given the number of tiles done after each.
+
     crf=True refines the labels with the fully connected CRF
     (fcn_cuda.dense_crf) on the softmax of the scores before the argmax,
     with the parameters tuned for the bundled model (fcn_cuda.crf.SHAPES);
     crf=dict(...) sets some of them (dense_crf's keyword arguments, and
     iterations), e.g. crf=fcn_cuda.crf.DEEPLAB_VOC for PASCAL VOC models.
-    The scores returned are the model's, before the CRF."""
-    rgb = load_image(img)
+    The CRF couples every pixel with every other, so it has no tiles: crf
+    with tile is refused. The scores returned are the model's, before the CRF."""
+    return_scores = V.flag(return_scores, "return_scores")
     params = settings(crf)
     model = model if model is not None else default_model()
+    if tile is not None:
+        tile = tiling.check_tile(tile, model.conv1_pad)
+        if params is not None:
+            raise ValueError("crf cannot run with tile: the dense CRF is fully connected, so a CRF over tiles is "
+                             "not the image's CRF; leave tile out (the CRF then needs the whole image in memory) "
+                             "or leave crf out")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable taking the tiles done, got {type(progress).__name__}")
+    src = tiling.open_image(img, tiled=tile is not None)
+    height, width = int(src.shape[0]), int(src.shape[1])
+    if out is not None:
+        tiling.check_out(out, height, width, model.num_classes)
+    if tile is None and params is None:
+        tile = tiling.auto_tile(model, height, width)
+        if tile is not None:
+            tiling.warn_auto(height, width, tile, f"the {_backend.active().name} backend")
+    if tile is not None:
+        labels = out if out is not None else np.empty((height, width), np.int32)
+        scores = tiling.infer_tiles(src, model, tile, labels, return_scores, progress=progress)
+        return (labels, scores) if return_scores else labels
+    labels, scores = _whole(tiling.read_window(src, 0, height, 0, width), model, return_scores, params)
+    if out is not None:
+        out[...] = labels
+        labels = out
+    return (labels, scores) if return_scores else labels
+
+
+def _whole(img, model, return_scores, params):
+    """(labels, scores or None) of a whole-image pass over an RGB uint8 array."""
     be = _backend.active()
-    img_dev = be.xp.asarray(rgb)
+    img_dev = be.xp.asarray(img)
     x = ops.preprocess(img_dev)
     if params is None:
         if not return_scores:
-            return be.to_numpy(model.labels(x)[0])
+            return be.to_numpy(model.labels(x)[0]), None
         scores = model(x)
         return be.to_numpy(ops.argmax(scores)[0]), be.to_numpy(scores[0])
+    scores = None
     if return_scores:
         scores = model(x)
         probs = ops.softmax(scores)
     else:
         _, probs = model.labels(x, probs=True)
     labels = be.to_numpy(ops.argmax(dense_crf(img_dev, probs[0], **params)[None])[0])
-    return (labels, be.to_numpy(scores[0])) if return_scores else labels
+    return labels, (be.to_numpy(scores[0]) if return_scores else None)

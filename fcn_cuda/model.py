@@ -18,7 +18,8 @@ from . import _validate as V
 from . import ops
 from .bilinear import bilinear_weights
 from .files import WeightFileError
-from .ops.conv2d import conv2d_relu_maxpool_variant
+from .ops.conv2d import conv2d_auto_splits, conv2d_default_variant
+from .ops.pool import pool_size
 
 VARIANTS = ("32s", "16s", "8s")
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -85,16 +86,26 @@ class Geometry:
         return int(round(c))
 
 
+def trunk_layers(conv1_pad=CONV1_PAD):
+    """The trunk as FCN.score_fr runs it, in order: (kind, name, kernel, stride, pad)
+    with kind 'conv' (ReLU after all but score_fr) or 'pool' (max, ceil mode)."""
+    layers = []
+    for b, block in enumerate(VGG16_BLOCKS):
+        layers += [("conv", f"conv{b + 1}_{i + 1}", 3, 1, conv1_pad if b == i == 0 else 1) for i in range(len(block))]
+        layers.append(("pool", f"pool{b + 1}", 2, 2, 0))
+    return layers + [("conv", "fc6", 7, 1, 0), ("conv", "fc7", 1, 1, 0), ("conv", "score_fr", 1, 1, 0)]
+
+
 def head_geometry(variant, conv1_pad=CONV1_PAD):
     """Crop offsets of a head, from the layer geometry: {layer: offset}."""
     g = Geometry()
     pools = {}
-    for b, block in enumerate(VGG16_BLOCKS):
-        for i in range(len(block)):
-            g = g.conv(3, 1, conv1_pad if b == i == 0 else 1)
-        g = g.conv(2, 2, 0)
-        pools[b + 1] = g
-    g = g.conv(7)  # fc6
+    for kind, name, k, s, p in trunk_layers(conv1_pad):
+        g = g.conv(k, s, p)
+        if kind == "pool":
+            pools[int(name[4:])] = g
+        if name == "fc6":
+            break
     offsets = {}
     if variant == "32s":
         offsets["upscore"] = Geometry().offset_into(g.deconv(64, 32))
@@ -459,11 +470,36 @@ class FCN:
     def offsets(self):
         return head_geometry(self.variant, self.conv1_pad)
 
+    def conv_plan(self, height, width, batch=1):
+        """{conv layer: (variant, splits)}: what ops.conv2d picks by default
+        for each trunk layer of a forward over batch x 3 x height x width
+        (a bf16-weights layer: igemm_bf16). Both depend on the layer's
+        shape, and a variant or split count sums in its own order, so a
+        forward over a crop of an image (a tile) runs the whole image's plan
+        to give its bits (fcn_cuda.tiling)."""
+        be = self._check_backend()
+        height = V.integer(height, "height", minimum=1)
+        width = V.integer(width, "width", minimum=1)
+        batch = V.integer(batch, "batch", minimum=1)
+        h, w, plan = height, width, {}
+        for kind, name, k, s, p in trunk_layers(self.conv1_pad):
+            if kind == "pool":
+                h, w = pool_size(h, k, s, True), pool_size(w, k, s, True)
+                continue
+            h, w = h + 2 * p - k + 1, w + 2 * p - k + 1
+            out_c, in_c = self.params[f"{name}.weight"].shape[:2]
+            m, crs = batch * max(h, 1) * max(w, 1), in_c * k * k
+            variant = ("igemm_bf16" if name in self.bf16_layers
+                       else conv2d_default_variant(m, out_c, crs, be.name))
+            plan[name] = variant, (conv2d_auto_splits(m, out_c, crs)
+                                   if variant in ops.CONV2D_SPLIT_VARIANTS else 1)
+        return plan
+
     # -------------------------------------------------------------- forward
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x, keep=None, dropout=None):
+    def forward(self, x, keep=None, dropout=None, *, plan=None, region=None):
         """N x 3 x H x W preprocessed images -> N x C x H x W scores.
 
         `keep`, a dict, receives every activation the backward pass needs
@@ -472,15 +508,17 @@ class FCN:
         other buffer is freed as soon as the next layer has read it.
         `dropout`, a (seed, step) pair, applies the reference's training-time
         dropout (p = 0.5) after fc6 and fc7; None is inference.
+        `plan` and `region`: as for labels (with a region, N x C x height x width).
         """
         be = self._check_backend()
         x = self._images(x, be)
         store = keep if keep is not None else _SkipsOnly()
         store["x"] = x
-        score = self.score_fr(x, store, indices=keep is not None, dropout=dropout)
-        return self.head(score, store, x.shape[2], x.shape[3])
+        score = self.score_fr(x, store, indices=keep is not None, dropout=dropout, plan=plan)
+        top, left, height, width = self._region(region, x)
+        return self.head(score, store, height, width, top, left)
 
-    def labels(self, x, probs=False):
+    def labels(self, x, probs=False, *, plan=None, region=None):
         """N x 3 x H x W preprocessed images -> N x H x W int32 label map,
         equal to ops.argmax(self(x)) exactly; probs=True returns (labels,
         softmax(self(x)) over the classes).
@@ -489,13 +527,19 @@ class FCN:
         kernel, ops.upsample_argmax, so the N x C x H x W scores are never
         stored. Upsampling weights that are not per-channel (a model loaded
         with trained upscore8) take the unfused sequence instead.
+
+        plan: the trunk's conv variants (conv_plan; default: conv_plan of
+        x's shape). region: (top, left, height, width), the part of the
+        H x W output to compute (default: all of it); the last upsample
+        then computes only that window (fcn_cuda.tiling's tiles).
         """
         be = self._check_backend()
         x = self._images(x, be)
         store = _SkipsOnly()
-        score = self.fuse_skips(self.score_fr(x, store), store)
+        score = self.fuse_skips(self.score_fr(x, store, plan=plan), store)
         w, stride, offset, variant = self._last_upsample()
-        args = (score, w, stride, x.shape[2], x.shape[3], offset)
+        top, left, height, width = self._region(region, x)
+        args = (score, w, stride, height, width, (offset + top, offset + left))
         if variant == "bilinear":
             return ops.upsample_argmax(*args, probs=probs, trusted=True)
         scores = ops.conv_transpose2d_window(*args, variant=variant, trusted=True)
@@ -505,17 +549,39 @@ class FCN:
         return ops.argmax(scores)
 
     @staticmethod
+    def _region(region, x):
+        """(top, left, height, width) of the output to compute, checked to lie within x's H x W."""
+        h, w = x.shape[2], x.shape[3]
+        if region is None:
+            return 0, 0, h, w
+        if not isinstance(region, (tuple, list)) or len(region) != 4:
+            raise ValueError(f"region must be (top, left, height, width), got {region!r}")
+        top, left, rh, rw = (V.integer(v, f"region[{i}]", minimum=1 if i > 1 else 0) for i, v in enumerate(region))
+        if top + rh > h or left + rw > w:
+            raise ValueError(f"region {tuple(region)} leaves the {h} x {w} output")
+        return top, left, rh, rw
+
+    @staticmethod
     def _images(x, be):
         x = V.array(x, "x", ndim=4, shape_hint="N x 3 x H x W", be=be)
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (BGR, mean subtracted), got {x.shape[1]}")
         return x
 
-    def score_fr(self, x, store, indices=False, dropout=None):
+    def score_fr(self, x, store, indices=False, dropout=None, plan=None):
         """The convolutionalized VGG16 trunk up to score_fr; activations land in `store`.
         fc6 / fc7 read their bf16 weights (use_bf16_weights) in inference
-        only: a pass with indices or dropout feeds a backward one, in fp32."""
+        only: a pass with indices or dropout feeds a backward one, in fp32.
+        plan: {conv layer: (variant, splits)} (conv_plan; default: conv_plan
+        of x's shape, what conv2d picks)."""
         p = self.params
+        training = indices or dropout is not None
+        if training:
+            self._bf16 = {}  # the fp32 weights may change before the next inference
+        if plan is None:
+            plan = self.conv_plan(x.shape[2], x.shape[3], x.shape[0])
+        if training:  # fp32 weights: conv2d's defaults for them
+            plan = {**plan, **{name: (None, None) for name in self.bf16_layers}}
         h = x
         for b, block in enumerate(VGG16_BLOCKS):
             pooled = False
@@ -523,15 +589,18 @@ class FCN:
                 name = f"conv{b + 1}_{i + 1}"
                 pad = self.conv1_pad if name == "conv1_1" else 1
                 w, bias = p[f"{name}.weight"], p[f"{name}.bias"]
+                variant, splits = plan[name]
                 # The block's last conv + ReLU + pool as one kernel when nothing
-                # keeps the conv output or the pool indices (inference).
+                # keeps the conv output or the pool indices (inference) and the
+                # layer's variant is one of the fused kernel's, undivided: then
+                # its bits are conv2d + max_pool2d's.
                 fuse = (FUSE_POOL and i == len(block) - 1 and not indices and not _stores(store, name)
-                        and conv2d_relu_maxpool_variant(h.shape, w.shape, pad))
+                        and variant in ops.CONV2D_RELU_MAXPOOL_VARIANTS and splits == 1)
                 if fuse:
-                    h = ops.conv2d_relu_maxpool(h, w, bias, padding=pad, variant=fuse)
+                    h = ops.conv2d_relu_maxpool(h, w, bias, padding=pad, variant=variant)
                     pooled = True
                 else:
-                    h = ops.conv2d(h, w, bias, padding=pad, relu=True)
+                    h = ops.conv2d(h, w, bias, padding=pad, relu=True, variant=variant, splits=splits)
                     store[name] = h
             if indices:
                 h, store[f"pool{b + 1}_idx"] = ops.max_pool2d(h, 2, 2, ceil_mode=True, return_indices=True)
@@ -540,22 +609,22 @@ class FCN:
             store[f"pool{b + 1}"] = h
         if h.shape[2] < 7 or h.shape[3] < 7:  # only when conv1_pad is lowered from 100
             raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is too small for fc6's 7x7 window")
-        training = indices or dropout is not None
-        if training:
-            self._bf16 = {}  # the fp32 weights may change before the next inference
         for layer, (name, relu) in enumerate((("fc6", True), ("fc7", True), ("score_fr", False))):
-            h = ops.conv2d(h, self._fc_weight(name, training), p[f"{name}.bias"], relu=relu)
+            variant, splits = plan[name]
+            h = ops.conv2d(h, self._fc_weight(name, training), p[f"{name}.bias"], relu=relu, variant=variant,
+                           splits=splits)
             store[name] = h
             if dropout is not None and relu:
                 h = ops.dropout(h, DROPOUT_P, *dropout_key(dropout, layer, h))
                 store[f"{name}_drop"] = h
         return h
 
-    def head(self, score, store, height, width):
-        """Upsampling and skip fusion from score_fr to the H x W score map."""
+    def head(self, score, store, height, width, top=0, left=0):
+        """Upsampling and skip fusion from score_fr to the H x W score map
+        (its height x width window at (top, left), when given)."""
         w, stride, offset, variant = self._last_upsample()
-        return ops.conv_transpose2d_window(self.fuse_skips(score, store), w, stride, height, width, offset,
-                                           variant=variant, trusted=True)
+        return ops.conv_transpose2d_window(self.fuse_skips(score, store), w, stride, height, width,
+                                           (offset + top, offset + left), variant=variant, trusted=True)
 
     def _last_upsample(self):
         """(weight, stride, crop offset, variant) of the head's last upsample."""
