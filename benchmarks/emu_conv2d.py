@@ -2,7 +2,7 @@
 
 Default: one VGG-like layer, 64 -> 64 channels, 3x3, pad 1, 64x64 image,
 batch 1. --sweep: a few FCN-like shapes with igemm's tile use, the evidence
-behind the host's default-variant rule in fcn_cuda/ops.py.
+behind the host's default-variant rule (fcn_cuda.ops.conv2d.conv2d_default_variant).
 
 Emulator numbers only compare the variants under the emulation (and set how
 long tests take); they are not GPU numbers.

@@ -10,11 +10,14 @@ launcher in csrc/ops through csrc/bindings.cpp. Semantics are PyTorch's
 One module per kernel family, as in csrc/kernels (X.py wraps X.cuh):
 conv2d (with the variant policy and bf16 weights), pool, upsample, crop,
 head, softmax, preprocess, conv2d_backward, pool_backward, crop_backward,
-loss, dropout, sgd. This package re-exports the ops;
-the helpers a module makes public for its neighbours (conv_out, pool_size,
-conv2d_default_variant, ...) are imported from the module itself:
-``from fcn_cuda.ops.conv2d import conv_out``. (``fcn_cuda.ops.conv2d`` is
-the function conv2d; its module is reached by such a from-import.)
+loss, dropout, sgd; the study ladder's first rungs, elementwise, reduce,
+gemm, scan and sort; metrics (the confusion matrix) and probes (kernels
+that test the emulator itself). This package re-exports the ops, not the
+rungs, metrics or probes; the helpers a module makes public for its
+neighbours (conv_out, pool_size, conv2d_default_variant, ...) are imported
+from the module itself: ``from fcn_cuda.ops.conv2d import conv_out``.
+(``fcn_cuda.ops.conv2d`` is the function conv2d; its module is reached by
+such a from-import.)
 """
 
 from .conv2d import (CONV2D_PRECISION, CONV2D_RELU_MAXPOOL_VARIANTS, CONV2D_SPLIT_VARIANTS, CONV2D_VARIANTS,

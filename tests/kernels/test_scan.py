@@ -1,10 +1,10 @@
-"""basics.exclusive_scan, the prefix sum of csrc/kernels/scan.cuh (the radix sort places its keys with it,
+"""fcn_cuda.ops.scan.exclusive_scan, the prefix sum of csrc/kernels/scan.cuh (the radix sort places its keys with it,
 the dense CRF numbers its lattice vertices with it), against NumPy's cumsum; and its bad inputs."""
 
 import numpy as np
 import pytest
 
-from fcn_cuda import basics
+from fcn_cuda.ops.scan import exclusive_scan
 
 from _util import to_numpy
 
@@ -21,7 +21,7 @@ def test_exclusive_scan_matches_cumsum(be, n):
     counts = rng.integers(0, 1000, n).astype(np.int32)
     counts[rng.random(n) < 0.2] = 0
     counts_d = be.xp.asarray(counts)
-    out, total = basics.exclusive_scan(counts_d)
+    out, total = exclusive_scan(counts_d)
     want = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     np.testing.assert_array_equal(to_numpy(out), want[:-1])
     assert to_numpy(total).tolist() == [want[-1]]
@@ -32,7 +32,7 @@ def test_exclusive_scan_reaches_the_int32_limit(be):
     """Counts whose total is exactly INT32_MAX: every partial sum fits, and the last one is that."""
     counts = np.full(5000, 429_496, np.int32)
     counts[-1] = 2**31 - 1 - 429_496 * 4999
-    out, total = basics.exclusive_scan(be.xp.asarray(counts))
+    out, total = exclusive_scan(be.xp.asarray(counts))
     assert int(to_numpy(out)[-1]) == 429_496 * 4999
     assert to_numpy(total).tolist() == [2**31 - 1]
 
@@ -40,14 +40,14 @@ def test_exclusive_scan_reaches_the_int32_limit(be):
 def test_exclusive_scan_validates_its_arguments(be):
     counts = be.xp.ones(8, np.int32)
     with pytest.raises(TypeError, match="counts must be int32"):
-        basics.exclusive_scan(counts.astype(np.int64))
+        exclusive_scan(counts.astype(np.int64))
     with pytest.raises(ValueError, match="counts must be 1-D"):
-        basics.exclusive_scan(counts.reshape(2, 4))
+        exclusive_scan(counts.reshape(2, 4))
     with pytest.raises(ValueError, match="counts is empty"):
-        basics.exclusive_scan(counts[:0])
+        exclusive_scan(counts[:0])
     negative = counts.copy()
     negative[3] = -1
     with pytest.raises(ValueError, match="counts must be >= 0, got -1"):
-        basics.exclusive_scan(negative)
+        exclusive_scan(negative)
     with pytest.raises(ValueError, match="sum to 4294967294"):
-        basics.exclusive_scan(be.xp.array([2**31 - 1, 2**31 - 1], np.int32))
+        exclusive_scan(be.xp.array([2**31 - 1, 2**31 - 1], np.int32))

@@ -1,10 +1,10 @@
-"""basics.sort_pairs, the stable radix sort of csrc/kernels/sort.cuh (the dense CRF's lattice sorts its
+"""fcn_cuda.ops.sort.sort_pairs, the stable radix sort of csrc/kernels/sort.cuh (the dense CRF's lattice sorts its
 vertex keys with it), against NumPy's stable argsort; and its bad inputs."""
 
 import numpy as np
 import pytest
 
-from fcn_cuda import basics
+from fcn_cuda.ops.sort import sort_pairs
 
 from _util import to_numpy
 
@@ -30,7 +30,7 @@ def test_sort_pairs_is_a_stable_sort(be, n, bits):
     keys = keys_with_ties(n, bits, n)
     values = np.arange(n, dtype=np.int32)[::-1].copy()
     k_in, v_in = be.xp.asarray(keys), be.xp.asarray(values)
-    k, v = basics.sort_pairs(k_in, v_in, bits)
+    k, v = sort_pairs(k_in, v_in, bits)
     order = np.argsort(keys, kind="stable")
     np.testing.assert_array_equal(to_numpy(k), keys[order])
     np.testing.assert_array_equal(to_numpy(v), values[order])
@@ -42,7 +42,7 @@ def test_sort_pairs_orders_by_the_low_bits_only(be):
     """The bits above `bits` travel with their key: the order is the stable order of keys mod 2^bits."""
     keys = keys_with_ties(777, 64, 5)
     values = np.arange(777, dtype=np.int32)
-    k, v = basics.sort_pairs(be.xp.asarray(keys), be.xp.asarray(values), bits=12)
+    k, v = sort_pairs(be.xp.asarray(keys), be.xp.asarray(values), bits=12)
     order = np.argsort(keys & np.uint64(0xFFF), kind="stable")
     np.testing.assert_array_equal(to_numpy(k), keys[order])
     np.testing.assert_array_equal(to_numpy(v), order)
@@ -51,18 +51,18 @@ def test_sort_pairs_orders_by_the_low_bits_only(be):
 def test_sort_pairs_validates_its_arguments(be):
     keys, values = be.xp.arange(8, dtype=np.uint64), be.xp.arange(8, dtype=np.int32)
     with pytest.raises(TypeError, match="keys must be uint64"):
-        basics.sort_pairs(keys.astype(np.int64), values)
+        sort_pairs(keys.astype(np.int64), values)
     with pytest.raises(TypeError, match="values must be int32"):
-        basics.sort_pairs(keys, values.astype(np.int64))
+        sort_pairs(keys, values.astype(np.int64))
     with pytest.raises(ValueError, match="keys must be 1-D"):
-        basics.sort_pairs(keys.reshape(2, 4), values)
+        sort_pairs(keys.reshape(2, 4), values)
     with pytest.raises(ValueError, match="same shape"):
-        basics.sort_pairs(keys, values[:7])
+        sort_pairs(keys, values[:7])
     with pytest.raises(ValueError, match="keys is empty"):
-        basics.sort_pairs(keys[:0], values[:0])
+        sort_pairs(keys[:0], values[:0])
     with pytest.raises(ValueError, match="bits must be <= 64"):
-        basics.sort_pairs(keys, values, bits=65)
+        sort_pairs(keys, values, bits=65)
     with pytest.raises(ValueError, match="bits must be >= 1"):
-        basics.sort_pairs(keys, values, bits=0)
+        sort_pairs(keys, values, bits=0)
     with pytest.raises(TypeError, match="bits must be an int"):
-        basics.sort_pairs(keys, values, bits=8.0)
+        sort_pairs(keys, values, bits=8.0)

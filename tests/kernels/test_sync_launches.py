@@ -36,17 +36,18 @@ def test_host_reads_and_validates_the_setting():
     proc = _run("host", """
         import os
         import numpy as np
-        from fcn_cuda import _backend, _probes
+        from fcn_cuda import _backend
+        from fcn_cuda.ops import probes
         ext = _backend.active().ext
         try:  # refused at every launch while the value is wrong
-            _probes.barrier_rotate(np.arange(32, dtype=np.float32), 1)
+            probes.barrier_rotate(np.arange(32, dtype=np.float32), 1)
         except RuntimeError as e:
             print("refused:", e)
         os.environ["FCN_CUDA_SYNC_LAUNCHES"] = "1"
         print("sync:", ext.sync_launches())
-        print("rotate:", _probes.barrier_rotate(np.arange(4, dtype=np.float32), 1).tolist())
+        print("rotate:", probes.barrier_rotate(np.arange(4, dtype=np.float32), 1).tolist())
         try:
-            _probes.out_of_bounds("misaligned_float4")
+            probes.out_of_bounds("misaligned_float4")
         except RuntimeError as e:
             print("fault:", e)
     """, sync="yes")
@@ -71,10 +72,11 @@ def test_cuda_fault_is_raised_by_its_own_launch():
     With the setting on, the probe's own launch raises, naming it; the call
     after it is never reached."""
     proc = _run("cuda", """
-        from fcn_cuda import _backend, _probes
+        from fcn_cuda import _backend
+        from fcn_cuda.ops import probes
         assert _backend.active().name == "cuda" and _backend.active().ext.sync_launches()
         try:
-            _probes.out_of_bounds("misaligned_float4")
+            probes.out_of_bounds("misaligned_float4")
         except RuntimeError as e:
             print("fault:", e)
         else:

@@ -1,9 +1,10 @@
 """Python side of csrc/kernels/probes.cuh: kernels that test the execution
-model itself (tests/kernels/test_emulator.py). Not part of the public API."""
+model itself (tests/kernels/test_emulator.py). Not re-exported by fcn_cuda.ops: they
+exist to fault, race and hang on purpose."""
 
 import numpy as np
 
-from . import _backend
+from .. import _backend
 
 
 def _be():
