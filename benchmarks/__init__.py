@@ -5,7 +5,7 @@
 measures every FCN-8s layer, the surrounding kernels and the whole network
 against PyTorch in one run (suite.py, timing.py), writes
 benchmarks/results/<device>-<yyyymmdd>.json / .md and two plots (report.py)
-and regenerates the README's performance table. On the host backend the
+and regenerates the tables of docs/performance.md. On the host backend the
 same runner times the CUDA emulation against PyTorch on the CPU, and says so
 in every output.
 

@@ -11,7 +11,8 @@ and size, labeled as emulation in every output.
 
 Writes <out>/<device>-<yyyymmdd>.json and .md (host: host-emulation-...,
 --quick adds -quick), a roofline and a per-layer ratio chart (PNG, with
-matplotlib), and, when writing to benchmarks/results/, the README table.
+matplotlib), and, when writing to benchmarks/results/, the tables of
+docs/performance.md and the README's GPU line (report.py).
 Exit status 1 when any fcn_cuda row failed.
 """
 
@@ -105,7 +106,8 @@ def main(argv=None):
                     help="host only: emulator workers and torch CPU threads, the same for both sides (default 1)")
     ap.add_argument("--append", action="store_true",
                     help="add these rows to today's result file for this device and config (a run split with --only)")
-    ap.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
+    ap.add_argument("--no-tables", action="store_true",
+                    help="do not regenerate docs/performance.md's tables and the README's GPU line")
     args = ap.parse_args(argv)
 
     backend = args.backend or fcn_cuda.backend()
@@ -137,9 +139,9 @@ def main(argv=None):
     for p in paths.values():
         print(f"wrote {p}")
     out_is_default = Path(args.out).resolve() == report.RESULTS_DIR.resolve()
-    if out_is_default and not args.no_readme and report.README.exists():
-        used = report.update_readme()
-        print(f"README table regenerated from {used.name}")
+    if out_is_default and not args.no_tables and report.PERFORMANCE.exists() and report.README.exists():
+        used = report.update_docs()
+        print(f"docs/performance.md's tables and the README's GPU line regenerated from {used.name}")
     return 1 if ctx.failed else 0
 
 

@@ -1,5 +1,6 @@
 """The benchmark suite (benchmarks/): a smoke run of `python -m benchmarks`
-on the host backend, the result files' schema, the README table generator,
+on the host backend, the result files' schema, the generator of
+docs/performance.md's tables and the README's GPU line,
 the timers, and pytest-benchmark timings of a few suite rows.
 
 Not marked `kernels`: these test the measuring, not the kernels. The GPU
@@ -135,35 +136,74 @@ def test_roofline_fraction_uses_the_measured_peaks(smoke):
         assert r["pct_of_peak"] == pytest.approx(100 * max(floors) / (r["ours_ms"] * 1e-3))
 
 
-def test_readme_table_between_markers(smoke, tmp_path):
-    readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
-    readme.chmod(0o640)
-    before = readme.read_text()
-    assert report.main(["--readme", "--readme-path", str(readme), "--from", str(smoke["json"])]) == 0
-    after = readme.read_text()
-    head, rest = after.split(report.BEGIN)
-    table, tail = rest.split(report.END)
-    assert head == before.split(report.BEGIN)[0] and tail == before.split(report.END)[1]
+def _copies(tmp_path):
+    """Copies of docs/performance.md and README.md, mode 0o640, to regenerate in."""
+    doc, readme = tmp_path / "performance.md", tmp_path / "README.md"
+    shutil.copy(report.PERFORMANCE, doc)
+    shutil.copy(report.README, readme)
+    for p in (doc, readme):
+        p.chmod(0o640)
+    return doc, readme
+
+
+def _between(text, begin, end):
+    head, rest = text.split(begin)
+    block, tail = rest.split(end)
+    return head, block, tail
+
+
+def test_tables_go_between_the_markers_of_the_performance_page(smoke, tmp_path):
+    doc, readme = _copies(tmp_path)
+    before_doc, before_readme = doc.read_text(), readme.read_text()
+    args = ["--doc", str(doc), "--readme", str(readme), "--from", str(smoke["json"])]
+    assert report.main(args) == 0
+    after = doc.read_text()
+    head, table, tail = _between(after, report.BEGIN, report.END)
+    old_head, _, old_tail = _between(before_doc, report.BEGIN, report.END)
+    assert head == old_head and tail == old_tail
     assert "HOST EMULATION" in table and smoke["json"].name in table
     assert "| input | op | ref | fcn_cuda ms |" in table and "| layer | kind | fcn_cuda variant |" in table
     for r in smoke["result"]["rows"]:
         if r["kind"] == "end_to_end":
             assert f"| {r['config']} | {r['layer']} | {r['ref']} |" in table
     assert "| conv1_1 | layer |" in table
-    assert readme.stat().st_mode & 0o777 == 0o640  # the rewrite keeps the file's mode
+    # an emulator result leaves the README with the line that says no GPU result exists, and no table
+    head, line, tail = _between(readme.read_text(), report.GPU_BEGIN, report.GPU_END)
+    old_head, _, old_tail = _between(before_readme, report.GPU_BEGIN, report.GPU_END)
+    assert head == old_head and tail == old_tail
+    assert line.strip() == report.NO_GPU_RESULT and "|" not in line
+    for p in (doc, readme):
+        assert p.stat().st_mode & 0o777 == 0o640  # the rewrite keeps the file's mode
     assert smoke["json"].stat().st_mode & 0o777 == 0o644
     # regenerating is idempotent
-    report.main(["--readme", "--readme-path", str(readme), "--from", str(smoke["json"])])
-    assert readme.read_text() == after
+    report.main(args)
+    assert doc.read_text() == after
 
 
-def test_readme_without_markers_is_refused(smoke, tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("# no markers here\n")
-    with pytest.raises(ValueError, match="markers"):
-        report.update_readme(readme, smoke["json"])
-    assert readme.read_text() == "# no markers here\n"
+def test_the_readme_shows_a_gpu_results_end_to_end_table(smoke, tmp_path):
+    doc, readme = _copies(tmp_path)
+    gpu = dict(smoke["result"], emulation=False, device="NVIDIA H100 80GB HBM3")
+    source = tmp_path / "nvidia-h100-80gb-hbm3-20300101.json"
+    source.write_text(json.dumps(gpu))
+    report.update_docs(doc, readme, source)
+    _, block, _ = _between(readme.read_text(), report.GPU_BEGIN, report.GPU_END)
+    assert "NVIDIA H100 80GB HBM3" in block and "No GPU result" not in block
+    ends = [r for r in gpu["rows"] if r["kind"] == "end_to_end"]
+    assert ends and all(f"| {r['config']} | {r['layer']} | {r['ref']} |" in block for r in ends)
+    assert "| conv1_1 | layer |" not in block  # per layer: the performance page only
+    _, table, _ = _between(doc.read_text(), report.BEGIN, report.END)
+    assert "HOST EMULATION" not in table and "| conv1_1 | layer |" in table
+
+
+def test_pages_without_markers_are_refused(smoke, tmp_path):
+    doc, readme = _copies(tmp_path)
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no markers here\n")
+    for d, r in ((bare, readme), (doc, bare)):
+        before = {p: p.read_text() for p in (d, r)}
+        with pytest.raises(ValueError, match="markers"):
+            report.update_docs(d, r, smoke["json"])
+        assert {p: p.read_text() for p in (d, r)} == before  # neither file written
 
 
 def test_newest_result_prefers_a_gpu_file(smoke, tmp_path):
@@ -174,7 +214,7 @@ def test_newest_result_prefers_a_gpu_file(smoke, tmp_path):
     (tmp_path / "notes.json").write_text("{}")
     assert report.newest_result(tmp_path).name == "nvidia-h100-80gb-hbm3-20300101.json"
     assert report.result_stem(gpu) == "nvidia-h100-80gb-hbm3-quick-20300101"
-    assert "HOST EMULATION" not in report.readme_table(gpu, "x.json")
+    assert "HOST EMULATION" not in report.tables(gpu, "x.json")
     (tmp_path / "nvidia-h100-80gb-hbm3-20300101.json").unlink()
     assert report.newest_result(tmp_path).name == "host-emulation-20310102.json"
 
