@@ -12,8 +12,8 @@ Environment:
                      (default: the visible GPU's, else 90)
   FCN_CUDA_SANITIZE  1: build only fcn_cuda._host_asan, the emulator with
                      ASan + UBSan; thread: build only fcn_cuda._host_tsan,
-                     the emulator with ThreadSanitizer (see README for
-                     running them)
+                     the emulator with ThreadSanitizer (docs/emulator.md
+                     says how to run them)
   FCN_CUDA_NO_CUDA   1: skip the nvcc build even if nvcc is present
   FCN_CUDA_JOBS      parallel compile jobs (default: the CPU count)
 
