@@ -15,76 +15,29 @@
 //   B[kk][k] = w[k][kk]                                w is K x CRS row-major, so B is w transposed
 //   C[m][k]  = y[n][k][p][q]                           column k of C is the feature map of channel k
 //
-// Variants:
-//   conv2d_direct: one thread per output element reads its C*R*S taps straight
-//     from global memory. Any shape; the readable baseline.
-//   conv2d_igemm:  sgemm_tiled (gemm.cuh) over the GEMM view above: a 64-pixel x
-//     64-channel C tile per block of 256 threads, depth in steps of 16 through
-//     shared memory, a 4 x 4 register block per thread; the A tile is gathered
-//     from x with padding and edges zero-filled, the next tiles are prefetched
-//     into registers while the current ones are multiplied (double-buffered
-//     shared memory, one barrier per step); bias and ReLU fused in the
-//     epilogue. Any shape; fp32 on CUDA cores; K <= 65535 * 64.
-//     Narrow layers take a narrower tile of the same 4096 outputs: 128 pixels
-//     x 32 channels for K <= 32, 256 x 16 for K <= 16 (the launcher picks from
-//     K). A 64-channel tile over FCN's 21 score channels, or a reduced-width
-//     VGG's 8 or 16, would multiply zero-filled weights for 2/3 to 7/8 of its
-//     work (emulator timings: docs/performance.md, rung 7). On a GPU, a
-//     prediction only: the same saving, since wasted FMAs issue like useful
-//     ones; the 256 x 16 tile has 73 registers and 35 KB of shared memory.
-//     An optional mask zeroes x where !(mask > 0) as A is gathered: the
-//     input gradient of a ReLU'd layer (conv2d_backward.cuh) is this kernel
-//     run on dy, masked by the layer's output, with the filters flipped.
-//   conv2d_igemm_wmma<T>: variants igemm_tf32 (T = precision::tf32) and
-//     igemm_bf16 (T = __nv_bfloat16): conv2d_igemm's gather, prefetch and
-//     double-buffered pipeline as they are (conv2d_igemm_stages), with the
-//     4 x 4 FMA block swapped for tensor cores through nvcuda::wmma: the
-//     staged tiles are As[kk][m] (a 64 x 16 column-major A tile) and Bs[kk][k]
-//     (a 16 x 64 row-major B tile), so 8 warps each own two 16 x 16 float
-//     accumulators of the 64 x 64 tile, fed straight from the stage (two
-//     m16n16k8 steps per 16-deep stage in tf32, one m16n16k16 in bf16); the
-//     accumulators go through shared memory to the same bias/ReLU epilogue.
-//     Operands are rounded once, when staged: tf32 keeps 10 mantissa bits
-//     (relative error ~3e-4 on random data, contract 2e-3), bf16 keeps 7
-//     (~2e-3, contract 1e-2) but fp32's range; accumulation is fp32. Any
-//     shape; K <= 65535 * 64; 34 KB (tf32) / 26 KB (bf16) of shared memory.
-//     Prediction, not a measurement: the tensor cores take the 256 FMAs per
-//     thread per stage off the critical path, leaving the scalar gather and
-//     the per-stage barrier as the bound, so about 2x conv2d_igemm on VGG's
-//     3x3 layers and far below tensor-core peak; closing that gap needs
-//     deeper stages, cp.async and larger warp tiles.
-//   igemm_bf16 on bf16 weights (ops.Bf16Weights): w rounded to bf16 once,
-//     ahead of time (conv2d_to_bf16, e.g. when a model is loaded), read as
-//     bf16 by the pipeline's B loader and staged as it is: bit for bit
-//     igemm_bf16 on the fp32 w, split-K and the pooled epilogue included,
-//     reading half the weight bytes. Limits: igemm_bf16 only; for inference
-//     (the copy does not follow training's fp32 updates); x stays fp32.
-//     Prediction, not a measurement: fc6 at batch 1 on a 500 x 500 image
-//     streams 411 MB -> 206 MB of weights, next to 34 MB of split-K
-//     workspace either way, so up to ~1.8x on that layer while it is bound
-//     by memory bandwidth.
+// Variants (the ladder; what each should give on a GPU: docs/performance.md, rungs 1 and 4-8):
+//   conv2d_direct: one thread per output reads its C*R*S taps from global memory. Any shape.
+//   conv2d_igemm: gemm.cuh's sgemm_tiled over the GEMM view: a 64 x 64 C tile per block of 256
+//     threads, depth in 16-deep stages through double-buffered shared memory, the next stage
+//     prefetched into registers, a 4 x 4 register block per thread, bias and ReLU in the epilogue.
+//     Narrow layers take a tile of the same 4096 outputs: 128 x 32 for K <= 32, 256 x 16 for
+//     K <= 16. An optional mask zeroes x where !(mask > 0) as A is gathered (conv2d_backward.cuh's
+//     input gradient). Any shape; K <= 65535 * 64.
+//   conv2d_igemm_wmma<T> (igemm_tf32, igemm_bf16): conv2d_igemm's pipeline (conv2d_igemm_stages)
+//     with the FMA block swapped for wmma: 8 warps each own two 16 x 16 fp32 accumulators, fed from
+//     As[kk][m] (column-major A) and Bs[kk][k] (row-major B). Operands are rounded once, when
+//     staged (tf32: 10 mantissa bits; bf16: 7, fp32's range). Any shape.
+//   igemm_bf16 on bf16 weights (ops.Bf16Weights, made by conv2d_to_bf16): the B loader reads bf16
+//     and stages it as it is: bit for bit igemm_bf16 on the fp32 w, half the weight bytes. Inference.
+//   Split-K (every igemm variant): grid.z cuts the depth into ranges of whole stages
+//     (conv2d_split_depth); each writes a partial sum to a splits x N x K x P x Q workspace, and
+//     conv2d_split_sum adds them in order, then bias and ReLU: the same bits on every run.
 //
-// Epilogues (the igemm variants share one, ConvOut, picked by a kernel
-// argument): plain, ReLU, or ReLU + FCN's 2x2 stride-2 ceil-mode max pool,
-// which writes only the pooled N x K x ceil(P/2) x ceil(Q/2) map
-// (ops.conv2d_relu_maxpool): each value max(v, 0) is atomicMax'ed, as an
-// int, into its pooled cell, which conv2d_zero set to +0 before. Non-negative
-// floats order like their bit patterns as ints, and max is order-free, so the
-// result is deterministic and equals max_pool2d(conv2d(relu=True)) bit for bit
-// (fmaxf turns a NaN sum into 0 in both; v is never -0: the accumulators start
-// at +0 and a round-to-nearest sum is -0 only when both addends are).
-//
-//   Split-K (conv2d's `splits`, for every igemm variant): grid.z cuts the
-//     depth into ranges of whole 16-deep stages (conv2d_split_depth); block z
-//     writes its tile's partial sum, without bias or ReLU, to a workspace of
-//     splits x N x K x P x Q floats, and conv2d_split_sum adds the splits in
-//     order, then bias and ReLU: the same bits on every run. It is for few
-//     tiles over a deep filter: FCN's fc6 at batch 1 on a 500 x 500 image
-//     has 4 x 64 = 256 tiles, fewer than two per SM of an H100 (which holds
-//     four of conv2d_igemm's), each walking 1568 stages. Prediction, not a
-//     measurement: 4 splits give 1024 blocks that fill every SM, for 34 MB
-//     of workspace traffic (written once, read once) next to the 411 MB of
-//     weights that the layer streams either way.
+// Epilogues (ConvOut, shared by the igemm variants): plain, ReLU, or ReLU + FCN's 2x2 stride-2
+// ceil-mode max pool, writing only the pooled map: each max(v, 0) is atomicMax'ed as an int into a
+// cell conv2d_zero set to +0. Non-negative floats order like their bits (v is never -0: sums start
+// at +0; fmaxf maps a NaN sum to 0 as max_pool2d(relu) does), so the result equals
+// max_pool2d(conv2d(relu=True)) bit for bit, on every run.
 #pragma once
 #include <type_traits>
 

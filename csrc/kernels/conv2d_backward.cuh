@@ -4,43 +4,32 @@
 //   x: N x C x H x W   w: K x C x R x S   dy (grad of y): N x K x P x Q
 //
 // Input gradient: dx = conv_transpose2d(dy, w, stride, padding), cropped to
-// H x W. At stride 1 (all of FCN's convolutions) with padding p <= R - 1,
-// that is an ordinary convolution: dx = conv2d(dy, w', padding R - 1 - p)
-// with w'[c][k][r][s] = w[k][c][R-1-r][S-1-s] (conv2d_flip_filters below), run
-// by conv2d.cuh's conv2d_igemm with dy masked as it is gathered. Otherwise it
-// is the gather kernel of upsample.cuh (w's K x C x R x S layout is exactly
-// conv_transpose2d's C_in x C_out x R x S with C_in = K); rows and columns of
-// x that no window reached (when (H + 2p - R) % s != 0, PyTorch's implied
-// output_padding) have no taps there and come out 0. Emulator, CPU time,
-// batch 4, 3x3 pad 1 with the ReLU mask: see docs/performance.md.
+// H x W. At stride 1 (all of FCN's convolutions) with padding p <= R - 1 it
+// is conv2d(dy, w', padding R - 1 - p), w'[c][k][r][s] = w[k][c][R-1-r][S-1-s]
+// (conv2d_flip_filters), run by conv2d_igemm with dy masked as it is gathered.
+// Otherwise it is upsample.cuh's gather (w's K x C x R x S layout is
+// conv_transpose2d's C_in x C_out x R x S, C_in = K); rows and columns that
+// no window reached (PyTorch's implied output_padding) come out 0.
 //
 // Weight gradient, the implicit GEMM of conv2d.cuh read the other way round:
 //   GEMM rows    = K      one output channel k
 //   GEMM columns = C*R*S  one filter tap crs = (c, r, s)
 //   GEMM depth   = N*P*Q  one output pixel m = (n, p, q)
 //   dw[k][crs] = sum over m of dy[n][k][p][q] * im2col(x)[m][crs]
-// The depth is long (a 500x500 image gives 487k pixels at conv1) and the
-// GEMM small (64 x 576 there), so the depth is split into fixed chunks
-// (split-K): block (tile, split) writes the partial sum of its chunk to a
-// workspace and a second kernel adds the partials in split order. The chunk
-// boundaries depend on the shape only, and there is no atomic anywhere, so
-// the same inputs give the same bits on every run, any GPU, any emulator
-// worker count.
+// The depth is long (487k pixels at conv1 of a 500x500 image) and the GEMM
+// small (64 x 576), so the depth is split into chunks fixed by the shape:
+// block (tile, split) writes its chunk's partial sum, and split_sum adds
+// them in order. No atomics: the same bits on every run and worker count.
 //
 //   conv2d_grad_weight_igemm<kTileK>: kTileK channels x 64 taps per block
 //     over one depth chunk, a 4 x 4 register block per thread (the layout of
 //     conv2d_igemm). Any shape; the launcher picks the smallest kTileK in
 //     {8, 16, 32, 64} that holds K (a function of the shape only).
 //     <64>: 16 pixels per shared-memory stage, all 256 threads on one pixel.
-//     <8>, <16>, <32>: the narrow layers (the bundled 1/8-width VGG has K = 8
-//     at conv1, which filled 8 of 64 rows): a narrow tile needs fewer than
-//     256 threads, so 64 / kTileK pixel groups each take a share of a stage
-//     (64 pixels for <8>, <16>; 32 for <32>) and are added in group order at
-//     the end. Measured in the host emulation (batch 4, 3x3, K = C = 8 at
-//     294 x 294): 2.4x to 3.5x faster than the 64-row tile. Prediction, not
-//     measured on a GPU: up to 8x fewer issued FMAs for K <= 8, at the price
-//     of more x loads per FMA (64 + kTileK per kTileK * 64) and 4-way
-//     conflicts on the 64-pixel stage stores.
+//     <8>, <16>, <32>: the narrow layers (K = 8 filled 8 of 64 rows): a
+//     narrow tile needs fewer than 256 threads, so 64 / kTileK pixel groups
+//     each take a share of a stage (64 pixels for <8>, <16>; 32 for <32>),
+//     added in group order at the end (docs/performance.md, rung 7).
 //   split_sum: dw[i] = alpha * sum over splits of partial[split][i], in order.
 //   bias_grad: db[k] = sum of dy over n, p, q; one block per channel and a
 //     fixed-shape tree in shared memory.

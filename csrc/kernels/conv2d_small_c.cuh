@@ -24,13 +24,7 @@
 //     C*R*S rounded up to 8, 16, 32 or 64: the taps must be a compile-time
 //     count to live in registers).
 //
-// Prediction (not a measurement; no GPU numbers exist for this kernel): on an
-// H100, conv1_1 at 500 x 500 (N = 1) writes 64 x 698 x 698 floats = 125 MB,
-// about 40 us at ~3 TB/s, while its arithmetic, 32 padded taps x 64 channels
-// for the 502 x 502 of 698 x 698 pixels (52%) that see the image, is about
-// 1.0 GFLOP, under 20 us at fp32 peak; so the kernel should be bound by the
-// output stores, and faster than conv2d_igemm, which multiplies all 487k
-// pixels through its staged pipeline.
+// What it should give on a GPU: docs/performance.md, rung 2.
 #pragma once
 #include "common.cuh"
 

@@ -10,9 +10,8 @@
 //             bilateral term (d = 5); norm_k = 1 / sqrt(K_k 1); w_k the Potts weight ("compat").
 //
 // Layout: probs and the result are C x N, N = H*W pixels with n = y*W + x; img is H x W x 3 uint8 RGB.
-// Between the kernels every per-pixel array is pixel-major, V floats per pixel: V = C rounded up to a
-// multiple of 4 for C >= 3 (a pixel's classes are float4s; the lanes past C hold 0 and are never read
-// out), V = C for C <= 2, where pydensecrf switches to its scalar routine (kSeq below).
+// Between kernels per-pixel arrays are pixel-major, V floats per pixel: C rounded up to a multiple of 4
+// for C >= 3 (float4s; the lanes past C hold 0), V = C for C <= 2 (pydensecrf's scalar routine, kSeq).
 //
 // The two rungs of the ladder (fcn_cuda.dense_crf(variant=...)):
 //   naive:   K applied exactly: one thread per (pixel, class) sums the Gaussian over all N pixels.
