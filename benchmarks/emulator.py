@@ -1,4 +1,4 @@
-"""Speed of the host emulation itself (issue: foundation).
+"""Speed of the host emulation itself.
 
     python benchmarks/emulator.py [--workers N] [--baseline OTHER_HOST_SO]
 

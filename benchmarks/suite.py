@@ -40,8 +40,9 @@ TINY_WIDTHS = ((4, 4), (8, 8), (8, 8, 8), (16, 16, 16), (16, 16, 16))
 
 
 # (H, W, classes, iterations, variants): pydensecrf's README parameters. 160x160 is the bundled model's
-# input; 120x160 with 21 classes the emulator's target (issue 18: within 3x of pydensecrf); 375x500 (a
-# 500 x 375 VOC image) with 21 classes and 10 iterations the GPU's (at least 50x pydensecrf); the naive
+# input; 120x160 with 21 classes the emulator's target (within 3x of pydensecrf); 375x500 (a 500 x 375
+# VOC image) with 21 classes and 10 iterations the GPU's (at least 50x pydensecrf; docs/performance.md,
+# 'The dense CRF'); the naive
 # rung is O((H*W)^2), so it has a small image of its own, beside the lattice.
 CRF_CASES = ((160, 160, 4, 5, ("lattice",)), (120, 160, 21, 5, ("lattice",)), (375, 500, 21, 10, ("lattice",)),
              (30, 40, 4, 5, ("naive", "lattice")))

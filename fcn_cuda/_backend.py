@@ -59,7 +59,7 @@ def host_module():
     """The emulator build that FCN_CUDA_SANITIZE selects: 1 is the ASan/UBSan
     build, thread the ThreadSanitizer one (each built by `FCN_CUDA_SANITIZE=...
     python setup.py build_ext --inplace` and run with its runtime preloaded;
-    see README), unset the optimized _host."""
+    see docs/emulator.md), unset the optimized _host."""
     value = os.environ.get("FCN_CUDA_SANITIZE", "").strip()
     if value in ("", "0"):
         return "_host"

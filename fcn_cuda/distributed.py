@@ -1,4 +1,4 @@
-"""Data-parallel training and inference on torch.distributed (DESIGN.md §6).
+"""Data-parallel training and inference on torch.distributed (docs/distributed.md).
 
 Launched by torchrun (WORLD_SIZE > 1 in the environment), every rank runs
 the same `fcn_cuda.train(...)` / `fcn-cuda train` / `fcn-cuda infer` call.

@@ -9,8 +9,8 @@ Every operator is a torch.library.custom_op in the namespace ``fcn_cuda``
 (torch.ops.fcn_cuda.<name>; OPS maps names to them). Its kernel hands the
 tensors to fcn_cuda.ops without a copy — CPU tensors as NumPy arrays, run by
 the host emulation; CUDA tensors through DLPack as CuPy arrays, launched on
-torch's current stream — and fcn_cuda.ops validates them (DESIGN.md section
-4) before anything runs. Each has a fake (meta) implementation that gives
+torch's current stream — and fcn_cuda.ops validates them (docs/design.md,
+'Bad input') before anything runs. Each has a fake (meta) implementation that gives
 the output shapes, so it traces under torch.compile. The differentiable
 ones have a backward made of fcn_cuda's own backward kernels, registered as
 operators too (conv2d_grad_input, ...), so the backward traces as well.

@@ -39,7 +39,7 @@ def _is_sequence(v):
 
 @dataclass
 class TrainConfig:
-    """The reference recipe by default (FCN_REFERENCE.md: 'Training recipe')."""
+    """The reference recipe by default (docs/fcn-reference.md, 'Training recipe')."""
 
     iterations: int = 100_000
     lr: float = None  # None: the reference's per-variant rate

@@ -1,4 +1,4 @@
-"""Comparison helpers for the numerical contract (DESIGN.md section 3),
+"""Comparison helpers for the numerical contract (docs/design.md, 'Numerical contract'),
 and the import of the reference libraries the test extras install."""
 
 import importlib

@@ -62,7 +62,7 @@ def _backend_put_back():
 def poisoned_outputs(monkeypatch):
     """The API allocates its outputs (and workspaces) through Backend.empty:
     poison every such allocation (NaN, or all bits set for integers) so that
-    an element a kernel fails to write shows up (DESIGN.md section 3). Test
+    an element a kernel fails to write shows up (docs/design.md). Test
     files apply it with pytest.mark.usefixtures("poisoned_outputs")."""
     plain = _backend.Backend.empty
 

@@ -101,7 +101,7 @@ def test_relu_and_bias(be, rng, variant, relu, bias):
     check(be, rng, variant, 2, 3, 13, 11, 21, 3, 3, 1, 1, relu, bias)
 
 
-# FCN's own layer configurations at small spatial size (FCN_REFERENCE.md),
+# FCN's own layer configurations at small spatial size (docs/fcn-reference.md),
 # with reduced channel counts where the real ones would be slow to emulate.
 FCN_LAYERS = {
     "conv1_1_pad100": (2, 3, 5, 5, 8, 3, 3, 1, 100),

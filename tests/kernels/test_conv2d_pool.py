@@ -86,7 +86,7 @@ def test_shapes(be, rng, variant, shape):
     check(be, rng, variant, *shape, bias=i % 3 != 1)
 
 
-# FCN's block ends (FCN_REFERENCE.md) at tiny spatial size: conv1_2 is
+# FCN's block ends (docs/fcn-reference.md) at tiny spatial size: conv1_2 is
 # 64 -> 64 and conv3_3 256 -> 256, both 3x3 pad 1 before pool1 / pool3.
 FCN_LAYERS = {
     "conv1_2": (2, 64, 9, 7, 64, 3, 3, 1, 1),

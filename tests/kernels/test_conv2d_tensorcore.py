@@ -62,7 +62,7 @@ def test_variants_registered():
 
 
 
-# FCN's layer configurations (FCN_REFERENCE.md) at small spatial size; the
+# FCN's layer configurations (docs/fcn-reference.md) at small spatial size; the
 # channel counts of conv1_1 and conv2_1 are VGG16's, fc6 / fc7 / score_fr
 # are narrowed (their real depths would take minutes to emulate).
 FCN_LAYERS = {

@@ -50,7 +50,7 @@ def crf_inputs(seed, h, w, c, gain=3.0):
 
 def pydensecrf(img, probs, iterations=5, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0,
                bilateral_srgb=13.0, bilateral_compat=10.0):
-    """The reference call, as the issue and pydensecrf's README write it (pydensecrf2, a test extra:
+    """The reference call, as pydensecrf's README writes it (pydensecrf2, a test extra:
     the tests that call this skip without it)."""
     dcrf = needs_extra("pydensecrf.densecrf", "the comparison with pydensecrf")
     c, h, w = probs.shape

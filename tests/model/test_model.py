@@ -166,7 +166,7 @@ def test_fresh_model_follows_the_reference_initialization():
     assert list(sd)[0] == "conv1_1.weight" and sd["fc6.weight"].shape == (SMALL_FC, 16, 7, 7)
     full = fcn_cuda.FCN("32s", 21).state_dict()
     trunk = sum(v.size for k, v in full.items() if k.startswith(("conv", "fc")))
-    assert trunk == 134_260_544  # FCN_REFERENCE: the convolutionalized VGG16 has 134.3M parameters
+    assert trunk == 134_260_544  # docs/fcn-reference.md: the convolutionalized VGG16 trunk has 134,260,544
     assert full["upscore.weight"].shape == (21, 21, 64, 64)
 
 

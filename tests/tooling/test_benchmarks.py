@@ -292,7 +292,7 @@ def test_layer_walk_matches_the_model(host):
     assert suite.conv_flops(layers[:1]) == 2 * n * cfg.widths[0][0] * p * q * 3 * 9
 
 
-def test_configs_follow_the_issue():
+def test_configs_are_the_benchmark_plan():
     gpu = suite.config_for("cuda", quick=False)
     assert gpu.shapes == ((1, 500, 500), (8, 512, 512)) and gpu.widths == fcn_cuda.model.VGG16_BLOCKS
     assert gpu.fc == 4096 and gpu.repeats >= 20 and gpu.sets >= 2
