@@ -127,8 +127,11 @@ def _tracked_text_files():
 
 
 def test_no_tracked_file_cites_an_outside_document_or_an_issue():
+    this_file = Path(__file__).resolve().relative_to(ROOT).as_posix()  # its patterns and examples are citations
     citing = []
     for name, text in _tracked_text_files():
+        if name == this_file:
+            continue
         for number, line in enumerate(text.splitlines(), 1):
             for pattern in CITATIONS:
                 m = pattern.search(line)
