@@ -219,7 +219,7 @@ def _stores(store, name):
 
 
 # The layers whose weights FCN.use_bf16_weights can hold in bf16: fc6 and
-# fc7 stream the most weight bytes per output pixel (fc6: 411 MB in VGG16).
+# fc7 stream the most weight bytes per output pixel (docs/performance.md, rung 8).
 BF16_WEIGHT_LAYERS = ("fc6", "fc7")
 
 # Inference runs the last conv of each block, its ReLU and the pool as one
@@ -430,7 +430,7 @@ class FCN:
         """Inference runs `layers` (a name or names of BF16_WEIGHT_LAYERS:
         fc6, fc7) as ops.conv2d's igemm_bf16 on their weights rounded to bf16
         once, here (ops.to_bf16_weights): half the weight bytes to stream,
-        the lever for fc6 at batch 1 (411 MB of fp32 weights in VGG16). The
+        the lever for fc6 at batch 1 (docs/performance.md, rung 8). The
         other layers are unchanged; () turns the mode off. Returns the model.
 
         Accuracy: those layers then compute with bf16 operands (x and w

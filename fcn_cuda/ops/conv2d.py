@@ -48,8 +48,8 @@ def conv2d_tile_use(m, k, crs):
 def conv2d_default_variant(m, k, crs, backend=None):
     """The variant conv2d runs for variant=None (GEMM rows m = N*P*Q,
     columns k = K, depth crs = C*R*S) on `backend` ('host' or 'cuda'; None:
-    the active one): small_c for shallow filters (conv1_1's 27 taps: 2.8x faster than igemm
-    in the emulator on a 100 x 100 image); else igemm; on the host, direct
+    the active one): small_c for shallow filters (conv1_1's 27 taps;
+    docs/performance.md, rung 2); else igemm; on the host, direct
     where most of igemm's tile work would be zero-fill: the emulator runs
     direct faster below about 20% tile use (`python benchmarks/emu_conv2d.py
     --sweep`). Not yet measured on a GPU."""
@@ -62,17 +62,14 @@ def conv2d_default_variant(m, k, crs, backend=None):
 
 def conv2d_auto_splits(m, k, crs):
     """splits=None's depth split for an igemm variant (GEMM rows m = N*P*Q,
-    columns k = K, depth crs = C*R*S). A prediction for an H100 (132 SMs),
-    not a measurement: no GPU has run it. An SM holds 4 conv2d_igemm blocks
-    (64 registers x 256 threads), so fewer than 2 x 132 64 x 64 tiles leave
-    it at half occupancy or less (fc6 at batch 1 on a 500 x 500 image:
-    4 x 64 = 256 tiles, each 1568 stages deep). Then a deep enough depth
-    (>= 4096) is split until about 1024 blocks run, as conv2d_grad_weight's
-    split rule does, keeping >= 64 stages (1024 taps) per split so the
-    workspace round trip (8 bytes per output per split) stays small next to
-    the dot products. At 500 x 500, batch 1: fc6, fc7 and conv5_x get 4
-    splits, conv1-conv4 none. The rule reads the shape only, never the
-    machine or backend, so the bits of a result never depend on where it ran."""
+    columns k = K, depth crs = C*R*S): none where there are at least
+    2 x 132 (an H100's SMs) 64 x 64 tiles or the depth is under 4096; else
+    enough splits for about 1024 blocks, each at least 64 stages (1024 taps)
+    deep, as conv2d_grad_weight's split rule does. At 500 x 500, batch 1:
+    fc6, fc7 and conv5_x get 4 splits, conv1-conv4 none. Why, and what it
+    should give on a GPU (not yet measured): docs/performance.md, rung 6.
+    The rule reads the shape only, never the machine or backend, so the
+    bits of a result never depend on where it ran."""
     tiles = -(-m // 64) * -(-k // 64)
     if tiles >= 2 * 132 or crs < 4096:
         return 1
