@@ -624,7 +624,7 @@ def end_to_end_cases(ctx, tag, n, h, w, layers):
 
 def train_step_cases(ctx, tag, n, h, w, layers):
     """One training step of FCN-8s, forward + loss + backward + SGD update:
-    fcn_cuda's Trainer.train_step (every step a kernel, fcn_cuda.engine)
+    fcn_cuda's Trainer.train_step (every step a kernel, fcn_cuda.backward)
     against PyTorch's (cross_entropy summed / N, loss.backward(),
     optimizer.step()) on the same weights and batch. The learning rate is 0:
     the update runs in full on both sides (the same arithmetic) but leaves

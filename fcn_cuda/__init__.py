@@ -12,9 +12,8 @@ from .model import FCN
 from .weights import load_model, read_caffemodel
 from .crf import dense_crf
 from .inference import infer
-from .engine import loss_and_grads
-from .training import TrainConfig, evaluate
-from .distributed import train
+from .backward import loss_and_grads
+from .training import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 

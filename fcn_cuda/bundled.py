@@ -90,8 +90,7 @@ def train(out, recipe=RECIPE, progress=True, max_seconds=None, **overrides):
     With max_seconds it stops after that long with a checkpoint (run it again
     to go on)."""
     from .data import SyntheticShapes
-    from .distributed import train as run
-    from .training import TrainConfig
+    from .training import TrainConfig, train as run
 
     recipe = {**recipe, **overrides}
     unknown = set(overrides) - set(RECIPE)

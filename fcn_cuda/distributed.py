@@ -1,7 +1,7 @@
 """Data-parallel training and inference on torch.distributed (docs/distributed.md).
 
 Launched by torchrun (WORLD_SIZE > 1 in the environment), every rank runs
-the same `fcn_cuda.train(...)` / `fcn-cuda train` / `fcn-cuda infer` call.
+the same `fcn_cuda.train(...)` (training.train) / `fcn-cuda train` / `fcn-cuda infer` call.
 Training is then the one-process run of the same global batch:
 
   batch      batch_size is the global batch; rank r reads only the images
@@ -32,12 +32,11 @@ import json
 import os
 from dataclasses import asdict
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 
 from . import _backend, metrics, ops
-from .training import TrainConfig, Trainer, confusion, deployed
+from .training import Trainer, confusion, deployed
 
 TIMEOUT_ENV = "FCN_CUDA_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
 BACKEND_ENV = "FCN_CUDA_DIST_BACKEND"  # 'nccl' | 'gloo'; default: nccl on the cuda backend, gloo on host
@@ -95,31 +94,9 @@ def _torch():
 
 
 def trainer_class():
-    """The Trainer this process runs: DataParallelTrainer under torchrun with WORLD_SIZE > 1, else Trainer."""
+    """The Trainer this process runs (fcn_cuda.train's, the CLI's): DataParallelTrainer under torchrun with
+    WORLD_SIZE > 1, else Trainer."""
     return DataParallelTrainer if launched() else Trainer
-
-
-def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, max_seconds=None,
-          **overrides):
-    """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
-    returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
-    checkpoints go to out/checkpoint.safetensors and, if one is there and
-    resume=True, training continues from it exactly. Launched by torchrun
-    with WORLD_SIZE > 1, every rank runs this same call and the run is
-    data-parallel. It lives here, above training.py, so that training
-    never imports the module that extends it."""
-    config = config or TrainConfig()
-    for k, v in overrides.items():
-        if not hasattr(config, k):
-            raise TypeError(f"unknown training option {k!r}")
-        setattr(config, k, v)
-    cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): data-parallel, batch_size the global batch
-    if out and resume and (Path(out) / "checkpoint.safetensors").exists():
-        trainer = cls.resume(Path(out) / "checkpoint.safetensors", out, config)
-    else:
-        trainer = cls(model, config, out)
-    trainer.fit(dataset, val_dataset, progress=progress, max_seconds=max_seconds)
-    return trainer
 
 
 class Ranks:

@@ -503,7 +503,7 @@ class FCN:
         """N x 3 x H x W preprocessed images -> N x C x H x W scores.
 
         `keep`, a dict, receives every activation the backward pass needs
-        (fcn_cuda.engine.backward): layer outputs by name, pool argmax indices
+        (fcn_cuda.backward.backward): layer outputs by name, pool argmax indices
         as "<pool>_idx". Without it only pool3 / pool4 are held, so every
         other buffer is freed as soon as the next layer has read it.
         `dropout`, a (seed, step) pair, applies the reference's training-time

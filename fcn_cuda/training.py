@@ -2,7 +2,7 @@
 backward pass, with validation, atomic checkpoints and exact resume.
 
 Every step is kernels: forward (training mode), the loss kernel, the
-backward pass (fcn_cuda.engine), one SGD kernel per parameter. Given a seed,
+backward pass (fcn_cuda.backward), one SGD kernel per parameter. Given a seed,
 the image order (a permutation per epoch) and the dropout masks (Philox,
 keyed by seed and step) are functions of the step alone, so a run resumed
 from a checkpoint computes exactly the losses an unbroken run would.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _backend, metrics, ops
-from .engine import backward, forward_loss
+from .backward import backward, forward_loss
 from .model import deployed
 from .weights import CHECKPOINT_FORMAT, MOMENTUM_PREFIX, WeightFileError, load_safetensors, save_safetensors
 
@@ -423,6 +423,31 @@ class _StopRequests:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         return False
+
+
+def train(model, dataset, val_dataset=None, out=None, config=None, resume=True, progress=True, max_seconds=None,
+          **overrides):
+    """Trains `model` on `dataset` (items: (rgb uint8 H x W x 3, labels H x W));
+    returns the Trainer. Keyword overrides set TrainConfig fields. With `out`,
+    checkpoints go to out/checkpoint.safetensors and, if one is there and
+    resume=True, training continues from it exactly. Launched by torchrun
+    with WORLD_SIZE > 1, every rank runs this same call and the run is
+    data-parallel: distributed.trainer_class picks the Trainer (imported
+    when called, since distributed.py extends this module)."""
+    from .distributed import trainer_class
+
+    config = config or TrainConfig()
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise TypeError(f"unknown training option {k!r}")
+        setattr(config, k, v)
+    cls = trainer_class()  # under torchrun (WORLD_SIZE > 1): data-parallel, batch_size the global batch
+    if out and resume and (Path(out) / "checkpoint.safetensors").exists():
+        trainer = cls.resume(Path(out) / "checkpoint.safetensors", out, config)
+    else:
+        trainer = cls(model, config, out)
+    trainer.fit(dataset, val_dataset, progress=progress, max_seconds=max_seconds)
+    return trainer
 
 
 def read_history(path):
