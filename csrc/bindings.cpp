@@ -3,12 +3,17 @@
 // run on the GPU). One table, mirrored by fcn_cuda/ops.py and friends.
 //
 // Arrays cross as integer addresses (NumPy .ctypes.data, CuPy .data.ptr)
-// and the stream as an integer handle; Python validated them already.
+// and the stream as an integer handle; Python validated them already. An op
+// family's sizes cross as one struct (ConvShape; see ops/launchers.h).
 // Every launcher releases the GIL: the emulator runs kernels on its own
 // threads, and a GPU launch must not block other Python threads.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <optional>
 
 #include "ops/launchers.h"
 
@@ -42,6 +47,34 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.attr("EMULATED") = false;
     m.attr("SANITIZE") = "";
 #endif
+
+    // ---- the size structs (kernels/shapes.h). module_local: _host and _cuda each bind their own, so both
+    // load in one process; fcn_cuda/ops builds them through the active backend's module.
+    py::class_<fcn::ConvShape>(m, "ConvShape", py::module_local(),
+                               "every size of one convolution: x N x C x H x W, w K x C x R x S, y N x K x P x Q; "
+                               "P, Q are conv_out's unless `out` gives them (a weight gradient's cropped output)")
+        .def(py::init([](std::array<int, 4> x, std::array<int, 4> w, std::array<int, 2> stride,
+                         std::array<int, 2> padding, std::optional<std::array<int, 2>> out) {
+            if (x[1] != w[1]) throw py::value_error("ConvShape: x and w differ in C");
+            const int P = out ? (*out)[0] : fcn::conv_out(x[2], w[2], stride[0], padding[0]);
+            const int Q = out ? (*out)[1] : fcn::conv_out(x[3], w[3], stride[1], padding[1]);
+            if (std::min({x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride[0], stride[1], P, Q}) < 1)
+                throw py::value_error("ConvShape: every size and stride must be >= 1");
+            return fcn::ConvShape{x[0], x[1], x[2], x[3], w[0], w[2], w[3], P, Q, stride[0], stride[1], padding[0],
+                                  padding[1]};
+        }), py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("padding"), py::arg("out") = py::none())
+        .def_readonly("N", &fcn::ConvShape::N).def_readonly("C", &fcn::ConvShape::C)
+        .def_readonly("H", &fcn::ConvShape::H).def_readonly("W", &fcn::ConvShape::W)
+        .def_readonly("K", &fcn::ConvShape::K).def_readonly("R", &fcn::ConvShape::R)
+        .def_readonly("S", &fcn::ConvShape::S).def_readonly("P", &fcn::ConvShape::P)
+        .def_readonly("Q", &fcn::ConvShape::Q).def_readonly("sh", &fcn::ConvShape::sh)
+        .def_readonly("sw", &fcn::ConvShape::sw).def_readonly("ph", &fcn::ConvShape::ph)
+        .def_readonly("pw", &fcn::ConvShape::pw)
+        .def("__repr__", [](const fcn::ConvShape& g) {
+            return py::str("ConvShape(x={}, w={}, y={}, stride={}, padding={})")
+                .format(py::make_tuple(g.N, g.C, g.H, g.W), py::make_tuple(g.K, g.C, g.R, g.S),
+                        py::make_tuple(g.N, g.K, g.P, g.Q), py::make_tuple(g.sh, g.sw), py::make_tuple(g.ph, g.pw));
+        });
 
     // ---- elementwise
     m.def("axpy", [](const std::string& variant, int n, float a, Addr x, Addr y, Addr s) {
@@ -114,39 +147,23 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- conv2d
-    m.def("conv2d", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W, int K,
-                       int kh, int kw, int sh, int sw, int ph, int pw, bool relu, Addr s) {
-        fcn::launch_conv2d(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b), P<float>(y), N, C,
-                           H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
+    py::enum_<fcn::WeightType>(m, "WeightType", py::module_local(), "the element type of conv2d's w")
+        .value("fp32", fcn::WeightType::fp32)
+        .value("bf16", fcn::WeightType::bf16);
+    m.def("conv2d", [](const std::string& variant, const fcn::ConvShape& g, Addr x, Addr w, fcn::WeightType wt, Addr b,
+                       Addr y, bool relu, Addr s) {
+        fcn::launch_conv2d(variant.c_str(), g, P<const float>(x), P<const void>(w), wt, P<const float>(b), P<float>(y),
+                           relu, S(s));
     }, nogil);
-    m.def("conv2d_relu_maxpool", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H,
-                                    int W, int K, int kh, int kw, int sh, int sw, int ph, int pw, Addr s) {
-        fcn::launch_conv2d_relu_maxpool(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b),
-                                        P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, S(s));
+    m.def("conv2d_relu_maxpool", [](const std::string& variant, const fcn::ConvShape& g, Addr x, Addr w,
+                                    fcn::WeightType wt, Addr b, Addr y, Addr s) {
+        fcn::launch_conv2d_relu_maxpool(variant.c_str(), g, P<const float>(x), P<const void>(w), wt, P<const float>(b),
+                                        P<float>(y), S(s));
     }, nogil);
-    m.def("conv2d_split", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, Addr workspace, int splits,
-                             int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw,
-                             bool relu, Addr s) {
-        fcn::launch_conv2d_split(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(b), P<float>(y),
-                                 P<float>(workspace), splits, N, C, H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
-    }, nogil);
-    // The same three with bf16 weights (w: the uint16 bit patterns of conv2d_to_bf16).
-    m.def("conv2d_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C, int H, int W,
-                             int K, int kh, int kw, int sh, int sw, int ph, int pw, bool relu, Addr s) {
-        fcn::launch_conv2d(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w), P<const float>(b),
-                           P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, relu, S(s));
-    }, nogil);
-    m.def("conv2d_relu_maxpool_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, int N, int C,
-                                          int H, int W, int K, int kh, int kw, int sh, int sw, int ph, int pw, Addr s) {
-        fcn::launch_conv2d_relu_maxpool(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w),
-                                        P<const float>(b), P<float>(y), N, C, H, W, K, kh, kw, sh, sw, ph, pw, S(s));
-    }, nogil);
-    m.def("conv2d_split_bf16w", [](const std::string& variant, Addr x, Addr w, Addr b, Addr y, Addr workspace,
-                                   int splits, int N, int C, int H, int W, int K, int kh, int kw, int sh, int sw,
-                                   int ph, int pw, bool relu, Addr s) {
-        fcn::launch_conv2d_split(variant.c_str(), P<const float>(x), P<const std::uint16_t>(w), P<const float>(b),
-                                 P<float>(y), P<float>(workspace), splits, N, C, H, W, K, kh, kw, sh, sw, ph, pw,
-                                 relu, S(s));
+    m.def("conv2d_split", [](const std::string& variant, const fcn::ConvShape& g, int splits, Addr x, Addr w,
+                             fcn::WeightType wt, Addr b, Addr y, Addr workspace, bool relu, Addr s) {
+        fcn::launch_conv2d_split(variant.c_str(), g, splits, P<const float>(x), P<const void>(w), wt, P<const float>(b),
+                                 P<float>(y), P<float>(workspace), relu, S(s));
     }, nogil);
     m.def("conv2d_to_bf16", [](Addr w, Addr w_bf16, int n, Addr s) {
         fcn::launch_conv2d_to_bf16(P<const float>(w), P<std::uint16_t>(w_bf16), n, S(s));
@@ -195,16 +212,15 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- backward
-    m.def("conv2d_grad_input", [](Addr dy, Addr w, Addr mask, Addr dx, Addr wf, int N, int K, int P_, int Q, int C,
-                                  int H, int W, int R, int S_, int sh, int sw, int ph, int pw, Addr s) {
-        fcn::launch_conv2d_grad_input(P<const float>(dy), P<const float>(w), P<const float>(mask), P<float>(dx),
-                                      P<float>(wf), N, K, P_, Q, C, H, W, R, S_, sh, sw, ph, pw, S(s));
+    m.def("conv2d_grad_input", [](const fcn::ConvShape& g, Addr dy, Addr w, Addr mask, Addr dx, Addr wf, Addr s) {
+        fcn::launch_conv2d_grad_input(g, P<const float>(dy), P<const float>(w), P<const float>(mask), P<float>(dx),
+                                      P<float>(wf), S(s));
     }, nogil);
     m.def("conv2d_grad_weight_splits", &fcn::conv2d_grad_weight_splits);
-    m.def("conv2d_grad_weight", [](Addr x, Addr dy, Addr mask, Addr dw, Addr ws, int N, int C, int H, int W, int K,
-                                   int R, int S_, int P_, int Q, int sh, int sw, int ph, int pw, float alpha, Addr s) {
-        fcn::launch_conv2d_grad_weight(P<const float>(x), P<const float>(dy), P<const float>(mask), P<float>(dw),
-                                       P<float>(ws), N, C, H, W, K, R, S_, P_, Q, sh, sw, ph, pw, alpha, S(s));
+    m.def("conv2d_grad_weight", [](const fcn::ConvShape& g, Addr x, Addr dy, Addr mask, Addr dw, Addr ws, float alpha,
+                                   Addr s) {
+        fcn::launch_conv2d_grad_weight(g, P<const float>(x), P<const float>(dy), P<const float>(mask), P<float>(dw),
+                                       P<float>(ws), alpha, S(s));
     }, nogil);
     m.def("bias_grad", [](Addr dy, Addr mask, Addr db, int N, int K, int PQ, Addr s) {
         fcn::launch_bias_grad(P<const float>(dy), P<const float>(mask), P<float>(db), N, K, PQ, S(s));

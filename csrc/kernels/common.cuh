@@ -7,7 +7,8 @@
 // Everything a kernel needs beyond the CUDA language itself lives here:
 // vector access (as_vector, lane_vectors), ceil_div, warp reductions, the
 // dynamic shared memory macro and the single launch helper (`<<<>>>` is not
-// C++, so launches never appear in kernels).
+// C++, so launches never appear in kernels); the size structs (ConvShape)
+// come from shapes.h.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +17,8 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#include "shapes.h"
 
 #if defined(FCN_EMU)
 #include "../emu/emu.h"
@@ -97,17 +100,6 @@ __host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { retur
 __host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, long long b) {
     return a / b + (a % b != 0);
 }
-
-// Every size of one convolution, as a launcher derived them (conv2d.cuh and
-// conv2d_backward.cuh). Padding may be negative in the backward kernels: an
-// offset into x (the cropped 1x1 score convolution).
-struct ConvShape {
-    int N, C, H, W;  // x
-    int K, R, S;     // w (K x C x R x S)
-    int P, Q;        // y's spatial size
-    int sh, sw;      // stride
-    int ph, pw;      // padding
-};
 
 // Butterfly reductions: after the loop every lane of the warp holds the
 // result, so no broadcast is needed. All 32 lanes must be present.

@@ -53,7 +53,7 @@ conv2d_flip_filters(const float* __restrict__ w, float* __restrict__ wf, int K, 
     wf[i] = __ldg(&w[(k * C + c) * RS + RS - 1 - rs]);
 }
 
-// Every size of one weight gradient (common.cuh's ConvShape; K x C x R x S
+// Every size of one weight gradient (shapes.h's ConvShape; K x C x R x S
 // is dw's shape). P, Q are given, not derived, so the same kernel serves
 // conv_transpose2d's weight gradient (x and dy swap roles) and the
 // crop-offset 1x1 score convolution (negative padding = crop offset).

@@ -30,19 +30,20 @@ void launch_fp32_igemm(int splits, const float* x, const float* x_mask, const fl
         launch_igemm_tile<kConvTileM, kConvTileN>(splits, x, x_mask, w, b, y, g, mode, stream);
 }
 
-ConvShape conv_shape(int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw) {
-    return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
-}
-
 // The wmma kernels' grid: 64 x 64 tiles, pixel tiles on grid.x (up to
 // 2^31 - 1 blocks), channel tiles on grid.y (at most 65535), splits on z.
 dim3 wmma_grid(const ConvShape& g, int splits) {
     return dim3(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
 }
 
-// bf16 weights cross the bindings as their bit patterns (launchers.h has no
-// CUDA types): the __nv_bfloat16 values conv2d_to_bf16 wrote.
-const __nv_bfloat16* as_bf16(const std::uint16_t* w) { return reinterpret_cast<const __nv_bfloat16*>(w); }
+// Calls f with w as the element type wt names: float, or the bf16 bit
+// patterns conv2d_to_bf16 wrote, as __nv_bfloat16 (launchers.h has no CUDA
+// types, so they cross the bindings untyped).
+template <typename F>
+void with_weights(const void* w, WeightType wt, F&& f) {
+    if (wt == WeightType::bf16) f(static_cast<const __nv_bfloat16*>(w));
+    else f(static_cast<const float*>(w));
+}
 
 // Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma
 // one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
@@ -98,57 +99,39 @@ void split(const char* variant, const float* x, const Wt* w, const float* b, flo
 
 }  // namespace
 
-void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
-                   int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
-                   cudaStream_t stream) {
-    const ConvShape g = conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw);
+void launch_conv2d(const char* variant, const ConvShape& g, const float* x, const void* w, WeightType wt,
+                   const float* b, float* y, bool relu, cudaStream_t stream) {
+    const int mode = relu ? kConvRelu : kConvPlain;
+    if (wt == WeightType::bf16) {
+        if (!launch_igemm(variant, 1, x, static_cast<const __nv_bfloat16*>(w), b, y, g, mode, stream))
+            throw std::invalid_argument(std::string("conv2d: bf16 weights need variant igemm_bf16, got ") + variant);
+        return;
+    }
+    const float* wf = static_cast<const float*>(w);
     if (!std::strcmp(variant, "direct")) {
-        launch("conv2d_direct", conv2d_direct, dim3(ceil_div(N * K * g.P * g.Q, 256)), dim3(256), 0, stream, x, w,
-               b, y, g, int(relu));
+        launch("conv2d_direct", conv2d_direct, dim3(ceil_div(g.N * g.K * g.P * g.Q, 256)), dim3(256), 0, stream, x,
+               wf, b, y, g, int(relu));
     } else if (!std::strcmp(variant, "small_c")) {
         // The taps of a pixel live in registers: their count must be a compile-time bound.
-        const int crs = C * R * S;
+        const int crs = g.C * g.R * g.S;
         if (crs > kSmallCMaxTaps) throw std::invalid_argument("conv2d small_c: C*R*S of w exceeds 64");
         auto kernel = crs <= 8 ? conv2d_small_c<8> : crs <= 16 ? conv2d_small_c<16>
                     : crs <= 32 ? conv2d_small_c<32> : conv2d_small_c<kSmallCMaxTaps>;
-        launch("conv2d_small_c", kernel, dim3(ceil_div(N * g.P * g.Q, kSmallCThreads), ceil_div(K, kSmallCGroup)),
-               dim3(kSmallCThreads), 0, stream, x, w, b, y, g, int(relu));
-    } else if (!launch_igemm(variant, 1, x, w, b, y, g, relu ? kConvRelu : kConvPlain, stream)) {
+        launch("conv2d_small_c", kernel, dim3(ceil_div(g.N * g.P * g.Q, kSmallCThreads), ceil_div(g.K, kSmallCGroup)),
+               dim3(kSmallCThreads), 0, stream, x, wf, b, y, g, int(relu));
+    } else if (!launch_igemm(variant, 1, x, wf, b, y, g, mode, stream)) {
         throw std::invalid_argument(std::string("conv2d: unknown variant ") + variant);
     }
 }
 
-void launch_conv2d(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
-                   int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
-                   cudaStream_t stream) {
-    const ConvShape g = conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw);
-    if (!launch_igemm(variant, 1, x, as_bf16(w_bf16), b, y, g, relu ? kConvRelu : kConvPlain, stream))
-        throw std::invalid_argument(std::string("conv2d: bf16 weights need variant igemm_bf16, got ") + variant);
+void launch_conv2d_relu_maxpool(const char* variant, const ConvShape& g, const float* x, const void* w,
+                                WeightType wt, const float* b, float* y, cudaStream_t stream) {
+    with_weights(w, wt, [&](auto wp) { relu_maxpool(variant, x, wp, b, y, g, stream); });
 }
 
-void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
-                                int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
-                                cudaStream_t stream) {
-    relu_maxpool(variant, x, w, b, y, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), stream);
-}
-
-void launch_conv2d_relu_maxpool(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b,
-                                float* y, int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph,
-                                int pw, cudaStream_t stream) {
-    relu_maxpool(variant, x, as_bf16(w_bf16), b, y, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), stream);
-}
-
-void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
-                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
-                         int ph, int pw, bool relu, cudaStream_t stream) {
-    split(variant, x, w, b, y, workspace, splits, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), relu, stream);
-}
-
-void launch_conv2d_split(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
-                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
-                         int ph, int pw, bool relu, cudaStream_t stream) {
-    split(variant, x, as_bf16(w_bf16), b, y, workspace, splits, conv_shape(N, C, H, W, K, R, S, sh, sw, ph, pw), relu,
-          stream);
+void launch_conv2d_split(const char* variant, const ConvShape& g, int splits, const float* x, const void* w,
+                         WeightType wt, const float* b, float* y, float* workspace, bool relu, cudaStream_t stream) {
+    with_weights(w, wt, [&](auto wp) { split(variant, x, wp, b, y, workspace, splits, g, relu, stream); });
 }
 
 void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStream_t stream) {
@@ -156,10 +139,9 @@ void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStr
            reinterpret_cast<__nv_bfloat16*>(w_bf16), n);
 }
 
-void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
-                                int W, int K, int R, int S, int ph, int pw, cudaStream_t stream) {
-    launch_fp32_igemm(1, x, x_mask, w, nullptr, y, conv_shape(N, C, H, W, K, R, S, 1, 1, ph, pw), kConvPlain,
-                      stream);
+void launch_conv2d_masked_input(const ConvShape& g, const float* x, const float* x_mask, const float* w, float* y,
+                                cudaStream_t stream) {
+    launch_fp32_igemm(1, x, x_mask, w, nullptr, y, g, kConvPlain, stream);
 }
 
 }  // namespace fcn

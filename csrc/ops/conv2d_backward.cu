@@ -8,30 +8,32 @@
 
 namespace fcn {
 
-void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, float* w_flipped,
-                              int N, int K, int P, int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph,
-                              int pw, cudaStream_t stream) {
+void launch_conv2d_grad_input(const ConvShape& g, const float* dy, const float* w, const float* mask, float* dx,
+                              float* w_flipped, cudaStream_t stream) {
     if (w_flipped) {
         // A stride-1 convolution's input gradient is the full convolution of
-        // dy with the flipped filters, i.e. padding R-1-ph, S-1-pw.
-        if (sh != 1 || sw != 1 || ph > R - 1 || pw > S - 1)
+        // dy with the flipped filters, i.e. padding R-1-ph, S-1-pw: dy is its
+        // input (N x K x P x Q), dx its output (N x C x H x W).
+        if (g.sh != 1 || g.sw != 1 || g.ph > g.R - 1 || g.pw > g.S - 1)
             throw std::invalid_argument("conv2d_grad_input: the flipped-filter path needs stride 1 and padding < R, S");
-        const int n = K * C * R * S;
+        const int n = g.K * g.C * g.R * g.S;
         launch("conv2d_flip_filters", conv2d_flip_filters, dim3(ceil_div(n, 256)), dim3(256), 0, stream, w, w_flipped,
-               K, C, R * S, n);
-        launch_conv2d_masked_input(dy, mask, w_flipped, dx, N, K, P, Q, C, R, S, R - 1 - ph, S - 1 - pw, stream);
+               g.K, g.C, g.R * g.S, n);
+        const ConvShape full{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, 1, 1, g.R - 1 - g.ph, g.S - 1 - g.pw};
+        launch_conv2d_masked_input(full, dy, mask, w_flipped, dx, stream);
         return;
     }
     // The H x W window at (ph, pw) of the full transposed convolution of dy.
-    const int total = N * C * H * W;
+    const int total = g.N * g.C * g.H * g.W;
     const dim3 grid(unsigned(ceil_div((long long)total, (long long)kUpsampleThreads)));
     if (mask) {
         launch("conv2d_grad_input<masked>", conv_transpose2d_gather<false, true>, grid, dim3(kUpsampleThreads), 0,
-               stream, dy, mask, w, (const float*)nullptr, dx, total, K, P, Q, C, R, S, sh, sw, ph, pw, H, W);
+               stream, dy, mask, w, (const float*)nullptr, dx, total, g.K, g.P, g.Q, g.C, g.R, g.S, g.sh, g.sw, g.ph,
+               g.pw, g.H, g.W);
     } else {
         launch("conv2d_grad_input", conv_transpose2d_gather<false, false>, grid, dim3(kUpsampleThreads), 0, stream,
-               dy, (const float*)nullptr, w, (const float*)nullptr, dx, total, K, P, Q, C, R, S, sh, sw, ph, pw, H,
-               W);
+               dy, (const float*)nullptr, w, (const float*)nullptr, dx, total, g.K, g.P, g.Q, g.C, g.R, g.S, g.sh,
+               g.sw, g.ph, g.pw, g.H, g.W);
     }
 }
 
@@ -69,11 +71,9 @@ static void launch_grad_weight_tile(const float* x, const float* dy, const float
     }
 }
 
-void launch_conv2d_grad_weight(const float* x, const float* dy, const float* mask, float* dw, float* workspace,
-                               int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph,
-                               int pw, float alpha, cudaStream_t stream) {
-    const ConvGradShape g{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
-    const int M = N * P * Q, CRS = C * R * S;
+void launch_conv2d_grad_weight(const ConvShape& g, const float* x, const float* dy, const float* mask, float* dw,
+                               float* workspace, float alpha, cudaStream_t stream) {
+    const int K = g.K, M = g.N * g.P * g.Q, CRS = g.C * g.R * g.S;
     const int splits = conv2d_grad_weight_splits(M, K, CRS);
     const int chunk = grad_weight_chunk(M, K, splits);
     // One split writes dw directly; several write the workspace first.

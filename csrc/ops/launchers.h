@@ -3,9 +3,20 @@
 // in the emulator build), sizes and a stream; the Python layer has already
 // validated everything (fcn_cuda/_validate.py). It picks the grid, launches
 // through fcn::launch and throws std::runtime_error on a launch error.
+//
+// The convention for a launcher's arguments, and its binding's:
+//   (variant, shape, [splits,] inputs..., outputs..., workspace, [flags], stream)
+// * The sizes of an op family are one struct of kernels/shapes.h (ConvShape),
+//   taken as `const ConvShape& g`, handed to the kernels as it is, and built
+//   once in Python from the validated arrays (bindings.cpp binds the struct;
+//   fcn_cuda/ops constructs it): a new variant adds no size arguments.
+// * An operand whose element type varies (conv2d's w: float32 or bf16) is a
+//   `const void*` beside a WeightType, not a second entry point per type.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+
+#include "kernels/shapes.h"
 
 #if defined(FCN_EMU)
 #include "emu/emu.h"
@@ -14,6 +25,9 @@
 #endif
 
 namespace fcn {
+
+// The element type of a convolution's filters.
+enum class WeightType { fp32, bf16 };
 
 // ---- elementwise.cu  (variant: "scalar", or "float4" with x and y 16-byte aligned)
 void launch_axpy(const char* variant, int n, float a, const float* x, float* y, cudaStream_t stream);
@@ -67,38 +81,26 @@ int launch_sort_pairs(unsigned long long* keys, int* vals, unsigned long long* k
                       int* workspace, int n, int bits, cudaStream_t stream);
 
 // ---- conv2d.cu
-// variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16"); b may be null;
-// y is N x K x P x Q with P, Q derived from the rest.
-void launch_conv2d(const char* variant, const float* x, const float* w, const float* b, float* y, int N, int C,
-                   int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
-                   cudaStream_t stream);
+// g: every size of the convolution (x N x C x H x W, w K x C x R x S, y N x K x P x Q). w is float32, or with
+// wt = bf16 the K x C x R x S bf16 bit patterns of launch_conv2d_to_bf16, which only variant "igemm_bf16"
+// reads (bit for bit what it gives on the float32 w). b may be null.
+// variant: ops.CONV2D_VARIANTS ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16").
+void launch_conv2d(const char* variant, const ConvShape& g, const float* x, const void* w, WeightType wt,
+                   const float* b, float* y, bool relu, cudaStream_t stream);
 // max_pool2d(relu(conv2d(...)), 2, 2, ceil_mode=True) without storing the conv output. variant: "igemm",
 // "igemm_tf32", "igemm_bf16"; y is N x K x ceil(P/2) x ceil(Q/2).
-void launch_conv2d_relu_maxpool(const char* variant, const float* x, const float* w, const float* b, float* y,
-                                int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw,
-                                cudaStream_t stream);
+void launch_conv2d_relu_maxpool(const char* variant, const ConvShape& g, const float* x, const void* w,
+                                WeightType wt, const float* b, float* y, cudaStream_t stream);
 // Split-K for variant "igemm", "igemm_tf32", "igemm_bf16": the depth in `splits` (>= 1) ranges, their partial
 // outputs in workspace (splits x N x K x P x Q floats), summed in split order into y with bias and ReLU.
-void launch_conv2d_split(const char* variant, const float* x, const float* w, const float* b, float* y,
-                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
-                         int ph, int pw, bool relu, cudaStream_t stream);
-// The three above with w already rounded to bf16 (w_bf16: K x C x R x S bf16 bit patterns from
-// launch_conv2d_to_bf16); variant "igemm_bf16" only, bit for bit what it gives on the fp32 w.
-void launch_conv2d(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
-                   int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph, int pw, bool relu,
-                   cudaStream_t stream);
-void launch_conv2d_relu_maxpool(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b,
-                                float* y, int N, int C, int H, int W, int K, int R, int S, int sh, int sw, int ph,
-                                int pw, cudaStream_t stream);
-void launch_conv2d_split(const char* variant, const float* x, const std::uint16_t* w_bf16, const float* b, float* y,
-                         float* workspace, int splits, int N, int C, int H, int W, int K, int R, int S, int sh, int sw,
-                         int ph, int pw, bool relu, cudaStream_t stream);
+void launch_conv2d_split(const char* variant, const ConvShape& g, int splits, const float* x, const void* w,
+                         WeightType wt, const float* b, float* y, float* workspace, bool relu, cudaStream_t stream);
 // w_bf16[i] = w[i] rounded to bf16 (nearest even), the rounding igemm_bf16 applies to fp32 weights; n elements.
 void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStream_t stream);
-// y = conv2d(x * (x_mask > 0), w), stride 1, no bias or ReLU, with the fp32 igemm (x_mask: x's shape; where
-// !(x_mask > 0), x reads as 0): conv2d_grad_input's stride-1 path. y is N x K x (H+2ph-R+1) x (W+2pw-S+1).
-void launch_conv2d_masked_input(const float* x, const float* x_mask, const float* w, float* y, int N, int C, int H,
-                                int W, int K, int R, int S, int ph, int pw, cudaStream_t stream);
+// y = conv2d(x * (x_mask > 0), w) with the fp32 igemm, no bias or ReLU (x_mask: x's shape; where
+// !(x_mask > 0), x reads as 0): conv2d_grad_input's stride-1 path.
+void launch_conv2d_masked_input(const ConvShape& g, const float* x, const float* x_mask, const float* w, float* y,
+                                cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
 // x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
@@ -144,16 +146,15 @@ void launch_preprocess(const unsigned char* img, float* out, int N, int HW, floa
 // N x K x P x Q) may be null: dy * (mask > 0). With w_flipped (C x K x R x S floats of workspace, non-null
 // only for stride 1 and padding <= R-1, S-1): w flipped there, then a convolution of dy by it
 // (launch_conv2d_masked_input); else upsample.cuh's gather kernel on the H x W window at (ph, pw).
-void launch_conv2d_grad_input(const float* dy, const float* w, const float* mask, float* dx, float* w_flipped,
-                              int N, int K, int P, int Q, int C, int H, int W, int R, int S, int sh, int sw, int ph,
-                              int pw, cudaStream_t stream);
+void launch_conv2d_grad_input(const ConvShape& g, const float* dy, const float* w, const float* mask, float* dx,
+                              float* w_flipped, cudaStream_t stream);
 // The number of depth splits of conv2d_grad_weight for M = N*P*Q pixels: workspace must hold
 // splits * K * C*R*S floats when splits > 1 (unused, may be null, when 1).
 int conv2d_grad_weight_splits(int M, int K, int CRS);
-// dw (K x C x R x S) = alpha * sum over n, p, q of dy x im2col(x); P, Q given; negative padding is an offset.
-void launch_conv2d_grad_weight(const float* x, const float* dy, const float* mask, float* dw, float* workspace,
-                               int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph,
-                               int pw, float alpha, cudaStream_t stream);
+// dw (K x C x R x S) = alpha * sum over n, p, q of dy x im2col(x); g.P, g.Q need not be conv_out's (negative
+// padding is an offset: the cropped score convolution).
+void launch_conv2d_grad_weight(const ConvShape& g, const float* x, const float* dy, const float* mask, float* dw,
+                               float* workspace, float alpha, cudaStream_t stream);
 // db (K) = sum of dy (N x K x PQ) over n and the pixels; mask may be null.
 void launch_bias_grad(const float* dy, const float* mask, float* db, int N, int K, int PQ, cudaStream_t stream);
 void launch_relu_backward(const float* dy, const float* y, float* dx, int n, cudaStream_t stream);

@@ -141,14 +141,17 @@ def _bf16_variant(w, variant, op):
 
 
 def _conv_args(x, w, b, stride, padding, op, be):
-    """The checks every convolution entry point makes: (x, w, b, (N, C, H, W,
-    K, R, S, sh, sw, ph, pw, P, Q)). w: float32 filters, or a Bf16Weights,
-    whose bits come back as w."""
+    """The checks every convolution entry point makes: (x, w, wt, b, g), g
+    the backend's ConvShape (csrc/kernels/shapes.h: every size, the launchers
+    take it whole). w: float32 filters (wt fp32), or a Bf16Weights, whose bits
+    come back as w (wt bf16)."""
     x = V.array(x, "x", ndim=4, shape_hint="N x C x H x W", be=be)
     if isinstance(w, Bf16Weights):
         w = V.array(w.bits, "w.bits", ndim=4, dtype=np.uint16, shape_hint="K x C x R x S", be=be)
+        wt = be.ext.WeightType.bf16
     else:
         w = V.array(w, "w", ndim=4, shape_hint="K x C x R x S", be=be)
+        wt = be.ext.WeightType.fp32
     n, c, h, wd = x.shape
     k, cw, r, s = w.shape
     if cw != c:
@@ -167,12 +170,11 @@ def _conv_args(x, w, b, stride, padding, op, be):
     if max(h + 2 * ph, wd + 2 * pw) > V.INT32_LIMIT:
         raise ValueError(f"padding {(ph, pw)} makes the padded input {h + 2 * ph} x {wd + 2 * pw}, "
                          f"beyond 32-bit indexing ({V.INT32_LIMIT})")
-    p = (h + 2 * ph - r) // sh + 1
-    q = (wd + 2 * pw - s) // sw + 1
+    p, q = conv_out(h, r, sh, ph), conv_out(wd, s, sw, pw)
     if p <= 0 or q <= 0:
         raise ValueError(f"output size would be {p} x {q}: the {r} x {s} kernel of w is larger than x's "
                          f"{h} x {wd} image with padding {(ph, pw)}")
-    return x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q)
+    return x, w, wt, b, be.ext.ConvShape(x.shape, w.shape, (sh, sw), (ph, pw))
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None):
@@ -200,15 +202,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     be = _backend.active()
     if variant is not None:
         V.choice(variant, "variant", CONV2D_VARIANTS)
-    bf16w = isinstance(w, Bf16Weights)
-    if bf16w:
+    if isinstance(w, Bf16Weights):
         variant = _bf16_variant(w, variant, "conv2d")
     if splits is not None:
         splits = V.integer(splits, "splits", minimum=1)
         if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
             raise ValueError(f"splits = {splits} needs one of the variants {list(CONV2D_SPLIT_VARIANTS)}; "
                              f"{variant} does not split its depth")
-    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding, "conv2d", be)
+    x, w, wt, b, g = _conv_args(x, w, b, stride, padding, "conv2d", be)
+    n, c, k, r, s, p, q = g.N, g.C, g.K, g.R, g.S, g.P, g.Q
     if variant == "small_c" and c * r * s > SMALL_C_MAX_TAPS:
         raise ValueError(f"w has C*R*S = {c * r * s} taps (shape {tuple(w.shape)}); variant small_c "
                          f"supports at most 64")
@@ -230,15 +232,13 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         splits = conv2d_auto_splits(n * p * q, k, c * r * s) if variant in CONV2D_SPLIT_VARIANTS else 1
     V.fits_int32(splits * n * k * p * q + 255, f"the workspace of splits = {splits} partial outputs")
     y = be.empty((n, k, p, q))
-    plain, split = ((be.ext.conv2d_bf16w, be.ext.conv2d_split_bf16w) if bf16w
-                    else (be.ext.conv2d, be.ext.conv2d_split))
+    b_ptr = be.ptr(b) if b is not None else 0
     if splits == 1:
-        plain(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-              n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
+        be.ext.conv2d(variant, g, be.ptr(x), be.ptr(w), wt, b_ptr, be.ptr(y), relu, be.stream())
     else:
         ws = be.empty((splits * n * k * p * q,))
-        split(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-              be.ptr(ws), splits, n, c, h, wd, k, r, s, sh, sw, ph, pw, relu, be.stream())
+        be.ext.conv2d_split(variant, g, splits, be.ptr(x), be.ptr(w), wt, b_ptr, be.ptr(y), be.ptr(ws), relu,
+                            be.stream())
     return y
 
 
@@ -259,14 +259,13 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
         V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
     bf16w = isinstance(w, Bf16Weights)
     variant = _bf16_variant(w, variant, "conv2d_relu_maxpool") if bf16w else variant or "igemm"
-    x, w, b, (n, c, h, wd, k, r, s, sh, sw, ph, pw, p, q) = _conv_args(x, w, b, stride, padding,
-                                                                     "conv2d_relu_maxpool", be)
+    x, w, wt, b, g = _conv_args(x, w, b, stride, padding, "conv2d_relu_maxpool", be)
+    n, k, p, q = g.N, g.K, g.P, g.Q
     po, qo = (p + 1) // 2, (q + 1) // 2
     # The kernels round pixels and outputs up to whole blocks in int arithmetic.
     V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
     V.fits_int32(n * k * po * qo + 255, "the output (N x K x ceil(P/2) x ceil(Q/2), plus a block)")
     y = be.empty((n, k, po, qo))
-    launch = be.ext.conv2d_relu_maxpool_bf16w if bf16w else be.ext.conv2d_relu_maxpool
-    launch(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-           n, c, h, wd, k, r, s, sh, sw, ph, pw, be.stream())
+    be.ext.conv2d_relu_maxpool(variant, g, be.ptr(x), be.ptr(w), wt, be.ptr(b) if b is not None else 0, be.ptr(y),
+                               be.stream())
     return y

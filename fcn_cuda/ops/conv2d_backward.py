@@ -71,9 +71,9 @@ def conv2d_grad_input(grad_y, w, x_shape, stride=1, padding=0, relu_y=None):
     # Stride 1 with padding below the filter size: the convolution of grad_y
     # by the flipped filters (conv2d_igemm, w flipped into wf first).
     wf = be.empty((c, k, r, s)) if (sh, sw) == (1, 1) and ph < r and pw < s else None
-    be.ext.conv2d_grad_input(be.ptr(grad_y), be.ptr(w), be.ptr(mask) if mask is not None else 0, be.ptr(dx),
-                             be.ptr(wf) if wf is not None else 0, n, k, p, q, c, h, wd, r, s, sh, sw, ph, pw,
-                             be.stream())
+    g = be.ext.ConvShape((n, c, h, wd), w.shape, (sh, sw), (ph, pw))
+    be.ext.conv2d_grad_input(g, be.ptr(grad_y), be.ptr(w), be.ptr(mask) if mask is not None else 0, be.ptr(dx),
+                             be.ptr(wf) if wf is not None else 0, be.stream())
     return dx
 
 
@@ -82,7 +82,7 @@ def launch_grad_weight(be, x, dy, mask, k, r, s, stride, padding, alpha=1.0):
     split-depth kernel plus, when it splits, its workspace. x and dy are
     arrays of `be` already checked to fit each other (the caller's job, as
     for the launchers of csrc/ops); padding may be negative (a crop)."""
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     p, q = dy.shape[2:]
     if -(-k // 64) > 65535:
         raise ValueError(f"at most {65535 * 64} output channels, got {k}")
@@ -92,9 +92,9 @@ def launch_grad_weight(be, x, dy, mask, k, r, s, stride, padding, alpha=1.0):
     V.fits_int32(splits * k * crs + 255, "the weight gradient's split workspace")
     ws = be.empty((splits * k * crs,)) if splits > 1 else None
     dw = be.empty((k, c, r, s))
-    be.ext.conv2d_grad_weight(be.ptr(x), be.ptr(dy), be.ptr(mask) if mask is not None else 0, be.ptr(dw),
-                              be.ptr(ws) if ws is not None else 0, n, c, h, wd, k, r, s, p, q,
-                              stride[0], stride[1], padding[0], padding[1], float(alpha), be.stream())
+    g = be.ext.ConvShape(x.shape, (k, c, r, s), stride, padding, out=(p, q))
+    be.ext.conv2d_grad_weight(g, be.ptr(x), be.ptr(dy), be.ptr(mask) if mask is not None else 0, be.ptr(dw),
+                              be.ptr(ws) if ws is not None else 0, float(alpha), be.stream())
     return dw
 
 
@@ -185,11 +185,10 @@ def conv_transpose2d_grad_input(grad_y, w, stride, padding, x_shape):
     r, s = w.shape[2:]
     stride, padding = _transpose_grad_args((n, cin, h, wd), grad_y, r, s, stride, padding)
     V.fits_int32(n * cin * h * wd + 255, "grad_x (rounded up to whole blocks)")
-    cout, ho, wo = grad_y.shape[1:]
     dx = be.empty((n, cin, h, wd))
-    variant = conv2d_default_variant(n * h * wd, cin, cout * r * s, be.name)
-    be.ext.conv2d(variant, be.ptr(grad_y), be.ptr(w), 0, be.ptr(dx), n, cout, ho, wo, cin, r, s, *stride, *padding,
-                  False, be.stream())
+    variant = conv2d_default_variant(n * h * wd, cin, grad_y.shape[1] * r * s, be.name)
+    g = be.ext.ConvShape(grad_y.shape, w.shape, stride, padding)  # conv2d's P x Q: H x W
+    be.ext.conv2d(variant, g, be.ptr(grad_y), be.ptr(w), be.ext.WeightType.fp32, 0, be.ptr(dx), False, be.stream())
     return dx
 
 

@@ -134,7 +134,7 @@ def split_calls(be, monkeypatch):
     calls = []
     plain, split = be.ext.conv2d, be.ext.conv2d_split
     monkeypatch.setattr(be.ext, "conv2d", lambda *a: (calls.append(1), plain(*a))[1])
-    monkeypatch.setattr(be.ext, "conv2d_split", lambda *a: (calls.append(a[6]), split(*a))[1])
+    monkeypatch.setattr(be.ext, "conv2d_split", lambda *a: (calls.append(a[2]), split(*a))[1])
     return calls
 
 

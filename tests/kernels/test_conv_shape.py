@@ -1,0 +1,43 @@
+"""The ConvShape that crosses the binding (csrc/kernels/shapes.h): what Python builds is what the
+convolution launchers read, and the binding refuses a shape no convolution has."""
+
+import numpy as np
+import pytest
+
+from fcn_cuda.ops.conv2d import conv_out
+
+pytestmark = pytest.mark.kernels
+
+
+def test_conv_shape_derives_the_output_size(be):
+    g = be.ext.ConvShape((2, 3, 10, 9), (4, 3, 3, 2), (2, 1), (1, 0))
+    assert (g.N, g.C, g.H, g.W, g.K, g.R, g.S) == (2, 3, 10, 9, 4, 3, 2)
+    assert (g.sh, g.sw, g.ph, g.pw) == (2, 1, 1, 0)
+    assert (g.P, g.Q) == (conv_out(10, 3, 2, 1), conv_out(9, 2, 1, 0)) == (5, 8)
+    assert repr(g) == "ConvShape(x=(2, 3, 10, 9), w=(4, 3, 3, 2), y=(2, 4, 5, 8), stride=(2, 1), padding=(1, 0))"
+
+
+def test_conv_shape_takes_a_given_output_size(be):
+    """A weight gradient's output is a crop (negative padding): P, Q are given, not derived."""
+    g = be.ext.ConvShape((1, 5, 10, 11), (3, 5, 1, 1), (1, 1), (-2, -3), out=(6, 7))
+    assert (g.P, g.Q, g.ph, g.pw) == (6, 7, -2, -3)
+
+
+@pytest.mark.parametrize("x,w,stride,padding,out", [
+    ((2, 3, 10, 9), (4, 2, 3, 3), (1, 1), (0, 0), None),   # C differs
+    ((2, 3, 2, 9), (4, 3, 3, 3), (1, 1), (0, 0), None),    # no window fits: P = 0
+    ((2, 3, 10, 9), (4, 3, 3, 3), (0, 1), (0, 0), (1, 1)),  # stride 0
+    ((0, 3, 10, 9), (4, 3, 3, 3), (1, 1), (0, 0), None),   # empty batch
+])
+def test_conv_shape_refuses_what_no_convolution_has(be, x, w, stride, padding, out):
+    with pytest.raises(ValueError, match="ConvShape"):
+        be.ext.ConvShape(x, w, stride, padding, out)
+
+
+def test_bf16_weights_need_igemm_bf16_at_the_launcher(be):
+    """The weight type crosses beside w; a launcher given bf16 weights and a variant that cannot read them
+    refuses (ops.conv2d refuses first, in Python)."""
+    g = be.ext.ConvShape((1, 2, 4, 4), (3, 2, 1, 1), (1, 1), (0, 0))
+    x, w, y = be.xp.zeros((1, 2, 4, 4), np.float32), be.xp.zeros((3, 2, 1, 1), np.uint16), be.empty((1, 3, 4, 4))
+    with pytest.raises(ValueError, match="bf16 weights need variant igemm_bf16, got igemm"):
+        be.ext.conv2d("igemm", g, be.ptr(x), be.ptr(w), be.ext.WeightType.bf16, 0, be.ptr(y), False, be.stream())
