@@ -75,6 +75,34 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                 .format(py::make_tuple(g.N, g.C, g.H, g.W), py::make_tuple(g.K, g.C, g.R, g.S),
                         py::make_tuple(g.N, g.K, g.P, g.Q), py::make_tuple(g.sh, g.sw), py::make_tuple(g.ph, g.pw));
         });
+    py::class_<fcn::TransposeShape>(m, "TransposeShape", py::module_local(),
+                                    "every size of one transposed convolution on a window: x N x Cin x H x W, "
+                                    "w Cin x Cout x R x S, y the Ho x Wo window at `origin` of the full output")
+        .def(py::init([](std::array<int, 4> x, std::array<int, 4> w, std::array<int, 2> stride,
+                         std::array<int, 2> origin, std::array<int, 2> out) {
+            if (x[1] != w[0]) throw py::value_error("TransposeShape: x and w differ in Cin");
+            if (std::min({x[0], x[1], x[2], x[3], w[1], w[2], w[3], stride[0], stride[1], out[0], out[1]}) < 1 ||
+                std::min(origin[0], origin[1]) < 0)
+                throw py::value_error("TransposeShape: every size and stride must be >= 1, the origin >= 0");
+            // In 64 bits: Python refuses a full output beyond int first; this is the backstop.
+            if (origin[0] + (long long)out[0] > (x[2] - 1LL) * stride[0] + w[2] ||
+                origin[1] + (long long)out[1] > (x[3] - 1LL) * stride[1] + w[3])
+                throw py::value_error("TransposeShape: the window leaves the full output");
+            return fcn::TransposeShape{x[0], x[1], x[2], x[3], w[1], w[2], w[3], stride[0], stride[1], origin[0],
+                                       origin[1], out[0], out[1]};
+        }), py::arg("x"), py::arg("w"), py::arg("stride"), py::arg("origin"), py::arg("out"))
+        .def_readonly("N", &fcn::TransposeShape::N).def_readonly("Cin", &fcn::TransposeShape::Cin)
+        .def_readonly("H", &fcn::TransposeShape::H).def_readonly("W", &fcn::TransposeShape::W)
+        .def_readonly("Cout", &fcn::TransposeShape::Cout).def_readonly("R", &fcn::TransposeShape::R)
+        .def_readonly("S", &fcn::TransposeShape::S).def_readonly("sy", &fcn::TransposeShape::sy)
+        .def_readonly("sx", &fcn::TransposeShape::sx).def_readonly("oy0", &fcn::TransposeShape::oy0)
+        .def_readonly("ox0", &fcn::TransposeShape::ox0).def_readonly("Ho", &fcn::TransposeShape::Ho)
+        .def_readonly("Wo", &fcn::TransposeShape::Wo)
+        .def("__repr__", [](const fcn::TransposeShape& t) {
+            return py::str("TransposeShape(x={}, w={}, stride={}, origin={}, out={})")
+                .format(py::make_tuple(t.N, t.Cin, t.H, t.W), py::make_tuple(t.Cin, t.Cout, t.R, t.S),
+                        py::make_tuple(t.sy, t.sx), py::make_tuple(t.oy0, t.ox0), py::make_tuple(t.Ho, t.Wo));
+        });
 
     // ---- elementwise
     m.def("axpy", [](const std::string& variant, int n, float a, Addr x, Addr y, Addr s) {
@@ -170,10 +198,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- head
-    m.def("upsample_argmax", [](Addr x, Addr w, Addr labels, Addr probs, int N, int C, int H, int W, int R, int S_,
-                                int sy, int sx, int oy0, int ox0, int Ho, int Wo, Addr s) {
-        fcn::launch_upsample_argmax(P<const float>(x), P<const float>(w), P<int>(labels), P<float>(probs), N, C, H, W,
-                                    R, S_, sy, sx, oy0, ox0, Ho, Wo, S(s));
+    m.def("upsample_argmax", [](const fcn::TransposeShape& t, Addr x, Addr w, Addr labels, Addr probs, Addr s) {
+        fcn::launch_upsample_argmax(t, P<const float>(x), P<const float>(w), P<int>(labels), P<float>(probs), S(s));
     }, nogil);
 
     // ---- pool
@@ -184,11 +210,10 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- upsample
-    m.def("conv_transpose2d", [](const std::string& variant, Addr x, Addr w, Addr bias, Addr y, int N, int Cin, int H,
-                                 int W, int Cout, int R, int S_, int sy, int sx, int oy0, int ox0, int Ho, int Wo,
-                                 Addr s) {
-        fcn::launch_conv_transpose2d(variant.c_str(), P<const float>(x), P<const float>(w), P<const float>(bias),
-                                     P<float>(y), N, Cin, H, W, Cout, R, S_, sy, sx, oy0, ox0, Ho, Wo, S(s));
+    m.def("conv_transpose2d", [](const std::string& variant, const fcn::TransposeShape& t, Addr x, Addr w, Addr bias,
+                                 Addr y, Addr s) {
+        fcn::launch_conv_transpose2d(variant.c_str(), t, P<const float>(x), P<const float>(w), P<const float>(bias),
+                                     P<float>(y), S(s));
     }, nogil);
 
     // ---- crop

@@ -16,6 +16,17 @@ struct ConvShape {
     int ph, pw;      // padding
 };
 
+// Every size of one transposed convolution computed on a window (upsample.cuh, head.cuh): x N x Cin x H x W,
+// w Cin x Cout x R x S, stride (sy, sx); y is the Ho x Wo window at (oy0, ox0) of the full
+// (H - 1) sy + R by (W - 1) sx + S output (padding p is the window at offset p).
+struct TransposeShape {
+    int N, Cin, H, W;  // x
+    int Cout, R, S;    // w (Cin x Cout x R x S)
+    int sy, sx;        // stride
+    int oy0, ox0;      // the window's origin in the full output
+    int Ho, Wo;        // the window's size
+};
+
 // A convolution's output size along one axis: (size + 2 pad - kernel) / stride + 1.
 constexpr int conv_out(int size, int kernel, int stride, int pad) { return (size + 2 * pad - kernel) / stride + 1; }
 

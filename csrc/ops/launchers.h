@@ -6,10 +6,11 @@
 //
 // The convention for a launcher's arguments, and its binding's:
 //   (variant, shape, [splits,] inputs..., outputs..., workspace, [flags], stream)
-// * The sizes of an op family are one struct of kernels/shapes.h (ConvShape),
-//   taken as `const ConvShape& g`, handed to the kernels as it is, and built
-//   once in Python from the validated arrays (bindings.cpp binds the struct;
-//   fcn_cuda/ops constructs it): a new variant adds no size arguments.
+// * The sizes of an op family are one struct of kernels/shapes.h (ConvShape,
+//   TransposeShape), taken as `const ConvShape& g`, and built once in Python
+//   from the validated arrays (bindings.cpp binds the struct; fcn_cuda/ops
+//   constructs it): a new variant adds no size arguments. The conv kernels
+//   take it as it is; older kernels still take the ints it holds.
 // * An operand whose element type varies (conv2d's w: float32 or bf16) is a
 //   `const void*` beside a WeightType, not a second entry point per type.
 #pragma once
@@ -103,11 +104,11 @@ void launch_conv2d_masked_input(const ConvShape& g, const float* x, const float*
                                 cudaStream_t stream);
 
 // ---- head.cu  (fused final upsample + crop + softmax/argmax)
-// x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read). labels (N x Ho x Wo) =
-// argmax over c of the Ho x Wo window at (oy0, ox0) of conv_transpose2d(x, w, (sy, sx)); probs
-// (N x C x Ho x Wo, may be null) its softmax over c.
-void launch_upsample_argmax(const float* x, const float* w, int* labels, float* probs, int N, int C, int H, int W,
-                            int R, int S, int sy, int sx, int oy0, int ox0, int Ho, int Wo, cudaStream_t stream);
+// x: N x C x H x W coarse scores, w: C x C x R x S per-channel (only w[c, c] read; t.Cin = t.Cout = C).
+// labels (N x Ho x Wo) = argmax over c of t's window of conv_transpose2d(x, w); probs (N x C x Ho x Wo, may
+// be null) its softmax over c.
+void launch_upsample_argmax(const TransposeShape& t, const float* x, const float* w, int* labels, float* probs,
+                            cudaStream_t stream);
 
 // ---- pool.cu
 // indices may be null (no argmax wanted).
@@ -115,11 +116,10 @@ void launch_max_pool2d(const float* x, float* y, int* indices, int planes, int H
                        int kw, int sh, int sw, cudaStream_t stream);
 
 // ---- upsample.cu  (conv_transpose2d, bilinear)
-// variant: "gather", "bilinear" (diagonal weights). Computes the Ho x Wo window at (oy0, ox0) of the full
+// variant: "gather", "bilinear" (diagonal weights). Computes t's Ho x Wo window at (oy0, ox0) of the full
 // (H - 1) * s + R output; padding p is the window at offset p. bias may be null.
-void launch_conv_transpose2d(const char* variant, const float* x, const float* w, const float* bias, float* y,
-                             int N, int Cin, int H, int W, int Cout, int R, int S, int sy, int sx, int oy0, int ox0,
-                             int Ho, int Wo, cudaStream_t stream);
+void launch_conv_transpose2d(const char* variant, const TransposeShape& t, const float* x, const float* w,
+                             const float* bias, float* y, cudaStream_t stream);
 
 // ---- crop.cu  (crop_add, fused score head)
 void launch_crop_add(const float* a, const float* b, float* out, int planes, int H, int W, int Hb, int Wb, int oy,

@@ -30,7 +30,7 @@ def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=
     x, w, _, stride, full = transpose_args(x, w, None, stride, None, be)
     out_h, out_w, (oy, ox) = window_args(out_h, out_w, offset, full)
     probs, trusted = V.flag(probs, "probs"), V.flag(trusted, "trusted")
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     V.fits_int32(n * out_h * out_w, "the labels")
     if probs:
         V.fits_int32(n * c * out_h * out_w, "probs")
@@ -40,6 +40,6 @@ def upsample_argmax(x, w, stride, out_h, out_w, offset, probs=False, *, trusted=
                          f"and argmax")
     labels = be.empty((n, out_h, out_w), dtype=np.int32)
     p = be.empty((n, c, out_h, out_w)) if probs else None
-    be.ext.upsample_argmax(be.ptr(x), be.ptr(w), be.ptr(labels), be.ptr(p) if probs else 0, n, c, h, wd,
-                           w.shape[2], w.shape[3], stride[0], stride[1], oy, ox, out_h, out_w, be.stream())
+    t = be.ext.TransposeShape(x.shape, w.shape, stride, (oy, ox), (out_h, out_w))
+    be.ext.upsample_argmax(t, be.ptr(x), be.ptr(w), be.ptr(labels), be.ptr(p) if probs else 0, be.stream())
     return (labels, p) if probs else labels

@@ -53,8 +53,7 @@ def window_args(out_h, out_w, offset, full):
 
 def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w, trusted):
     """Resolves the variant (last: the diagonal check is the one that reads w) and launches."""
-    n, cin, h, wd = x.shape
-    cout, r, s = w.shape[1:]
+    n, cout = x.shape[0], w.shape[1]
     V.fits_int32(n * cout * out_h * out_w, "the output")
     trusted = V.flag(trusted, "trusted")
     if trusted and variant is None:
@@ -66,8 +65,8 @@ def _launch_transpose(be, x, w, b, stride, variant, origin, out_h, out_w, truste
         raise ValueError("variant 'bilinear' needs per-channel weights w (C_in == C_out and w[i, j] == 0 "
                          f"for i != j); got w of shape {w.shape} that is not; use variant 'gather'")
     y = be.empty((n, cout, out_h, out_w))
-    be.ext.conv_transpose2d(variant, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
-                            n, cin, h, wd, cout, r, s, stride[0], stride[1], origin[0], origin[1], out_h, out_w,
+    t = be.ext.TransposeShape(x.shape, w.shape, stride, origin, (out_h, out_w))
+    be.ext.conv_transpose2d(variant, t, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(y),
                             be.stream())
     return y
 

@@ -1,5 +1,5 @@
-"""The ConvShape that crosses the binding (csrc/kernels/shapes.h): what Python builds is what the
-convolution launchers read, and the binding refuses a shape no convolution has."""
+"""The size structs that cross the binding (csrc/kernels/shapes.h: ConvShape, TransposeShape): what
+Python builds is what the launchers read, and the binding refuses a shape no such op has."""
 
 import numpy as np
 import pytest
@@ -41,3 +41,23 @@ def test_bf16_weights_need_igemm_bf16_at_the_launcher(be):
     x, w, y = be.xp.zeros((1, 2, 4, 4), np.float32), be.xp.zeros((3, 2, 1, 1), np.uint16), be.empty((1, 3, 4, 4))
     with pytest.raises(ValueError, match="bf16 weights need variant igemm_bf16, got igemm"):
         be.ext.conv2d("igemm", g, be.ptr(x), be.ptr(w), be.ext.WeightType.bf16, 0, be.ptr(y), False, be.stream())
+
+
+def test_transpose_shape_holds_the_window(be):
+    t = be.ext.TransposeShape((2, 4, 5, 6), (4, 3, 4, 2), (2, 3), (1, 0), (7, 17))
+    assert (t.N, t.Cin, t.H, t.W, t.Cout, t.R, t.S) == (2, 4, 5, 6, 3, 4, 2)
+    assert (t.sy, t.sx, t.oy0, t.ox0, t.Ho, t.Wo) == (2, 3, 1, 0, 7, 17)
+    assert repr(t) == "TransposeShape(x=(2, 4, 5, 6), w=(4, 3, 4, 2), stride=(2, 3), origin=(1, 0), out=(7, 17))"
+
+
+# The full output of x (.., 5, 6) by a 4 x 2 kernel at stride (2, 3) is 12 x 17.
+@pytest.mark.parametrize("x,w,stride,origin,out", [
+    ((2, 4, 5, 6), (3, 3, 4, 2), (2, 3), (0, 0), (12, 17)),  # Cin differs
+    ((2, 4, 5, 6), (4, 3, 4, 2), (2, 3), (1, 0), (12, 17)),  # the window leaves the full output
+    ((2, 4, 5, 6), (4, 3, 4, 2), (2, 3), (0, 1), (12, 17)),
+    ((2, 4, 5, 6), (4, 3, 4, 2), (2, 3), (-1, 0), (5, 5)),   # origin < 0
+    ((2, 4, 5, 6), (4, 3, 4, 2), (0, 3), (0, 0), (1, 1)),    # stride 0
+])
+def test_transpose_shape_refuses_a_window_off_the_output(be, x, w, stride, origin, out):
+    with pytest.raises(ValueError, match="TransposeShape"):
+        be.ext.TransposeShape(x, w, stride, origin, out)
