@@ -331,6 +331,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("crf_unary", [](Addr probs, int N, int C, int V, Addr t0, Addr Q, Addr s) {
         fcn::launch_crf_unary(P<const float>(probs), N, C, V, P<float>(t0), P<float>(Q), S(s));
     }, nogil);
+    m.def("crf_math_probe", [](Addr x, Addr y, int n, bool log, Addr s) {
+        fcn::launch_crf_math_probe(P<const float>(x), P<float>(y), n, log, S(s));
+    }, nogil);
     m.def("crf_softmax", [](Addr t, int N, int C, int V, Addr Q, Addr out, Addr s) {
         fcn::launch_crf_softmax(P<const float>(t), N, C, V, P<float>(Q), P<float>(out), S(s));
     }, nogil);

@@ -85,6 +85,74 @@ __device__ __forceinline__ void crf_features(const unsigned char* __restrict__ i
 // at a time. __fmul_rn is never fused (the emulator's twin in emu.h neither).
 __device__ __forceinline__ float crf_mul(float a, float b) { return __fmul_rn(a, b); }
 
+// exp and log of our own. CUDA's expf/logf and glibc's (which the emulator would call) round
+// differently, by up to 2 ulp, and the mean field grows a one-ulp change of its inputs to about 1e-5
+// in Q after 10 iterations: with the platform's functions the two builds would meet pydensecrf's
+// bound of 1e-5 by luck. These use only operations IEEE 754 rounds one way (+, -, /, fma, the
+// conversions) and moves of bits, with every product that feeds a sum written as an explicit fma or
+// __dmul_rn, so that neither nvcc nor g++ can contract one: the same bits on both builds by construction. They work in
+// double (x and the result are floats) to a relative error near 1e-15, so the float they return is
+// the correctly rounded one but for inputs within 1e-15 of a rounding tie: the bits glibc's expf and
+// logf give, which pydensecrf's unary and softmax are near to. A float-only polynomial within 1 ulp
+// rounds differently about once in 20 calls, and moved Q by up to 1.1e-5 from pydensecrf's.
+
+// e^x: x = k ln2 + r with k the integer nearest x / ln2 (adding and taking away 1.5 2^52 rounds to it),
+// |r| <= ln2 / 2, ln2 in two parts (Cody and Waite: k ln2_hi is exact, so r is exact to double); e^r by
+// its Taylor polynomial of degree 11 (truncation under 1e-14 relative); times 2^k, a double made from
+// its bits, exactly; one rounding to float, which also gives the subnormal results and the overflow to
+// +inf as IEEE rounds them. NaN stays NaN.
+__device__ __forceinline__ float crf_exp(float x) {
+    if (x != x) return x;
+    if (x < -104.f) return 0.f;                                 // e^-104 < half the least subnormal
+    if (x > 89.f) return __int_as_float(0x7f800000);            // e^89 > FLT_MAX
+    const double k = fma(double(x), 1.4426950408889634, 0x1.8p52) - 0x1.8p52;
+    double r = fma(-k, 6.93147180369123816490e-01, double(x));  // ln2's upper 32 bits
+    r = fma(-k, 1.90821492927058770002e-10, r);                 // ln2 - those
+    double p = 1.0 / 39916800.0;
+    p = fma(p, r, 1.0 / 3628800.0);
+    p = fma(p, r, 1.0 / 362880.0);
+    p = fma(p, r, 1.0 / 40320.0);
+    p = fma(p, r, 1.0 / 5040.0);
+    p = fma(p, r, 1.0 / 720.0);
+    p = fma(p, r, 1.0 / 120.0);
+    p = fma(p, r, 1.0 / 24.0);
+    p = fma(p, r, 1.0 / 6.0);
+    p = fma(p, r, 0.5);
+    p = fma(p, r, 1.0);
+    p = fma(p, r, 1.0);
+    return float(p * __longlong_as_double((long long)(int(k) + 1023) << 52));
+}
+
+// log x for a positive normal float (the CRF's x: probabilities clipped to [1e-5, 1]): x = m 2^e with
+// m in [sqrt(1/2), sqrt(2)) taken from the bits, f = m - 1 and s = f / (2 + f), |s| < 0.172 (2 + f is
+// exact in double); log(1 + f) = 2 atanh(s) = 2s (1 + z/3 + z^2/5 + ... + z^10/21), z = s^2
+// (truncation under 1e-17 relative); plus e ln2, rounded once to float.
+__device__ __forceinline__ float crf_log(float x) {
+    const int bits = __float_as_int(x);
+    int e = (bits >> 23) - 127;
+    int mbits = (bits & 0x007fffff) | 0x3f800000;  // m in [1, 2)
+    if (mbits > 0x3fb504f3) {                      // m > sqrt(2): m / 2, e + 1
+        mbits -= 0x00800000;
+        ++e;
+    }
+    const double f = double(__int_as_float(mbits)) - 1.0;
+    const double s = f / (2.0 + f);
+    const double z = s * s;
+    double q = 1.0 / 21.0;
+#pragma unroll
+    for (int j = 19; j >= 3; j -= 2) q = fma(q, z, 1.0 / j);
+    q = fma(q, z, 1.0);
+    return float(fma(double(e), 0.69314718055994530942, __dmul_rn(s + s, q)));  // e ln2 + 2s q
+}
+
+// One thread per element; grid ceil(n / 256). y = crf_exp(x) (log_ = 0) or crf_log(x) (log_ = 1): the
+// functions alone, for their tests.
+__global__ void __launch_bounds__(kCrfThreads)
+crf_math_probe(const float* __restrict__ x, float* __restrict__ y, int n, int log_) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = log_ ? crf_log(x[i]) : crf_exp(x[i]);
+}
+
 // Eigen's expAndNormalize for one pixel: exp(t_c - max) / sum, written to out[c * stride] for c < C.
 __device__ __forceinline__ void crf_softmax_pixel(const float* __restrict__ t, int C, float* __restrict__ out,
                                                   int stride) {
@@ -92,7 +160,7 @@ __device__ __forceinline__ void crf_softmax_pixel(const float* __restrict__ t, i
     for (int c = 1; c < C; ++c) m = fmaxf(m, t[c]);
     float sum = 0.f;
     for (int c = 0; c < C; ++c) {
-        const float e = expf(t[c] - m);
+        const float e = crf_exp(t[c] - m);
         out[c * stride] = e;
         sum += e;
     }
@@ -109,7 +177,7 @@ crf_unary(const float* __restrict__ probs, int N, int C, int V, float* __restric
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     float* t = t0 + size_t(n) * V;
-    for (int c = 0; c < C; ++c) t[c] = logf(fminf(fmaxf(probs[size_t(c) * N + n], kCrfMinProb), 1.f));
+    for (int c = 0; c < C; ++c) t[c] = crf_log(fminf(fmaxf(probs[size_t(c) * N + n], kCrfMinProb), 1.f));
     for (int c = C; c < V; ++c) t[c] = Q[size_t(n) * V + c] = 0.f;
     crf_softmax_pixel(t, C, Q + size_t(n) * V, 1);
 }
@@ -149,9 +217,9 @@ __device__ __forceinline__ float crf_gaussian(const float (&fi)[D], const float*
 #pragma unroll
     for (int i = 0; i < D; ++i) {
         const float diff = fi[i] - fj[i];
-        d2 += diff * diff;
+        d2 = fmaf(diff, diff, d2);  // fused on both builds (nvcc would fuse a plain d2 += diff * diff)
     }
-    return expf(-0.5f * d2);
+    return crf_exp(-0.5f * d2);
 }
 
 // One thread per pixel i; grid ceil(N / 256). norm[i] = 1 / sqrt(sum_j k(f_i, f_j)), j over every pixel

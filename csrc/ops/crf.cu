@@ -166,6 +166,10 @@ void launch_crf_unary(const float* probs, int N, int C, int V, float* t0, float*
     launch("crf_unary", crf_unary, crf_grid(N), dim3(kCrfThreads), 0, stream, probs, N, C, V, t0, Q);
 }
 
+void launch_crf_math_probe(const float* x, float* y, int n, bool log, cudaStream_t stream) {
+    launch("crf_math_probe", crf_math_probe, crf_grid(n), dim3(kCrfThreads), 0, stream, x, y, n, int(log));
+}
+
 void launch_crf_softmax(const float* t, int N, int C, int V, float* Q, float* out, cudaStream_t stream) {
     launch("crf_softmax", crf_softmax, crf_grid(N), dim3(kCrfThreads), 0, stream, t, N, C, V, Q, out);
 }

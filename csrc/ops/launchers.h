@@ -214,6 +214,8 @@ void launch_crf_lattice_message(const CrfLatticeView& L, const float* norm, cons
 // probs: C x N -> t0 (N x V) = log clip(probs, 1e-5, 1) and Q (N x V) = its softmax.
 void launch_crf_unary(const float* probs, int N, int C, int V, float* t0, float* Q, cudaStream_t stream);
 // Q (N x V) = softmax(t) over the first C lanes; or, with out (C x N) given, written there instead.
+// y = the CRF's own exp (log false) or log (log true) of x, elementwise (their tests).
+void launch_crf_math_probe(const float* x, float* y, int n, bool log, cudaStream_t stream);
 void launch_crf_softmax(const float* t, int N, int C, int V, float* Q, float* out, cudaStream_t stream);
 // The naive rung: features f (N x d) and norm (N), then the exact message of one term.
 void launch_crf_naive_setup(const unsigned char* img, int H, int W, int d, float sxy, float srgb, float* f,

@@ -101,6 +101,16 @@ def out_of_bounds(kind, n=1000):
     return y
 
 
+def crf_math(x, fn):
+    """The dense CRF's own exp or log (fn 'exp' or 'log', csrc/kernels/crf.cuh) of the float32 array x."""
+    if fn not in ("exp", "log"):
+        raise ValueError(f"fn must be 'exp' or 'log', got {fn!r}")
+    be = _be()
+    y = be.empty(x.size)
+    be.ext.crf_math_probe(be.ptr(x), be.ptr(y), x.size, fn == "log", be.stream())
+    return y
+
+
 RACES = {"shared": 0, "global": 1, "warp": 2}
 
 
