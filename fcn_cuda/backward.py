@@ -15,7 +15,8 @@ and then the layers in reverse:
 """
 
 from . import ops
-from .model import DROPOUT_P, HEADS, SKIPS, AT_ONCE_SCALE, VGG16_BLOCKS, dropout_key
+from .geometry import AT_ONCE_SCALE, HEADS, SKIPS, VGG16_BLOCKS
+from .model import DROPOUT_P, dropout_key
 
 
 def _conv_layers(model):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .inference import DEFAULT_WEIGHTS  # what fcn_cuda.infer(img) and `fcn-cuda infer` load
-from .model import PIXEL_STD
+from .weights.state_dict import PIXEL_STD
 
 SAMPLE_IMAGE = DEFAULT_WEIGHTS.parent / "shapes_sample.png"
 README_PICTURE = Path(__file__).parent.parent / "docs" / "shapes_sample_overlay.png"
@@ -70,7 +70,7 @@ RECIPE = dict(
 
 
 def _widths(divisor):
-    from .model import VGG16_BLOCKS
+    from .geometry import VGG16_BLOCKS
 
     return tuple(tuple(max(1, c // divisor) for c in block) for block in VGG16_BLOCKS)
 

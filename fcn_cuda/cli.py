@@ -237,7 +237,8 @@ def _load_init(path, variant, num_classes, at_once=False):
 def _stage(model, variant):
     """A `variant` FCN starting from a coarser one's weights: new score layers
     zero, new upsampling bilinear (the reference's staged training)."""
-    from .model import FCN, trunk_widths
+    from .model import FCN
+    from .weights.state_dict import trunk_widths
 
     sd = model.state_dict()
     fresh = FCN(variant, model.num_classes, widths=trunk_widths(sd), fc=sd["fc6.weight"].shape[0], at_once=model.at_once)

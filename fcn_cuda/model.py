@@ -1,55 +1,28 @@
-"""FCN-32s / 16s / 8s on a VGG16 trunk, as in the Caffe reference.
+"""FCN-32s / 16s / 8s on a VGG16 trunk, as in the Caffe reference: the graph.
 
 The forward pass is a sequence of kernel calls (fcn_cuda.ops); there is no
 autograd. Channel counts are read from the weights, so a reduced-width model
 (used by the tests and the bundled demo model) runs the same code as VGG16.
-Crop offsets are derived from the layer geometry (`Geometry`), not typed in.
+The layers and their crop offsets are fcn_cuda.geometry's; the parameter
+shapes, the state-dict checks and the fresh initialisation are
+fcn_cuda.weights.state_dict's.
 """
 
 import json
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import _backend
 from . import _validate as V
 from . import ops
-from .bilinear import bilinear_weights
-from .files import WeightFileError
+from .geometry import AT_ONCE_SCALE, CONV1_PAD, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, head_geometry, trunk_layers
 from .ops.conv2d import conv2d_auto_splits, conv2d_default_variant
 from .ops.pool import pool_size
+from .weights.state_dict import checked_class_names, check_state_dict, fresh_state_dict, param_shapes, shapes_for
 
-VARIANTS = ("32s", "16s", "8s")
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-CONV1_PAD = 100  # makes every later crop valid for any input size
-
-
-def trunk_layer_names():
-    return [f"conv{b + 1}_{i + 1}" for b, block in enumerate(VGG16_BLOCKS) for i in range(len(block))]
-
-
-def trunk_widths(sd):
-    """The output channels of each conv layer of a state dict, block by block (VGG16_BLOCKS' layout)."""
-    return tuple(tuple(int(np.shape(sd[f"conv{b + 1}_{i + 1}.weight"])[0]) for i in range(len(block)))
-                 for b, block in enumerate(VGG16_BLOCKS))
-
-
-# The upsampling layers of each head: (name, kernel, stride).
-HEADS = {
-    "32s": (("upscore", 64, 32),),
-    "16s": (("upscore2", 4, 2), ("upscore16", 32, 16)),
-    "8s": (("upscore2", 4, 2), ("upscore_pool4", 4, 2), ("upscore8", 16, 8)),
-}
-SKIPS = {"32s": (), "16s": ("score_pool4",), "8s": ("score_pool4", "score_pool3")}
-AT_ONCE_SCALE = {"score_pool4": 0.01, "score_pool3": 0.0001}
 DROPOUT_P = 0.5
-# The spread of preprocessed pixels (0..255 minus the mean; about 60 on
-# photographs and on the synthetic set): fresh conv1_1 weights are scaled
-# down by it so that He initialisation, which assumes unit-variance inputs,
-# keeps every later activation near unit scale.
-PIXEL_STD = 60.0
 
 
 def dropout_key(dropout, layer, h):
@@ -61,107 +34,6 @@ def dropout_key(dropout, layer, h):
     the whole batch."""
     seed, step, *first = dropout
     return seed, (2 * step + layer) % 2**32, (first[0] if first else 0) * math.prod(h.shape[1:])  # any array type
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where a layer's cell x sits in input-image coordinates: scale * x + shift."""
-
-    scale: float = 1.0
-    shift: float = 0.0
-
-    def conv(self, k, s=1, p=0):
-        # output x covers input s*x - p .. s*x - p + k - 1, centred at s*x - p + (k-1)/2
-        return Geometry(self.scale * s, self.shift + self.scale * ((k - 1) / 2 - p))
-
-    def deconv(self, k, s):
-        # output u gathers input x with u = s*x + (k-1)/2  ->  x = (u - (k-1)/2) / s
-        return Geometry(self.scale / s, self.shift - self.scale * (k - 1) / 2 / s)
-
-    def offset_into(self, other):
-        """Crop offset c with other(u + c) == self(u): both grids must have one scale."""
-        assert abs(self.scale - other.scale) < 1e-9, "crop between grids of different scale"
-        c = (self.shift - other.shift) / other.scale
-        assert abs(c - round(c)) < 1e-9 and c >= 0, f"crop offset {c} is not a whole cell"
-        return int(round(c))
-
-
-def trunk_layers(conv1_pad=CONV1_PAD):
-    """The trunk as FCN.score_fr runs it, in order: (kind, name, kernel, stride, pad)
-    with kind 'conv' (ReLU after all but score_fr) or 'pool' (max, ceil mode)."""
-    layers = []
-    for b, block in enumerate(VGG16_BLOCKS):
-        layers += [("conv", f"conv{b + 1}_{i + 1}", 3, 1, conv1_pad if b == i == 0 else 1) for i in range(len(block))]
-        layers.append(("pool", f"pool{b + 1}", 2, 2, 0))
-    return layers + [("conv", "fc6", 7, 1, 0), ("conv", "fc7", 1, 1, 0), ("conv", "score_fr", 1, 1, 0)]
-
-
-def head_geometry(variant, conv1_pad=CONV1_PAD):
-    """Crop offsets of a head, from the layer geometry: {layer: offset}."""
-    g = Geometry()
-    pools = {}
-    for kind, name, k, s, p in trunk_layers(conv1_pad):
-        g = g.conv(k, s, p)
-        if kind == "pool":
-            pools[int(name[4:])] = g
-        if name == "fc6":
-            break
-    offsets = {}
-    if variant == "32s":
-        offsets["upscore"] = Geometry().offset_into(g.deconv(64, 32))
-        return offsets
-    g = g.deconv(4, 2)
-    offsets["score_pool4"] = g.offset_into(pools[4])
-    if variant == "16s":
-        offsets["upscore16"] = Geometry().offset_into(g.deconv(32, 16))
-        return offsets
-    g = g.deconv(4, 2)
-    offsets["score_pool3"] = g.offset_into(pools[3])
-    offsets["upscore8"] = Geometry().offset_into(g.deconv(16, 8))
-    return offsets
-
-
-def param_shapes(variant, num_classes, widths=VGG16_BLOCKS, fc=4096):
-    """{name: shape} for a model of the given widths."""
-    shapes = {}
-    c = 3
-    for b, block in enumerate(widths):
-        for i, k in enumerate(block):
-            shapes[f"conv{b + 1}_{i + 1}.weight"] = (k, c, 3, 3)
-            shapes[f"conv{b + 1}_{i + 1}.bias"] = (k,)
-            c = k
-    pool3, pool4 = widths[2][-1], widths[3][-1]
-    shapes["fc6.weight"], shapes["fc6.bias"] = (fc, c, 7, 7), (fc,)
-    shapes["fc7.weight"], shapes["fc7.bias"] = (fc, fc, 1, 1), (fc,)
-    shapes["score_fr.weight"], shapes["score_fr.bias"] = (num_classes, fc, 1, 1), (num_classes,)
-    for name in SKIPS[variant]:
-        src = pool4 if name == "score_pool4" else pool3
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (num_classes, src, 1, 1), (num_classes,)
-    for name, k, _ in HEADS[variant]:
-        shapes[f"{name}.weight"] = (num_classes, num_classes, k, k)
-    return shapes
-
-
-def shapes_for(variant, num_classes, state_dict):
-    """param_shapes with the widths read from `state_dict` (VGG16's where a layer is missing)."""
-    def width(name):
-        w = state_dict.get(f"{name}.weight")
-        return None if w is None else int(np.shape(w)[0])
-
-    widths = []
-    for b, block in enumerate(VGG16_BLOCKS):
-        widths.append(tuple(width(f"conv{b + 1}_{i + 1}") or k for i, k in enumerate(block)))
-    fc = width("fc6") or 4096
-    return param_shapes(variant, num_classes, tuple(widths), fc)
-
-
-def infer_variant(sd):
-    """The variant whose last upsampling layer `sd` holds (upscore8: 8s, upscore16: 16s, upscore: 32s)."""
-    for variant in ("8s", "16s", "32s"):
-        if f"{HEADS[variant][-1][0]}.weight" in sd:
-            return variant
-    raise WeightFileError("cannot tell the variant: none of upscore.weight (32s), upscore16.weight (16s), "
-                          "upscore8.weight (8s) is present")
 
 
 def score_bias_name(variant):
@@ -228,85 +100,6 @@ BF16_WEIGHT_LAYERS = ("fc6", "fc7")
 FUSE_POOL = True
 
 
-def checked_class_names(names, num_classes):
-    """None, or `names` as a tuple of num_classes non-empty strings (else ValueError)."""
-    if names is None:
-        return None
-    if isinstance(names, str) or not hasattr(names, "__len__") or len(names) != num_classes \
-            or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"class_names must be {num_classes} non-empty strings, got {names!r}")
-    return tuple(names)
-
-
-def as_numpy(v):
-    """A NumPy array of a NumPy, CuPy or torch array (a torch tensor's memory is shared)."""
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    elif hasattr(v, "get"):
-        v = v.get()
-    return np.asarray(v)
-
-
-def state_dict_problems(sd, shapes):
-    """(missing, unknown, misshapen) keys of `sd` against {name: shape};
-    misshapen as (name, its shape, the expected shape)."""
-    missing = [k for k in shapes if k not in sd]
-    unknown = [k for k in sd if k not in shapes]
-    wrong = [(k, tuple(np.shape(sd[k])), tuple(shapes[k])) for k in shapes
-             if k in sd and tuple(np.shape(sd[k])) != tuple(shapes[k])]
-    return missing, unknown, wrong
-
-
-def check_state_dict(sd, shapes):
-    """float32 arrays in `shapes`' order, or one ValueError listing every problem."""
-    missing, unknown, wrong = state_dict_problems(sd, shapes)
-    if missing or unknown or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {missing}")
-        if unknown:
-            parts.append(f"unknown keys: {unknown}")
-        if wrong:
-            parts.append(f"shape mismatches: {[f'{k}: {got} != expected {want}' for k, got, want in wrong]}")
-        raise ValueError("state dict does not fit the model; " + "; ".join(parts))
-    out = {}
-    for k in shapes:
-        a = np.ascontiguousarray(as_numpy(sd[k]), dtype=np.float32)
-        if not np.isfinite(a).all():
-            raise ValueError(f"state dict entry {k} contains NaN or inf")
-        out[k] = a
-    return out
-
-
-def convolutionalize(sd):
-    """VGG16's fully connected fc6 / fc7 (OUT x IN matrices; fc6 reads pool5
-    flattened as C x 7 x 7) reshaped into the convolutions FCN runs: fc6
-    OUT x C x 7 x 7, fc7 OUT x IN x 1 x 1, C = conv5_3's outputs (the
-    reference's surgery.transplant). A new dict; ValueError names a layer
-    that does not fit."""
-    c5 = np.shape(sd["conv5_3.weight"])[0]
-    w6, w7 = as_numpy(sd["fc6.weight"]), as_numpy(sd["fc7.weight"])
-    if w6.ndim != 2 or w6.shape[1] != c5 * 49:
-        raise ValueError(f"fc6.weight is {w6.shape}, not OUT x {c5 * 49} (conv5_3's {c5} channels x 7 x 7)")
-    if w7.ndim != 2 or w7.shape[1] != w6.shape[0]:
-        raise ValueError(f"fc7.weight is {w7.shape}, not OUT x {w6.shape[0]} (fc6's outputs)")
-    return {**sd, "fc6.weight": w6.reshape(w6.shape[0], c5, 7, 7), "fc7.weight": w7.reshape(*w7.shape, 1, 1)}
-
-
-def transplant(vgg, variant="32s", num_classes=21):
-    """The state dict of an FCN `variant` starting from VGG16 (`vgg`: the
-    trunk and fc6 / fc7 under our names, convolutionalized): the
-    reference's transplant, with score layers zero and upsampling bilinear.
-    Widths come from `vgg`, so a reduced-width VGG16 gives a reduced FCN."""
-    V.choice(variant, "variant", VARIANTS)
-    num_classes = V.integer(num_classes, "num_classes", minimum=1)
-    shapes = param_shapes(variant, num_classes, trunk_widths(vgg), np.shape(vgg["fc6.weight"])[0])
-    # Only what vgg lacks is made fresh (score layers zero, upsampling bilinear): drawing the whole model to
-    # overwrite it would cost seconds and a gigabyte at VGG16 width (fc6 alone is 103M weights).
-    fresh = FCN._fresh({k: s for k, s in shapes.items() if k not in vgg}, seed=0)
-    return {**{k: vgg[k] if k in vgg else fresh[k] for k in shapes}, **vgg}
-
-
 class FCN:
     """An FCN with its parameters on the active backend.
 
@@ -331,26 +124,10 @@ class FCN:
         self.bf16_layers = ()  # use_bf16_weights
         self._bf16 = {}        # {layer: ops.Bf16Weights}, made from self.params
         if state_dict is None:
-            state_dict = self._fresh(param_shapes(variant, num_classes, widths, fc), seed)
+            state_dict = fresh_state_dict(param_shapes(variant, num_classes, widths, fc), seed)
         self.load_state_dict(state_dict)
 
     # -------------------------------------------------------------- weights
-    @staticmethod
-    def _fresh(shapes, seed):
-        rng = np.random.default_rng(seed)
-        sd = {}
-        for name, shape in shapes.items():
-            layer = name.rsplit(".", 1)[0]
-            if name.endswith(".bias") or layer.startswith("score"):
-                sd[name] = np.zeros(shape, np.float32)
-            elif layer.startswith("upscore"):
-                sd[name] = bilinear_weights(shape[0], shape[2])
-            else:
-                fan_in = int(np.prod(shape[1:]))
-                std = np.sqrt(2.0 / fan_in) / (PIXEL_STD if layer == "conv1_1" else 1.0)
-                sd[name] = (rng.standard_normal(shape) * std).astype(np.float32)
-        return sd
-
     def expected_shapes(self, state_dict):
         """The shapes this variant needs, with widths read from `state_dict`."""
         return shapes_for(self.variant, self.num_classes, state_dict)

@@ -43,9 +43,10 @@ from .ops.conv2d import conv2d_relu_maxpool_variant, conv_out
 from .ops.dropout import dropout_args
 from .ops.loss import softmax_cross_entropy_on_device
 from .ops.pool import pool_size
-from .model import AT_ONCE_SCALE, CONV1_PAD, DROPOUT_P, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, dropout_key, \
-    head_geometry, param_shapes, trunk_widths
+from .geometry import AT_ONCE_SCALE, CONV1_PAD, HEADS, SKIPS, VARIANTS, VGG16_BLOCKS, head_geometry
+from .model import DROPOUT_P, dropout_key
 from .model import FCN as _EngineFCN
+from .weights.state_dict import fresh_state_dict, param_shapes, trunk_widths
 
 if torch.__version__ < "2.4":
     raise ImportError(f"fcn_cuda.torch needs PyTorch >= 2.4 (torch.library.custom_op), found {torch.__version__}")
@@ -759,7 +760,7 @@ class FCN(nn.Module):
             else:
                 pad = CONV1_PAD if name == "conv1_1" else (1 if name.startswith("conv") else 0)
                 setattr(self, name, skip(nn.Conv2d, in_c, out_c, r, padding=pad))
-        self.load_state_dict({k: torch.from_numpy(v) for k, v in _EngineFCN._fresh(shapes, seed).items()})
+        self.load_state_dict({k: torch.from_numpy(v) for k, v in fresh_state_dict(shapes, seed).items()})
         for name, _, _ in HEADS[variant]:
             getattr(self, name).weight.requires_grad_(False)
 

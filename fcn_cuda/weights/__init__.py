@@ -9,6 +9,9 @@
 * `caffe`: the reference's own `.caffemodel` files (FCN nets and the VGG16
   they start from), read from protobuf's wire format.
 
+Beside them, `state_dict` (the parameter shapes, the checks a state dict
+passes, fresh weights) and `transplant` (VGG16's weights grown into an FCN's).
+
 A file's format comes from its suffix, else from its first bytes.
 """
 
@@ -18,10 +21,12 @@ from pathlib import Path
 
 from .. import _validate as V
 from ..files import WeightFileError
-from ..model import FCN, VARIANTS, as_numpy, checked_class_names, deployed, infer_variant, transplant
+from ..geometry import VARIANTS
 from . import caffe, pth
 from .caffe import read_caffemodel
 from .safetensors import load as load_safetensors, save as save_safetensors
+from .state_dict import as_numpy, checked_class_names, infer_variant
+from .transplant import transplant
 
 CHECKPOINT_FORMAT = "fcn_cuda-checkpoint"  # training.Trainer.save_checkpoint's files
 MOMENTUM_PREFIX = "momentum."  # a checkpoint's SGD velocity, beside the weights
@@ -109,6 +114,10 @@ def model_from(weights, variant=None, num_classes=None, at_once=None, source=Non
 
 
 def _model(sd, meta, layout, variant, num_classes, at_once):
+    # fcn_cuda.model checks its state dicts with .state_dict, so it imports this package: the model comes
+    # in here, when one is built.
+    from ..model import FCN, deployed
+
     if layout == "vgg16":
         variant = variant or "32s"
         num_classes = 21 if num_classes is None else num_classes

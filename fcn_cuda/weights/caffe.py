@@ -29,8 +29,9 @@ import numpy as np
 
 from ..colors import VOC_CLASSES
 from ..files import WeightFileError
-from ..model import (AT_ONCE_SCALE, SKIPS, convolutionalize, infer_variant, shapes_for, state_dict_problems,
-                     trunk_layer_names)
+from ..geometry import AT_ONCE_SCALE, SKIPS, trunk_layer_names
+from .state_dict import infer_variant, shapes_for, state_dict_problems
+from .transplant import convolutionalize
 
 VARINT, I64, LEN, GROUP_START, GROUP_END, I32 = 0, 1, 2, 3, 4, 5  # protobuf wire types
 

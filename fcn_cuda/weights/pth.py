@@ -3,7 +3,8 @@
 state dicts and checkpoints (our layer names) and torchvision's VGG16."""
 
 from ..files import WeightFileError
-from ..model import convolutionalize, trunk_layer_names
+from ..geometry import trunk_layer_names
+from .transplant import convolutionalize
 
 VGG16_FEATURES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # conv indices in torchvision's vgg16.features
 
