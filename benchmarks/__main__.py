@@ -31,7 +31,8 @@ import numpy as np
 import fcn_cuda
 
 from . import report
-from .suite import Context, config_for, run
+from .context import Context
+from .suite import config_for, run
 
 
 def git_commit():

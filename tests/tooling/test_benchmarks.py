@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 
 import fcn_cuda  # noqa: E402
 from benchmarks import __main__ as bench_main  # noqa: E402
-from benchmarks import report, suite, timing  # noqa: E402
+from benchmarks import context, report, suite, timing  # noqa: E402
+from benchmarks.cases import dispatch, model as model_cases, upsample  # noqa: E402
 
 from _util import FP32, HALF, ROOT, TF32  # noqa: E402
 
@@ -223,7 +224,7 @@ def test_a_failing_row_is_reported_and_fails_the_run(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(suite.ops, "max_pool2d", broken)
+    monkeypatch.setattr(fcn_cuda.ops, "max_pool2d", broken)
     threads, backend = torch.get_num_threads(), fcn_cuda.backend()
     code = bench_main.main(["--quick", "--backend", "host", "--out", str(tmp_path), "--only", "1x48x48/pool1/"])
     assert code == 1
@@ -269,12 +270,12 @@ def test_append_merges_a_split_run(tmp_path):
 def test_layer_walk_matches_the_model(host):
     """The shapes the suite benchmarks are the shapes FCN.forward runs."""
     cfg = suite.config_for("host", quick=True)
-    model = fcn_cuda.FCN("8s", cfg.classes, state_dict=suite.random_state_dict(cfg))
+    model = fcn_cuda.FCN("8s", cfg.classes, state_dict=model_cases.random_state_dict(cfg))
     n, h, w = 2, 37, 45
     keep = {}
     x = np.random.default_rng(0).standard_normal((n, 3, h, w), dtype=np.float32)
     out = model.forward(x, keep=keep)
-    layers = suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc, cfg.classes)
+    layers = model_cases.fcn8s_layers(n, h, w, cfg.widths, cfg.fc, cfg.classes)
     by_name = {L["name"]: L for L in layers}
     names = [L["name"] for L in layers]
     for a, b in zip(names, names[1:]):
@@ -289,7 +290,7 @@ def test_layer_walk_matches_the_model(host):
     assert by_name["upscore8"]["window"][:2] == (h, w) and out.shape == (n, cfg.classes, h, w)
     # 2 x MACs of the trunk: conv1_1 alone is 2 * N * K * P * Q * C * 9
     p, q = h + 2 * 100 - 2, w + 2 * 100 - 2
-    assert suite.conv_flops(layers[:1]) == 2 * n * cfg.widths[0][0] * p * q * 3 * 9
+    assert model_cases.conv_flops(layers[:1]) == 2 * n * cfg.widths[0][0] * p * q * 3 * 9
 
 
 def test_configs_are_the_benchmark_plan():
@@ -305,10 +306,10 @@ def test_dispatch_rows_call_the_same_kernels_both_ways():
     the nn.Module against fcn_cuda.FCN) computes the same bits both ways
     (called once each here: the smoke run times a few of them)."""
     cfg = suite.config_for("host", quick=True)
-    ctx = suite.Context("host", cfg, log=lambda *a: None)
+    ctx = context.Context("host", cfg, log=lambda *a: None)
     try:
         n, h, w = 1, 32, 32
-        cases = suite.dispatch_cases(ctx, "1x32x32", n, h, w, suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc,
+        cases = dispatch.dispatch_cases(ctx, "1x32x32", n, h, w, model_cases.fcn8s_layers(n, h, w, cfg.widths, cfg.fc,
                                                                                    cfg.classes))
         assert len(cases) == 13 and {c.kind for c in cases} == {"dispatch"}
         for case in cases:
@@ -399,7 +400,7 @@ def test_time_device_brackets_each_run_and_rotates_inputs():
 def host_cases():
     """A few suite rows at the quick configuration, built once."""
     cfg = suite.config_for("host", quick=True)
-    ctx = suite.Context("host", cfg, only=["1x48x48/conv1_2/igemm/", "1x48x48/pool1/", "1x48x48/upscore8/bilinear",
+    ctx = context.Context("host", cfg, only=["1x48x48/conv1_2/igemm/", "1x48x48/pool1/", "1x48x48/upscore8/bilinear",
                                            "1x48x48/softmax_argmax/float4", "1x48x48/forward/"], log=lambda *a: None)
     cases = {}
     try:  # the cases hold host arrays: the host backend stays active until the module is done
@@ -417,17 +418,17 @@ def test_upsample_rows_time_what_the_model_runs(monkeypatch):
     trusted=True: a timed call never runs the per-channel check on w (two
     reductions and a host sync on a GPU), which the model makes once, at load."""
     cfg = suite.config_for("host", quick=True)
-    ctx = suite.Context("host", cfg, log=lambda *a: None)
+    ctx = context.Context("host", cfg, log=lambda *a: None)
     try:
         n, h, w = cfg.shapes[0]
-        layers = [L for L in suite.fcn8s_layers(n, h, w, cfg.widths, cfg.fc, cfg.classes) if L["type"] == "upsample"]
-        cases = [case for L in layers for case in suite.upsample_cases(ctx, suite.shape_tag(cfg.shapes[0]), L)]
+        layers = [L for L in model_cases.fcn8s_layers(n, h, w, cfg.widths, cfg.fc, cfg.classes) if L["type"] == "upsample"]
+        cases = [case for L in layers for case in upsample.upsample_cases(ctx, suite.shape_tag(cfg.shapes[0]), L)]
 
         def check_in_timing(be, w):
             raise AssertionError("a timed upsampling call checked whether w is per-channel")
 
-        monkeypatch.setattr(suite.ops, "_is_diagonal", check_in_timing)
-        assert {case.ours for case in cases} == set(suite.ops.CONV_TRANSPOSE2D_VARIANTS) and len(layers) == 3
+        monkeypatch.setattr(importlib.import_module("fcn_cuda.ops.upsample"), "is_diagonal", check_in_timing)
+        assert {case.ours for case in cases} == set(fcn_cuda.ops.CONV_TRANSPOSE2D_VARIANTS) and len(layers) == 3
         for case in cases:
             for fn in case.ours_fns:
                 fn()
@@ -487,7 +488,7 @@ def test_benchmark_suite_row(benchmark, host_cases, layer):
 
 def _pool_that_turns(after_calls, spoil):
     """ops.max_pool2d, whose outputs from call `after_calls` on go through spoil."""
-    real, calls = suite.ops.max_pool2d, []
+    real, calls = fcn_cuda.ops.max_pool2d, []
 
     def pool(*args, **kwargs):
         calls.append(1)
@@ -503,7 +504,7 @@ def _pool_that_turns(after_calls, spoil):
     (5, lambda y: y * np.float32("inf"), "the output after the timing loop is not finite"),
 ])
 def test_a_row_is_checked_again_after_its_timing_loop(tmp_path, monkeypatch, after_calls, spoil, message):
-    monkeypatch.setattr(suite.ops, "max_pool2d", _pool_that_turns(after_calls, spoil))
+    monkeypatch.setattr(fcn_cuda.ops, "max_pool2d", _pool_that_turns(after_calls, spoil))
     code = bench_main.main(["--quick", "--backend", "host", "--out", str(tmp_path), "--only", "1x48x48/pool1/"])
     assert code == 1
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
