@@ -9,6 +9,8 @@ and regenerates the tables of docs/performance.md. On the host backend the
 same runner times the CUDA emulation against PyTorch on the CPU, and says so
 in every output.
 
-emulator.py and emu_conv2d.py beside this package are standalone scripts
-about the emulator's own speed.
+python -m benchmarks.op OP [--variant V ...] [--shape ...] checks every
+variant of one op against PyTorch in float64 and times them side by side
+(op.py). The rows of both are built by op in cases/. emulator.py beside
+them is a standalone script about the emulator's own speed.
 """

@@ -247,7 +247,8 @@ def run_op(ctx, op, shapes, variants, log=print, by_op=False):
             raise SystemExit(f"{op} at {tag} has no variant {', '.join(unknown)} (it has: {', '.join(known)})")
         cases = [case for case in cases if not variants or case.ours in variants]
         log(f"{op}: {cases[0].shape}")
-        work = [f"{v:.4g} {unit}" for v, unit in ((cases[0].flops, "FLOP"), (cases[0].bytes, "bytes moved at least")) if v]
+        first = cases[0]
+        work = [f"{v:.4g} {unit}" for v, unit in ((first.flops, "FLOP"), (first.bytes, "bytes moved at least")) if v]
         if work:
             log("  " + ", ".join(work))
         if OPS[op].about:
@@ -257,7 +258,7 @@ def run_op(ctx, op, shapes, variants, log=print, by_op=False):
             if case.ours in done:
                 continue
             done.add(case.ours)
-            precision = fcn_cuda.ops.CONV2D_PRECISION.get(case.ours, "fp32") if op == "conv2d" else "fp32"
+            precision = ops.CONV2D_PRECISION.get(case.ours, "fp32")  # conv2d's reduced-precision variants
             try:
                 if id(case.ref64) not in refs64:  # variants that share a reference share its float64 run
                     with ctx.torch.inference_mode():
@@ -271,9 +272,8 @@ def run_op(ctx, op, shapes, variants, log=print, by_op=False):
             except Exception as e:  # a crash or a result that changed in the loop is a failed check
                 ok, measured, timing = False, f"{type(e).__name__}: {e}", None
             failed += not ok
-            ms = f"{timing.median_ms:10.3f} ms" if timing else f"{'-':>13s}"
-            log(f"  {case.ours:18s} {'ok  ' if ok else 'FAIL'} {ms}  {rates(case, timing.median_ms) if timing else '':40s}"
-                f"  {measured}")
+            ms, rate = (f"{timing.median_ms:10.3f} ms", rates(case, timing.median_ms)) if timing else ("-", "")
+            log(f"  {case.ours:18s} {'ok  ' if ok else 'FAIL'} {ms:>13s}  {rate:40s}  {measured}")
             if by_op:
                 for name, seconds in profile(case.ours_fns[0]):
                     log(f"      {name:32s} {seconds * 1e3:10.3f} ms")
@@ -297,8 +297,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, help="timed runs per variant (default: host 5, GPU 25)")
     ap.add_argument("--threads", type=int, default=1,
                     help="host only: emulator workers and torch CPU threads, the same for both sides (default 1)")
-    ap.add_argument("--sweep", action="store_true", help="also run the op's sweep of shapes (conv2d: FCN-like "
-                    "shapes across igemm's tile use; conv2d_grad_weight: the bundled model's layers)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="run the op's sweep of shapes, besides any --shape (conv2d: FCN-like shapes across igemm's "
+                         "tile use; conv2d_grad_weight: the bundled model's layers)")
     ap.add_argument("--profile", action="store_true",
                     help="also time each fcn_cuda op within one call of each variant (train_step: the step by op)")
     ap.add_argument("--list", action="store_true", help="print the ops, their --shape fields and defaults")

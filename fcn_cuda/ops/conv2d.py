@@ -51,7 +51,7 @@ def conv2d_default_variant(m, k, crs, backend=None):
     the active one): small_c for shallow filters (conv1_1's 27 taps;
     docs/performance.md, rung 2); else igemm; on the host, direct
     where most of igemm's tile work would be zero-fill: the emulator runs
-    direct faster below about 20% tile use (`python benchmarks/emu_conv2d.py
+    direct faster below about 20% tile use (`python -m benchmarks.op conv2d
     --sweep`). Not yet measured on a GPU."""
     if crs <= SMALL_C_MAX_TAPS // 2:
         return "small_c"

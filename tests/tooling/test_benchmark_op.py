@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 import fcn_cuda  # noqa: E402
+from fcn_cuda import _backend  # noqa: E402
 from benchmarks import op  # noqa: E402
 
 from _util import ROOT  # noqa: E402
@@ -63,3 +64,17 @@ def test_bad_arguments_are_refused(capsys, argv, message):
 def test_an_unknown_variant_is_refused_with_the_ones_there_are():
     with pytest.raises(SystemExit, match="max_pool2d at 1x2x6x6 has no variant fast .it has: max_pool2d."):
         op.main(["max_pool2d", "--shape", "1,2,6,6", "--variant", "fast", "--backend", "host"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_backend.cuda_unavailable_reason() is not None,
+                    reason=f"no GPU: {_backend.cuda_unavailable_reason()}")
+def test_on_a_gpu_every_conv2d_variant_passes_and_is_timed_with_cuda_events():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.op", "conv2d", "--shape", "2,16,20,20,32,3,3,1",
+                           "--backend", "cuda", "--repeats", "20"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CUDA events" in proc.stdout.splitlines()[0]
+    for v in fcn_cuda.ops.conv2d_variants((32, 16, 3, 3)):
+        assert re.search(rf"^  {v}\s+ok\s+\d+\.\d+ ms", proc.stdout, re.M), proc.stdout
+    assert re.search(r"cudnn-fp32 \(fp32\)\s+ref", proc.stdout) and proc.stdout.splitlines()[-1] == "every check passed"
