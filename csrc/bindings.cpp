@@ -289,43 +289,54 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         const int bits = fcn::crf_key_bits(d, H, W, sxy, srgb, &fits);
         return py::make_tuple(bits, fits);
     });
-    m.def("crf_lattice_points", [](Addr img, int H, int W, int P_, int d, float sxy, float srgb, Addr bary, Addr keys,
-                                   Addr entries, Addr s) {
-        fcn::launch_crf_lattice_points(P<const unsigned char>(img), H, W, P_, d, sxy, srgb, P<float>(bary),
-                                       P<unsigned long long>(keys), P<int>(entries), S(s));
+    py::class_<fcn::CrfTermShape>(m, "CrfTermShape", py::module_local(),
+                                  "one CRF term over an H x W image: d features (2: x, y; 5: and R, G, B), their "
+                                  "scales, P lattice points (H*W, or H*W + 1 with pydensecrf's padding point)")
+        .def(py::init([](int d, int H, int W, int P_, float sxy, float srgb) {
+            if (d != 2 && d != 5) throw py::value_error("CrfTermShape: d must be 2 or 5");
+            if (H < 1 || W < 1 || (long long)H * W + 1 > 2147483647LL)
+                throw py::value_error("CrfTermShape: H and W must be >= 1, H*W + 1 within int");
+            if (P_ != H * W && P_ != H * W + 1) throw py::value_error("CrfTermShape: P must be H*W or H*W + 1");
+            if (!(sxy > 0.f) || !(srgb > 0.f)) throw py::value_error("CrfTermShape: sxy and srgb must be > 0");
+            return fcn::CrfTermShape{d, H, W, P_, sxy, srgb};
+        }), py::arg("d"), py::arg("H"), py::arg("W"), py::arg("P"), py::arg("sxy"), py::arg("srgb"))
+        .def_readonly("d", &fcn::CrfTermShape::d).def_readonly("H", &fcn::CrfTermShape::H)
+        .def_readonly("W", &fcn::CrfTermShape::W).def_readonly("P", &fcn::CrfTermShape::P)
+        .def_readonly("sxy", &fcn::CrfTermShape::sxy).def_readonly("srgb", &fcn::CrfTermShape::srgb);
+    // A built lattice: its term's sizes, M vertices and the addresses of its tables, which the caller keeps
+    // alive as long as the view (fcn_cuda/crf.py's _Lattice holds both).
+    py::class_<fcn::CrfLatticeView>(m, "CrfLatticeView", py::module_local())
+        .def(py::init([](const fcn::CrfTermShape& t, int M, Addr bary, Addr vertex_of, Addr vertex_start,
+                         Addr splat_pixel, Addr splat_weight, Addr neighbours) {
+            if (M < 1) throw py::value_error("CrfLatticeView: M must be >= 1");
+            return fcn::CrfLatticeView{t.d, t.H * t.W, t.P, M, P<const float>(bary), P<const int>(vertex_of),
+                                       P<const int>(vertex_start), P<const int>(splat_pixel),
+                                       P<const float>(splat_weight), P<const int>(neighbours)};
+        }), py::arg("term"), py::arg("M"), py::arg("bary"), py::arg("vertex_of"), py::arg("vertex_start"),
+            py::arg("splat_pixel"), py::arg("splat_weight"), py::arg("neighbours"))
+        .def_readonly("M", &fcn::CrfLatticeView::M);
+    m.def("crf_lattice_points", [](const fcn::CrfTermShape& t, Addr img, Addr bary, Addr keys, Addr entries, Addr s) {
+        fcn::launch_crf_lattice_points(t, P<const unsigned char>(img), P<float>(bary), P<unsigned long long>(keys),
+                                       P<int>(entries), S(s));
     }, nogil);
     m.def("crf_vertex_count", [](Addr keys, int n, Addr first, Addr ws, Addr count, Addr s) {
         fcn::launch_crf_vertex_count(P<const unsigned long long>(keys), n, P<int>(first), P<int>(ws), P<int>(count),
                                      S(s));
     }, nogil);
-    m.def("crf_lattice_tables", [](int d, int H, int W, int P_, float sxy, float srgb, Addr keys, Addr entries,
-                                   Addr first, int M, Addr bary, Addr vertex_start, Addr vertex_keys, Addr vertex_of,
-                                   Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr s) {
-        fcn::launch_crf_lattice_tables(d, H, W, P_, sxy, srgb, P<const unsigned long long>(keys), P<const int>(entries),
-                                       P<const int>(first), M, P<const float>(bary), P<int>(vertex_start),
-                                       P<unsigned long long>(vertex_keys), P<int>(vertex_of), P<int>(splat_pixel),
-                                       P<float>(splat_weight), P<int>(neighbours), S(s));
+    m.def("crf_lattice_tables", [](const fcn::CrfTermShape& t, Addr keys, Addr entries, Addr first, int M, Addr bary,
+                                   Addr vertex_start, Addr vertex_keys, Addr vertex_of, Addr splat_pixel,
+                                   Addr splat_weight, Addr neighbours, Addr s) {
+        fcn::launch_crf_lattice_tables(t, P<const unsigned long long>(keys), P<const int>(entries), P<const int>(first),
+                                       M, P<const float>(bary), P<int>(vertex_start), P<unsigned long long>(vertex_keys),
+                                       P<int>(vertex_of), P<int>(splat_pixel), P<float>(splat_weight),
+                                       P<int>(neighbours), S(s));
     }, nogil);
-    // A lattice crosses as (d, N, P, M, bary, vertex_of, vertex_start, splat_pixel, splat_weight, neighbours).
-    const auto lattice = [](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
-                            Addr splat_pixel, Addr splat_weight, Addr neighbours) {
-        return fcn::CrfLatticeView{d, N, P_, M, P<const float>(bary), P<const int>(vertex_of),
-                                   P<const int>(vertex_start), P<const int>(splat_pixel),
-                                   P<const float>(splat_weight), P<const int>(neighbours)};
-    };
-    m.def("crf_lattice_norm", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
-                                        Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr a,
-                                        Addr b, Addr norm, Addr s) {
-        fcn::launch_crf_lattice_norm(lattice(d, N, P_, M, bary, vertex_of, vertex_start, splat_pixel, splat_weight,
-                                             neighbours),
-                                     P<float>(a), P<float>(b), P<float>(norm), S(s));
+    m.def("crf_lattice_norm", [](const fcn::CrfLatticeView& L, Addr a, Addr b, Addr norm, Addr s) {
+        fcn::launch_crf_lattice_norm(L, P<float>(a), P<float>(b), P<float>(norm), S(s));
     }, nogil);
-    m.def("crf_lattice_message", [lattice](int d, int N, int P_, int M, Addr bary, Addr vertex_of, Addr vertex_start,
-                                           Addr splat_pixel, Addr splat_weight, Addr neighbours, Addr norm, Addr Q,
-                                           int V, float compat, Addr a, Addr b, Addr t_in, Addr t_out, Addr s) {
-        fcn::launch_crf_lattice_message(lattice(d, N, P_, M, bary, vertex_of, vertex_start, splat_pixel,
-                                                splat_weight, neighbours),
-                                        P<const float>(norm), P<const float>(Q), V, compat, P<float>(a), P<float>(b),
+    m.def("crf_lattice_message", [](const fcn::CrfLatticeView& L, Addr norm, Addr Q, int V, float compat, Addr a, Addr b,
+                                    Addr t_in, Addr t_out, Addr s) {
+        fcn::launch_crf_lattice_message(L, P<const float>(norm), P<const float>(Q), V, compat, P<float>(a), P<float>(b),
                                         P<const float>(t_in), P<float>(t_out), S(s));
     }, nogil);
     m.def("crf_unary", [](Addr probs, int N, int C, int V, Addr t0, Addr Q, Addr s) {

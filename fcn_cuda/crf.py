@@ -180,10 +180,11 @@ class _Lattice:
         self.be, self.d, self.n = be, d, h * w
         # pydensecrf's padding point (crf.cuh, crf_lattice_points); a test turns it off to show that it matters.
         self.p = self.n + (padding and self.n % 4 != 0)
+        term = ext.CrfTermShape(d, h, w, self.p, sxy, srgb)
         e = (d + 1) * self.p
         bary = be.empty((e,))
         keys, entries = be.empty((e,), np.uint64), be.empty((e,), np.int32)
-        ext.crf_lattice_points(be.ptr(img), h, w, self.p, d, sxy, srgb, be.ptr(bary), be.ptr(keys), be.ptr(entries), s)
+        ext.crf_lattice_points(term, be.ptr(img), be.ptr(bary), be.ptr(keys), be.ptr(entries), s)
         keys_alt, entries_alt = be.empty((e,), np.uint64), be.empty((e,), np.int32)
         ws = be.empty((max(ext.sort_pairs_workspace(e), ext.scan_workspace(e)),), np.int32)  # sort, then count
         if ext.sort_pairs(be.ptr(keys), be.ptr(entries), be.ptr(keys_alt), be.ptr(entries_alt), be.ptr(ws), e, bits, s):
@@ -196,21 +197,19 @@ class _Lattice:
         self.vertex_of, self.splat_pixel = be.empty((e,), np.int32), be.empty((e,), np.int32)
         self.splat_weight = be.empty((e,))
         self.neighbours = be.empty((d + 1, m, 2), np.int32)
-        ext.crf_lattice_tables(d, h, w, self.p, sxy, srgb, be.ptr(keys), be.ptr(entries), be.ptr(first), m,
-                               be.ptr(bary), be.ptr(self.vertex_start), be.ptr(vertex_keys), be.ptr(self.vertex_of),
+        ext.crf_lattice_tables(term, be.ptr(keys), be.ptr(entries), be.ptr(first), m, be.ptr(bary),
+                               be.ptr(self.vertex_start), be.ptr(vertex_keys), be.ptr(self.vertex_of),
                                be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours), s)
+        # The tables' addresses: the arrays above live as long as self, and so as long as the view.
+        self.view = ext.CrfLatticeView(term, m, be.ptr(bary), be.ptr(self.vertex_of), be.ptr(self.vertex_start),
+                                       be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours))
         self.norm = be.empty((self.n,))
         a, b = be.empty((m + 1,)), be.empty((m + 1,))
-        ext.crf_lattice_norm(*self._view(), be.ptr(a), be.ptr(b), be.ptr(self.norm), s)
-
-    def _view(self):
-        be = self.be
-        return (self.d, self.n, self.p, self.vertices, be.ptr(self.bary), be.ptr(self.vertex_of),
-                be.ptr(self.vertex_start), be.ptr(self.splat_pixel), be.ptr(self.splat_weight), be.ptr(self.neighbours))
+        ext.crf_lattice_norm(self.view, be.ptr(a), be.ptr(b), be.ptr(self.norm), s)
 
     def message(self, q, c, v, compat, t_in, t_out, values):
         be = self.be
-        be.ext.crf_lattice_message(*self._view(), be.ptr(self.norm), be.ptr(q), v, compat, be.ptr(values[0]),
+        be.ext.crf_lattice_message(self.view, be.ptr(self.norm), be.ptr(q), v, compat, be.ptr(values[0]),
                                    be.ptr(values[1]), be.ptr(t_in), be.ptr(t_out), be.stream())
 
 

@@ -27,6 +27,14 @@ struct TransposeShape {
     int Ho, Wo;        // the window's size
 };
 
+// One term of the dense CRF (crf.cuh) over an H x W image: d = 2 features (x, y) / sxy, the Gaussian term,
+// or d = 5, (x, y) / sxy and (R, G, B) / srgb, the bilateral term. Its lattice has P points: the H*W pixels,
+// and pydensecrf's padding point of feature 0 when P = H*W + 1.
+struct CrfTermShape {
+    int d, H, W, P;
+    float sxy, srgb;
+};
+
 // A convolution's output size along one axis: (size + 2 pad - kernel) / stride + 1.
 constexpr int conv_out(int size, int kernel, int stride, int pad) { return (size + 2 * pad - kernel) / stride + 1; }
 

@@ -110,10 +110,10 @@ int crf_key_bits(int d, int H, int W, float sxy, float srgb, bool* fits_int16) {
     return bits;
 }
 
-void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, int d, float sxy, float srgb,
-                               float* bary, unsigned long long* keys, int* entries, cudaStream_t stream) {
-    const CrfLatticeShape s = lattice_shape(d, H, W, P, sxy, srgb, nullptr, nullptr);
-    if (d == 2)
+void launch_crf_lattice_points(const CrfTermShape& t, const unsigned char* img, float* bary, unsigned long long* keys,
+                               int* entries, cudaStream_t stream) {
+    const CrfLatticeShape s = lattice_shape(t.d, t.H, t.W, t.P, t.sxy, t.srgb, nullptr, nullptr);
+    if (t.d == 2)
         launch("crf_lattice_points<2>", crf_lattice_points<2>, crf_grid(s.P), dim3(kCrfThreads), 0, stream, img, s,
                bary, keys, entries);
     else
@@ -127,12 +127,12 @@ void launch_crf_vertex_count(const unsigned long long* keys, int n, int* first, 
     launch_exclusive_scan(first, n, workspace, count, stream);
 }
 
-void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb, const unsigned long long* keys,
-                               const int* entries, const int* first, int M, const float* bary, int* vertex_start,
+void launch_crf_lattice_tables(const CrfTermShape& t, const unsigned long long* keys, const int* entries,
+                               const int* first, int M, const float* bary, int* vertex_start,
                                unsigned long long* vertex_keys, int* vertex_of, int* splat_pixel,
                                float* splat_weight, int* neighbours, cudaStream_t stream) {
-    const CrfLatticeShape s = lattice_shape(d, H, W, P, sxy, srgb, nullptr, nullptr);
-    const int n = (d + 1) * s.P;
+    const CrfLatticeShape s = lattice_shape(t.d, t.H, t.W, t.P, t.sxy, t.srgb, nullptr, nullptr);
+    const int d = t.d, n = (d + 1) * s.P;
     launch("crf_lattice_tables", crf_lattice_tables, crf_grid(n), dim3(kCrfThreads), 0, stream, keys, entries, first,
            n, s.N, s.P, s.layout.rem_bits, bary, vertex_start, vertex_keys, vertex_of, splat_pixel, splat_weight);
     const long long threads = (long long)(d + 1) * M;

@@ -181,19 +181,19 @@ void launch_sgd_step(float* w, const float* g, float* v, int n, float lr, float 
 // The bits of the lattice's sort keys, and whether pydensecrf's 16-bit keys hold them (fcn_cuda refuses otherwise).
 int crf_key_bits(int d, int H, int W, float sxy, float srgb, bool* fits_int16);
 // Per entry: barycentric weight, sort key, and the entry itself (what the sort carries along).
-void launch_crf_lattice_points(const unsigned char* img, int H, int W, int P, int d, float sxy, float srgb,
-                               float* bary, unsigned long long* keys, int* entries, cudaStream_t stream);
+void launch_crf_lattice_points(const CrfTermShape& t, const unsigned char* img, float* bary, unsigned long long* keys,
+                               int* entries, cudaStream_t stream);
 // The entries are sorted with launch_sort_pairs. first[i]: how many distinct keys come before sorted entry i;
 // *count = the number of vertices M; workspace: scan_workspace(n) ints.
 void launch_crf_vertex_count(const unsigned long long* keys, int n, int* first, int* workspace, int* count,
                              cudaStream_t stream);
 // The lattice's tables from the sorted entries: vertex_start (M + 1), vertex_keys (M), vertex_of ((d+1) * P,
 // by entry), splat_pixel / splat_weight ((d+1) * P, sorted order), neighbours ((d+1) x M int pairs).
-void launch_crf_lattice_tables(int d, int H, int W, int P, float sxy, float srgb, const unsigned long long* keys,
-                               const int* entries, const int* first, int M, const float* bary, int* vertex_start,
+void launch_crf_lattice_tables(const CrfTermShape& t, const unsigned long long* keys, const int* entries,
+                               const int* first, int M, const float* bary, int* vertex_start,
                                unsigned long long* vertex_keys, int* vertex_of, int* splat_pixel,
                                float* splat_weight, int* neighbours, cudaStream_t stream);
-// A built lattice, as the filtering launchers read it.
+// A built lattice, as the filtering launchers read it (N = H*W of its term).
 struct CrfLatticeView {
     int d, N, P, M;
     const float* bary;

@@ -1,5 +1,6 @@
-"""The size structs that cross the binding (csrc/kernels/shapes.h: ConvShape, TransposeShape): what
-Python builds is what the launchers read, and the binding refuses a shape no such op has."""
+"""The size structs that cross the binding (csrc/kernels/shapes.h: ConvShape, TransposeShape,
+CrfTermShape): what Python builds is what the launchers read, and the binding refuses a shape no such
+op has."""
 
 import numpy as np
 import pytest
@@ -61,3 +62,20 @@ def test_transpose_shape_holds_the_window(be):
 def test_transpose_shape_refuses_a_window_off_the_output(be, x, w, stride, origin, out):
     with pytest.raises(ValueError, match="TransposeShape"):
         be.ext.TransposeShape(x, w, stride, origin, out)
+
+
+def test_crf_term_shape_holds_the_term(be):
+    t = be.ext.CrfTermShape(5, 3, 7, 22, 80.0, 13.0)
+    assert (t.d, t.H, t.W, t.P, t.sxy, t.srgb) == (5, 3, 7, 22, 80.0, 13.0)
+
+
+@pytest.mark.parametrize("d,h,w,p,sxy,srgb", [
+    (3, 3, 7, 21, 80.0, 13.0),  # d is 2 or 5
+    (2, 0, 7, 0, 3.0, 1.0),     # an empty image
+    (2, 3, 7, 23, 3.0, 1.0),    # P is H*W or H*W + 1
+    (5, 3, 7, 21, 0.0, 13.0),   # sxy > 0
+    (5, 3, 7, 21, 80.0, -1.0),  # srgb > 0
+])
+def test_crf_term_shape_refuses_what_no_term_has(be, d, h, w, p, sxy, srgb):
+    with pytest.raises(ValueError, match="CrfTermShape"):
+        be.ext.CrfTermShape(d, h, w, p, sxy, srgb)
