@@ -21,6 +21,7 @@ from torch.library import opcheck
 
 import fcn_cuda
 import fcn_cuda.torch as fct
+from fcn_cuda.torch.dispatch import device_backend, to_array, to_tensor
 from fcn_cuda import _backend, ops
 from fcn_cuda.bilinear import bilinear_weights
 from fcn_cuda.model import dropout_key
@@ -279,8 +280,8 @@ def test_softmax_cross_entropy_loss_stays_on_the_device_with_the_same_bits(monke
         labels.fill_(255)
     weight = torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0, 0.25], device=device) if weighted else None
     dev = scores.device
-    with fct._device_backend(dev):
-        arrays = [fct._to_array(t, name, dev) for t, name in ((scores, "scores"), (labels, "labels"))]
+    with device_backend(dev):
+        arrays = [to_array(t, name, dev) for t, name in ((scores, "scores"), (labels, "labels"))]
         expected = np.float32(ops.softmax_cross_entropy(*arrays, normalize=normalize,
                                                         weight=None if weight is None else weight.cpu().numpy())[0])
     if not (normalize or weighted):  # the other cases bring their class counts or weights over, not the loss
@@ -343,16 +344,16 @@ def test_a_non_contiguous_incoming_gradient_is_made_contiguous():
 def test_every_extra_asks_for_the_torch_fcn_cuda_torch_needs():
     """pyproject.toml's torch floors (the test, torch and dist extras) are one: the version fcn_cuda.torch checks."""
     floors = re.findall(r'"torch>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
-    checked = re.findall(r'torch.__version__ < "([0-9.]+)"', (ROOT / "fcn_cuda" / "torch.py").read_text())
+    checked = re.findall(r'torch.__version__ < "([0-9.]+)"', (ROOT / "fcn_cuda" / "torch" / "__init__.py").read_text())
     assert len(floors) == 3 and set(floors) == set(checked) == {"2.4"}, (floors, checked)
 
 
 def test_the_cpu_path_is_zero_copy():
     t = torch.randn(2, 3, 4, 5)
-    a = fct._to_array(t, "x", t.device)
+    a = to_array(t, "x", t.device)
     assert isinstance(a, np.ndarray) and a.ctypes.data == t.data_ptr()
     y = np.ones((2, 3), np.float32)
-    assert fct._to_tensor(y).data_ptr() == y.ctypes.data
+    assert to_tensor(y).data_ptr() == y.ctypes.data
 
 
 def test_using_switches_the_backend_of_its_thread_only(monkeypatch):
@@ -725,10 +726,10 @@ def test_cuda_ops_run_on_torchs_current_stream(device):
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_gpu)])
 def test_cuda_is_zero_copy_and_refuses_mixed_devices(device):
     t = torch.randn(2, 3, 4, 5, device=device)
-    with fct._device_backend(t.device):
-        a = fct._to_array(t, "x", t.device)
+    with device_backend(t.device):
+        a = to_array(t, "x", t.device)
         assert a.data.ptr == t.data_ptr()
-        assert fct._to_tensor(a).data_ptr() == a.data.ptr
+        assert to_tensor(a).data_ptr() == a.data.ptr
     with pytest.raises(ValueError, match="weight is on cpu but the first tensor argument is on cuda"):
         fct.conv2d(t, torch.randn(4, 3, 3, 3))
 
