@@ -39,15 +39,21 @@ MIN_DRIVER = 580  # the static CUDA 13 runtime in fcn_cuda._cuda needs a 580+ dr
 TOTAL_BUDGET = 540
 
 # GPU tests: the cuda backend's cases (`be` and `device` parameters) and the tests marked gpu, less
-# those the next stage runs and names.
-GPU_TESTS = "(cuda or gpu) and not pydensecrf and not hardware and not emulators_bits"
-CROSS_TESTS = "(cuda or gpu) and (pydensecrf or hardware or emulators_bits)"
-# racecheck: the tests of every kernel that uses shared memory, small sizes only (not model_scale):
-# conv2d's igemm and wmma tiles, conv2d_small_c, the weight and bias gradients (test_backward),
-# gemm tiled and wmma, block_sum, the barrier probes (test_emulator), softmax_xent (loss), the
-# confusion matrix (metrics) and the CRF's scan.
-RACECHECK = ("cuda and (conv2d or backward or emulator or loss or cross_entropy or metrics or confusion "
-             "or scan)")
+# those the next stage runs and names, and two host tests whose names say gpu (each runs a host
+# benchmark of a minute).
+GPU_TESTS = ("(cuda or gpu) and not pydensecrf and not emulators_bits and not matches_hardware "
+             "and not prefers_a_gpu_file and not shows_a_gpu_results")
+CROSS_TESTS = "(cuda or gpu) and (pydensecrf or emulators_bits) or emulator_matches_hardware"
+# memcheck: the kernel tests' GPU cases, but the one that faults on purpose (sync launches).
+MEMCHECK = "cuda and not fault_is_raised"
+# racecheck: a few tests of each kernel that uses shared memory, small sizes only (not model_scale):
+# conv2d's igemm, split-K and wmma tiles (relu_and_bias, rounds_like_its_precision), conv2d_small_c
+# (conv1_1), the weight and bias gradients (conv2d_grads), gemm tiled and wmma (gemm_against),
+# block_sum (block_reduction), the barrier and dynamic shared memory probes, softmax_xent, the
+# confusion matrix and the scan.
+RACECHECK = ("cuda and (relu_and_bias or rounds_like_its_precision or conv1_1 or conv2d_grads or gemm_against "
+             "or block_reduction or barrier_really or dynamic_shared or test_softmax_cross_entropy "
+             "or confusion_matrix or exclusive_scan_matches)")
 
 
 @dataclass
@@ -62,7 +68,10 @@ class Stage:
 
 
 def modules(select, marks, junit_dir, jobs, paths=("tests",)):
-    """A pytest stage that runs each selected test module in its own process, `jobs` at a time."""
+    """A pytest stage that runs each selected test module in its own process, `jobs` at a time. What
+    that costs: a process's start (Python, torch, fcn_cuda, conftest) took 2.9 to 3.4 s on a busy
+    two-core machine here, about 36 modules hold GPU cases: about 26 s of wall time at 4 at a time,
+    the price of a fault costing its own module only (one process would lose every later module)."""
     cmd = [PY, __file__, "modules", "-k", select, "--junit-dir", str(junit_dir), "--jobs", str(jobs)]
     return cmd + (["-m", marks] if marks else []) + list(paths)
 
@@ -96,7 +105,7 @@ def stages(out):
                       rehearsal_paths()),
               env={"FCN_CUDA_SYNC_LAUNCHES": "1"}, junit=True),
         Stage("memcheck", 90, "compute-sanitizer memcheck, -m 'kernels and not model_scale' -k cuda, no memory pool",
-              sanitizer + ["memcheck"] + pytest + ["-m", "kernels and not model_scale", "-k", "cuda",
+              sanitizer + ["memcheck"] + pytest + ["-m", "kernels and not model_scale", "-k", MEMCHECK,
                                                     f"--junitxml={logs / 'memcheck' / 'memcheck.xml'}"],
               junit=True),
         Stage("racecheck", 50, "compute-sanitizer racecheck on the shared-memory kernels' tests",
