@@ -43,6 +43,15 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("set_workers", &fcn_emu::set_workers, "emulator worker threads; 0 = one per core, 1 = deterministic");
     m.def("workers", &fcn_emu::workers);
     m.def("inject_worker_fault", &fcn_emu::inject_worker_fault, "tests only: a worker of the next launch throws");
+    m.def("set_counting", &fcn_emu::set_counting, "count shared-memory bank conflicts (csrc/emu/smem.h)");
+    m.def("reset_counters", &fcn_emu::reset_counters);
+    m.def("counters", [] {
+        py::list rows;
+        for (const fcn_emu::CounterRow& r : fcn_emu::counter_rows())
+            rows.append(py::make_tuple(r.kernel, fcn_emu::access_name(r.kind), r.counter.accesses,
+                                       r.counter.wavefronts, r.counter.ideal, r.counter.max_way));
+        return rows;
+    }, "(kernel, kind, accesses, wavefronts, ideal, max_way) per kernel and kind of access");
 #else
     m.attr("EMULATED") = false;
     m.attr("SANITIZE") = "";
@@ -159,6 +168,20 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
     m.def("failing_block_probe", [](Addr y, int blocks, int threads, int fail, Addr s) {
         fcn::launch_failing_block_probe(P<float>(y), blocks, threads, fail, S(s));
+    }, nogil);
+    m.def("cp_async_probe", [](Addr src, Addr out, int bytes, int src_bytes, bool cg, int mode, Addr s) {
+        fcn::launch_cp_async_probe(P<const float>(src), P<float>(out), bytes, src_bytes, cg, mode, S(s));
+    }, nogil);
+    m.def("ldmatrix_probe", [](Addr m_, Addr rows, Addr out, int num, bool trans, Addr s) {
+        fcn::launch_ldmatrix_probe(P<const std::uint16_t>(m_), P<const int>(rows), P<std::uint32_t>(out), num, trans,
+                                   S(s));
+    }, nogil);
+    m.def("mma_probe", [](Addr a, Addr b, Addr c, Addr d, int kind, Addr s) {
+        fcn::launch_mma_probe(P<const std::uint32_t>(a), P<const std::uint32_t>(b), P<const float>(c), P<float>(d),
+                              kind, S(s));
+    }, nogil);
+    m.def("smem_bank_probe", [](Addr out, int stride, int width, bool store, int repeat, Addr s) {
+        fcn::launch_smem_bank_probe(P<float>(out), stride, width, store, repeat, S(s));
     }, nogil);
 
     // ---- scan

@@ -5,7 +5,8 @@ CuPy arrays) and for any CPU under a host emulation of the CUDA execution
 model (``fcn_cuda._host``, NumPy arrays). ``backend()`` says which one runs.
 """
 
-from ._backend import backend, cuda_unavailable_reason, emulator_workers, set_emulator_workers, use_backend
+from ._backend import (backend, count_bank_conflicts, cuda_unavailable_reason, emulator_counters, emulator_workers,
+                       reset_emulator_counters, set_emulator_workers, use_backend)
 from .bilinear import bilinear_weights
 from . import ops
 from .model import FCN
@@ -23,6 +24,9 @@ __all__ = [
     "cuda_unavailable_reason",
     "set_emulator_workers",
     "emulator_workers",
+    "count_bank_conflicts",
+    "emulator_counters",
+    "reset_emulator_counters",
     "bilinear_weights",
     "ops",
     "FCN",

@@ -181,3 +181,32 @@ def set_emulator_workers(n):
 
 def emulator_workers():
     return _host_backend().ext.workers()
+
+
+def count_bank_conflicts(on):
+    """Switches the emulator's shared-memory bank-conflict counter on or off
+    (off at start: it logs every counted access). What it counts, and its
+    model of a warp-wide access, are described in csrc/emu/smem.h."""
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {on!r}")
+    _host_backend().ext.set_counting(on)
+
+
+def emulator_counters():
+    """The emulator's bank-conflict counts since the last reset, as
+    {kernel: {kind: {"accesses", "wavefronts", "ideal", "conflicts", "max_way"}}}:
+    per kernel (its launch name) and kind of access ("shared" for
+    fcn::smem_load/smem_store, "ldmatrix", "cp.async", "wmma" a lower bound),
+    the warp-wide accesses counted, the shared-memory wavefronts they took,
+    the wavefronts they would take without conflicts, the difference, and
+    the worst n-way conflict of any one access."""
+    out = {}
+    for kernel, kind, accesses, wavefronts, ideal, max_way in _host_backend().ext.counters():
+        out.setdefault(kernel, {})[kind] = {"accesses": accesses, "wavefronts": wavefronts, "ideal": ideal,
+                                            "conflicts": wavefronts - ideal, "max_way": max_way}
+    return out
+
+
+def reset_emulator_counters():
+    """Sets every bank-conflict count of emulator_counters() back to zero."""
+    _host_backend().ext.reset_counters()

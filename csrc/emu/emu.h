@@ -118,6 +118,10 @@ unsigned lane_id();
 // Out of line so the compiler reloads everything after it, as after a barrier.
 // It orders no memory (shuffles and votes do not, on a GPU); syncwarp does.
 const uint64_t* warp_exchange(unsigned mask, uint64_t value);
+// The same with up to kWideWords words per lane: lane i's deposit is row i
+// of the result (a warp collective whose lanes hand over several registers).
+constexpr int kWideWords = 8;
+const uint64_t (*warp_exchange_wide(unsigned mask, const uint64_t* values, int words))[kWideWords];
 void syncwarp(unsigned mask);
 [[noreturn]] void fail(const char* what);
 
@@ -382,4 +386,6 @@ inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 inline float __bfloat162float(__nv_bfloat16 b) { return float(b); }
 
+#include "smem.h"
 #include "wmma.h"
+#include "sm80.h"

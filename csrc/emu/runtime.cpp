@@ -82,6 +82,8 @@ struct Fiber {
     int site_line = 0;
     unsigned mask = 0;           // which lanes its warp operation names
     uint64_t deposit = 0;
+    uint64_t wide[kWideWords] = {};  // a wide warp operation's deposit (warp_exchange_wide) ...
+    bool wide_deposit = false;       // ... made for the operation it waits at now
     void* asan_fake_stack = nullptr;
     void* tsan_fiber = nullptr;  // its TSan context, reused block after block
     unsigned syncwarps = 0;      // __syncwarp calls so far: picks its release slot
@@ -117,6 +119,7 @@ struct Worker {
     Fiber* current = nullptr;  // the fiber running now
     bool loop_mode = false;
     uint64_t warp_result[kMaxThreads / 32][32];
+    uint64_t warp_wide[kMaxThreads / 32][32][kWideWords];
     unsigned char* smem = nullptr;
     size_t smem_capacity = 0;
     Launch* launch = nullptr;
@@ -315,7 +318,12 @@ bool release_warps(Worker& w) {
             if (!complete) continue;
             for (int i = 0; i < 32; ++i) {
                 if (!((m >> i) & 1u)) continue;
-                w.warp_result[base / 32][i] = w.fibers[base + i].deposit;
+                const Fiber& g = w.fibers[base + i];
+                w.warp_result[base / 32][i] = g.deposit;
+                // Only a wide operation's: a narrower one must not overwrite rows that lanes outside its
+                // mask may still be reading. All words, a fixed-size copy.
+                if (g.wide_deposit)
+                    for (int k = 0; k < kWideWords; ++k) w.warp_wide[base / 32][i][k] = g.wide[k];
                 w.fibers[base + i].state = State::kReady;
             }
             released = true;
@@ -350,6 +358,7 @@ bool release_barrier(Worker& w) {
                                  " exited while thread " + tid_str(first->tid) + " waits at a barrier");
     for (int i = 0; i < n; ++i) w.fibers[i].state = State::kReady;
     ++w.barrier_generation;
+    smem_barrier();
     return true;
 }
 
@@ -395,6 +404,10 @@ void run_block(Worker& w, Launch& L, long long b) {
     const dim3 bd = L.block;
     const int n = int(bd.x * bd.y * bd.z);
     w.nthreads = n;
+    smem_block_begin(L.name, n);
+    struct BlockEnd {  // however the block ends: copies in flight dropped, counts kept
+        ~BlockEnd() { smem_block_end(); }
+    } block_end;
     auto tid_of = [&](int i) { return uint3{unsigned(i % bd.x), unsigned((i / bd.x) % bd.y), unsigned(i / (bd.x * bd.y))}; };
     try {
         start_fiber(w, 0, tid_of(0));
@@ -696,6 +709,18 @@ void misaligned(const char* what, const void* p, size_t alignment) {
     throw std::runtime_error(std::string("misaligned address: ") + what + " at " + address + ", " +
                              std::to_string(reinterpret_cast<uintptr_t>(p) % alignment) + " bytes past a " +
                              std::to_string(alignment) + "-byte boundary");
+}
+
+const uint64_t (*warp_exchange_wide(unsigned mask, const uint64_t* values, int words))[kWideWords] {
+    if (words < 0 || words > kWideWords) fail("warp_exchange_wide: more words than a lane deposits");
+    Worker* w = tls_worker;
+    if (w && w->current) {
+        for (int k = 0; k < words; ++k) w->current->wide[k] = values[k];
+        w->current->wide_deposit = true;
+    }
+    warp_exchange(mask, 0);
+    w->current->wide_deposit = false;
+    return w->warp_wide[linear_tid(threadIdx, blockDim) / 32];
 }
 
 const uint64_t* warp_exchange(unsigned mask, uint64_t value) {

@@ -6,6 +6,10 @@
 // loops over frag.x[i] element-wise stays correct; code that relies on the
 // GPU's lane layout does not, which is right: CUDA does not promise one.
 //
+// Loads and stores are counted as a lower bound of their shared-memory
+// wavefronts (csrc/emu/smem.h), and a load refuses bytes a cp.async still
+// has in flight.
+//
 // Every *_sync call is a warp rendezvous, as the `.sync` in wmma.load.sync
 // means on the GPU: all 32 lanes must reach it. It orders no memory: a tile
 // written by other threads needs a barrier before the load, as on a GPU.
@@ -70,6 +74,12 @@ template <typename Frag, typename P>
 inline void load_tile_(Frag& f, const P* p, unsigned ldm, bool row_major_memory) {
     fcn_emu::warp_exchange(0xffffffffu, 0);
     check_tile_("wmma::load_matrix_sync", p, ldm);
+    if (fcn_emu::lane_id() == 0) {
+        const int runs = row_major_memory ? Frag::rows : Frag::cols, run = row_major_memory ? Frag::cols : Frag::rows;
+        for (int i = 0; i < runs; ++i)
+            fcn_emu::check_settled(p + size_t(i) * ldm, run * sizeof(P), "wmma::load_matrix_sync");
+        fcn_emu::count_tile(p, Frag::rows, Frag::cols, ldm, sizeof(P), row_major_memory);
+    }
     for (int r = 0; r < Frag::rows; ++r)
         for (int c = 0; c < Frag::cols; ++c)
             f.x[r * Frag::cols + c] = row_major_memory ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];
@@ -93,6 +103,7 @@ inline void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T>& f, 
     fcn_emu::warp_exchange(0xffffffffu, 0);
     check_tile_("wmma::store_matrix_sync", p, ldm);
     if (fcn_emu::lane_id() != 0) return;
+    fcn_emu::count_tile(p, M, N, ldm, sizeof(P), layout == mem_row_major);
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c) {
             P& dst = layout == mem_row_major ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];

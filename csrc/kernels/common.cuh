@@ -95,6 +95,38 @@ __device__ __forceinline__ float4 pack_lanes(const float (&v)[4]) { return make_
 __device__ __forceinline__ int pack_lanes(const int (&v)[1]) { return v[0]; }
 __device__ __forceinline__ int4 pack_lanes(const int (&v)[4]) { return make_int4(v[0], v[1], v[2], v[3]); }
 
+// FCN_CALL_SITE: in the emulator, a wrapper's hidden last parameters, the
+// source file and line of its caller (the bank-conflict counter matches the
+// lanes of one warp-wide access by them; csrc/emu/smem.h). Empty under nvcc.
+#if defined(FCN_EMU)
+#define FCN_CALL_SITE , const char *site_file = __builtin_FILE(), int site_line = __builtin_LINE()
+#else
+#define FCN_CALL_SITE
+#endif
+
+// A shared-memory load or store that the emulator sees: it refuses bytes a
+// cp.async still has in flight and, when counting, counts the warp's bank
+// conflicts (csrc/emu/smem.h). Kernels use these where conflicts matter;
+// plain C++ accesses of shared memory compile the same and are not counted.
+// Under nvcc they are the plain access.
+template <typename T>
+__device__ __forceinline__ T smem_load(const T* p FCN_CALL_SITE) {
+#if defined(FCN_EMU)
+    if (::fcn_emu::shared_watched())
+        ::fcn_emu::shared_access(::fcn_emu::Access::kShared, p, sizeof(T), site_file, site_line);
+#endif
+    return *p;
+}
+
+template <typename T>
+__device__ __forceinline__ void smem_store(T* p, const T& v FCN_CALL_SITE) {
+#if defined(FCN_EMU)
+    if (::fcn_emu::shared_watched())
+        ::fcn_emu::shared_access(::fcn_emu::Access::kShared, p, sizeof(T), site_file, site_line);
+#endif
+    *p = v;
+}
+
 // Written without a + b - 1, which overflows for a near INT_MAX.
 __host__ __device__ __forceinline__ constexpr int ceil_div(int a, int b) { return a / b + (a % b != 0); }
 __host__ __device__ __forceinline__ constexpr long long ceil_div(long long a, long long b) {

@@ -210,14 +210,15 @@ __device__ __forceinline__ void conv2d_igemm_stages(
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier, so it can be overwritten without waiting.
 #pragma unroll
-        for (int i = 0; i < kSlots; ++i) As[stage][t / TM + i * kSlotStride][t % TM] = In::convert(a_next[i]);
+        for (int i = 0; i < kSlots; ++i)
+            smem_store(&As[stage][t / TM + i * kSlotStride][t % TM], In::convert(a_next[i]));
 #pragma unroll
         for (int i = 0; i < kBSlots; ++i) {
-            auto& dst = Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)];
+            auto* dst = &Bs[stage][bkk][bk + i * (kConvThreads / kConvTileK)];
             if constexpr (kStagedWeights)
-                dst = b_next[i];
+                smem_store(dst, b_next[i]);
             else
-                dst = In::convert(b_next[i]);
+                smem_store(dst, In::convert(b_next[i]));
         }
         __syncthreads();  // the stage is complete before anyone reads it
         if (kk0 + kConvTileK < kk_end) {
@@ -310,8 +311,8 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ x_mask, cons
         const float4* b4 = as_vector<const float4>(&Bs[stage][0][tn * kConvThreadN]);
 #pragma unroll
         for (int k = 0; k < kConvTileK; ++k) {
-            const float4 a = a4[k * (TM / 4)];
-            const float4 bv = b4[k * (kConvLdB<float, TN> / 4)];
+            const float4 a = smem_load(&a4[k * (TM / 4)]);
+            const float4 bv = smem_load(&b4[k * (kConvLdB<float, TN> / 4)]);
             const float av[kConvThreadM] = {a.x, a.y, a.z, a.w};
             const float bw[kConvThreadN] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
@@ -418,7 +419,7 @@ conv2d_igemm_wmma(const float* __restrict__ x, const Wt* __restrict__ w, const f
     const int at = out.at(g, m);
     for (int kl = t / kConvTileM; kl < kConvTileN && k0 + kl < g.K; kl += kConvThreads / kConvTileM) {
         const int k = k0 + kl;
-        out.store(at + k * out.plane, Cs[kl][ml] + (b ? __ldg(&b[k]) : 0.f));
+        out.store(at + k * out.plane, smem_load(&Cs[kl][ml]) + (b ? __ldg(&b[k]) : 0.f));
     }
 }
 

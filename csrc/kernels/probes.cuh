@@ -24,8 +24,14 @@
 //   failing_block_probe: a multi-block launch in which one block fails
 //     (a divergent barrier): the launch must end with the error, ordered
 //     before what the host does next (the TSan build must report nothing).
+//   cp_async_probe, ldmatrix_probe, mma_probe: the Ampere instructions of
+//     ptx_sm80.cuh on inputs the tests lay out by hand from the PTX ISA's
+//     tables (tests/kernels/test_ptx_sm80.py), and cp.async's misuses.
+//   smem_bank_probe: warp-wide shared-memory accesses of a chosen stride
+//     and width, for the emulator's bank-conflict counter.
 #pragma once
 #include "common.cuh"
+#include "ptx_sm80.cuh"
 
 namespace fcn {
 
@@ -197,6 +203,150 @@ __global__ void race_probe(float* y, int kind, int ordered) {
 __global__ void failing_block_probe(float* y, int fail) {
     if (int(blockIdx.x) == fail && threadIdx.x % 2 == 1) __syncthreads();
     y[blockIdx.x * blockDim.x + threadIdx.x] = 1.f;
+}
+
+// ------------------------------------------------------------ Ampere rung
+
+enum CpAsyncProbe {
+    kCpCopy = 0,            // every thread copies `bytes` (src_bytes of them read), wait_all, barrier, read back
+    kCpGroups = 1,          // two groups; wait_group 1 settles the first, wait_group 0 the second
+    kCpReadEarly = 2,       // an accessor reads a destination before its wait: an error
+    kCpGroupEarly = 3,      // after wait_group 1, the second group's destination is read: an error
+    kCpLdmatrixEarly = 4,   // ldmatrix reads a row still in flight: an error
+    kCpPlainReadEarly = 5,  // a plain C++ read before the wait (ASan: use-after-poison)
+    kCpUnwaited = 6,        // thread 0 waits only after the barrier that thread 33 reads behind (TSan: a race)
+    kCpOrdered = 7,         // thread 0 waits, then the barrier, then thread 33 reads: ordered
+    kCpOverwrite = 8,       // a second cp.async into bytes still in flight: an error
+};
+
+// One block of 64 threads; `bytes` = 4, 8 or 16 (cg: the .cg form, 16 only).
+// kCpCopy: thread t copies src[t * bytes/4 ...] to s[0][t * bytes/4 ...] with
+//   src_bytes read (the rest zero-filled) over a sentinel of -1, and out[i]
+//   = s[0][i] for the 64 * bytes/4 floats, read by thread i % 64 (another
+//   thread's copy: the wait and the barrier order it).
+// kCpGroups: thread t copies 16 bytes src[4t..] -> s[0][4t..] (group 0) and
+//   src[256 + 4t..] -> s[1][4t..] (group 1); out[0..255] = s[0], read after
+//   wait_group 1, out[256..511] = s[1] after wait_group 0, each thread its own.
+__global__ void cp_async_probe(const float* __restrict__ src, float* __restrict__ out, int bytes, int src_bytes,
+                               int cg, int mode) {
+    __shared__ __align__(16) float s[2][64 * 4];
+    const int t = threadIdx.x, per = bytes / 4;
+    for (int i = t; i < 2 * 64 * 4; i += 64) s[i / 256][i % 256] = -1.f;
+    __syncthreads();
+    auto copy = [&](int buf, int at, int from) {
+        if (cg) cp_async_cg(&s[buf][at], src + from, src_bytes);
+        else if (bytes == 4) cp_async<4>(&s[buf][at], src + from, src_bytes);
+        else if (bytes == 8) cp_async<8>(&s[buf][at], src + from, src_bytes);
+        else cp_async<16>(&s[buf][at], src + from, src_bytes);
+    };
+    if (mode == kCpCopy) {
+        copy(0, t * per, t * per);
+        cp_async_wait_all();
+        __syncthreads();
+        for (int i = t; i < 64 * per; i += 64) out[i] = s[0][i];
+    } else if (mode == kCpGroups || mode == kCpGroupEarly) {
+        copy(0, 4 * t, 4 * t);
+        cp_async_commit();
+        copy(1, 4 * t, 256 + 4 * t);
+        cp_async_commit();
+        cp_async_wait<1>();
+        for (int j = 0; j < 4; ++j) out[4 * t + j] = smem_load(&s[0][4 * t + j]);
+        if (mode == kCpGroupEarly) out[256 + 4 * t] = smem_load(&s[1][4 * t]);
+        cp_async_wait<0>();
+        for (int j = 0; j < 4; ++j) out[256 + 4 * t + j] = smem_load(&s[1][4 * t + j]);
+    } else if (mode == kCpReadEarly || mode == kCpPlainReadEarly) {
+        copy(0, t * per, t * per);
+        cp_async_commit();
+        out[t] = mode == kCpReadEarly ? smem_load(&s[0][t * per]) : s[0][t * per];
+        cp_async_wait_all();
+    } else if (mode == kCpLdmatrixEarly) {
+        copy(0, 4 * t, 4 * t);  // 16-byte rows: row t of s[0]
+        cp_async_commit();
+        if (t < 32) {
+            uint32_t r[1];
+            ldmatrix<1>(r, &s[0][4 * t]);
+            out[t] = float(r[0]);
+        }
+        cp_async_wait_all();
+    } else if (mode == kCpUnwaited || mode == kCpOrdered) {
+        if (t == 0) copy(0, 0, 0);
+        if (t == 0 && mode == kCpOrdered) cp_async_wait_all();
+        __syncthreads();
+        if (t == 0 && mode == kCpUnwaited) cp_async_wait_all();
+        if (t == 33) out[0] = s[0][0];
+    } else if (mode == kCpOverwrite) {
+        copy(0, t * per, t * per);
+        copy(0, t * per, t * per);
+        cp_async_wait_all();
+    }
+}
+
+// One warp. s holds 32 rows of 8 b16 (16 bytes each) from m; lane l gives
+// the address of row rows[l]; out[4l + i] = register i of lane l after
+// ldmatrix .x{num} {.trans} (registers past num: untouched).
+__global__ void ldmatrix_probe(const uint16_t* __restrict__ m, const int* __restrict__ rows, uint32_t* out, int num,
+                               int trans) {
+    __shared__ __align__(16) uint16_t s[32 * 8];
+    const int l = threadIdx.x;
+    for (int j = 0; j < 8; ++j) s[8 * l + j] = m[8 * l + j];
+    __syncwarp();
+    const uint16_t* row = &s[8 * rows[l]];
+    uint32_t r[4] = {0, 0, 0, 0};
+    auto load = [&](auto num_c, auto trans_c) {
+        uint32_t q[decltype(num_c)::value];
+        ldmatrix<decltype(num_c)::value, decltype(trans_c)::value>(q, row);
+        for (int i = 0; i < decltype(num_c)::value; ++i) r[i] = q[i];
+    };
+    using std::integral_constant;
+    if (num == 1 && !trans) load(integral_constant<int, 1>(), integral_constant<bool, false>());
+    else if (num == 1) load(integral_constant<int, 1>(), integral_constant<bool, true>());
+    else if (num == 2 && !trans) load(integral_constant<int, 2>(), integral_constant<bool, false>());
+    else if (num == 2) load(integral_constant<int, 2>(), integral_constant<bool, true>());
+    else if (!trans) load(integral_constant<int, 4>(), integral_constant<bool, false>());
+    else load(integral_constant<int, 4>(), integral_constant<bool, true>());
+    for (int i = 0; i < 4; ++i) out[4 * l + i] = r[i];
+}
+
+// One warp: lane l holds a[4l .. 4l+3], b[2l, 2l+1], c[4l .. 4l+3] as its
+// fragment registers and writes its D fragment to d[4l .. 4l+3].
+// kind 0: mma.m16n8k8 tf32; 1: mma.m16n8k16 bf16.
+__global__ void mma_probe(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b, const float* __restrict__ c,
+                          float* __restrict__ d, int kind) {
+    const int l = threadIdx.x;
+    const uint32_t ra[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]};
+    const uint32_t rb[2] = {b[2 * l], b[2 * l + 1]};
+    const float rc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]};
+    float rd[4];
+    if (kind == 0) mma_m16n8k8_tf32(rd, ra, rb, rc);
+    else mma_m16n8k16_bf16(rd, ra, rb, rc);
+    for (int i = 0; i < 4; ++i) d[4 * l + i] = rd[i];
+}
+
+// One warp: lane l loads (store = 0) or stores (1) the `width`-float vector
+// at float index l * stride * width of a 4096-float shared array through
+// smem_load / smem_store, `repeat` times; out[l] = the first float it read.
+__global__ void smem_bank_probe(float* out, int stride, int width, int store, int repeat) {
+    __shared__ __align__(16) float s[4096];
+    const int l = threadIdx.x;
+    for (int i = l; i < 4096; i += 32) s[i] = float(i);
+    __syncwarp();
+    const int at = (l * stride * width) % 4096;
+    float first = 0.f;
+    for (int r = 0; r < repeat; ++r) {
+        if (width == 1) {
+            if (store) smem_store(&s[at], float(at));
+            else first = smem_load(&s[at]);
+        } else if (width == 2) {
+            float2* p = as_vector<float2>(&s[at]);
+            if (store) smem_store(p, make_float2(float(at), 0.f));
+            else first = smem_load(p).x;
+        } else {
+            float4* p = as_vector<float4>(&s[at]);
+            if (store) smem_store(p, make_float4(float(at), 0.f, 0.f, 0.f));
+            else first = smem_load(p).x;
+        }
+    }
+    out[l] = first;
 }
 
 }  // namespace fcn

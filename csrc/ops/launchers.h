@@ -66,6 +66,13 @@ void launch_dynamic_smem_probe(const float* x, float* y, unsigned* misalignment,
 void launch_out_of_bounds_probe(const float* x, float* y, int n, int kind, cudaStream_t stream);
 void launch_race_probe(float* y, int kind, bool ordered, cudaStream_t stream);
 void launch_failing_block_probe(float* y, int blocks, int threads, int fail, cudaStream_t stream);
+void launch_cp_async_probe(const float* src, float* out, int bytes, int src_bytes, bool cg, int mode,
+                           cudaStream_t stream);
+void launch_ldmatrix_probe(const std::uint16_t* m, const int* rows, std::uint32_t* out, int num, bool trans,
+                           cudaStream_t stream);
+void launch_mma_probe(const std::uint32_t* a, const std::uint32_t* b, const float* c, float* d, int kind,
+                      cudaStream_t stream);
+void launch_smem_bank_probe(float* out, int stride, int width, bool store, int repeat, cudaStream_t stream);
 
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)
 // data (n ints, their partial sums within int) becomes its exclusive scan in place; *total (when non-null) =

@@ -62,4 +62,23 @@ void launch_failing_block_probe(float* y, int blocks, int threads, int fail, cud
     launch("failing_block_probe", failing_block_probe, dim3(blocks), dim3(threads), 0, stream, y, fail);
 }
 
+void launch_cp_async_probe(const float* src, float* out, int bytes, int src_bytes, bool cg, int mode,
+                           cudaStream_t stream) {
+    launch("cp_async_probe", cp_async_probe, dim3(1), dim3(64), 0, stream, src, out, bytes, src_bytes, int(cg), mode);
+}
+
+void launch_ldmatrix_probe(const std::uint16_t* m, const int* rows, std::uint32_t* out, int num, bool trans,
+                           cudaStream_t stream) {
+    launch("ldmatrix_probe", ldmatrix_probe, dim3(1), dim3(32), 0, stream, m, rows, out, num, int(trans));
+}
+
+void launch_mma_probe(const std::uint32_t* a, const std::uint32_t* b, const float* c, float* d, int kind,
+                      cudaStream_t stream) {
+    launch("mma_probe", mma_probe, dim3(1), dim3(32), 0, stream, a, b, c, d, kind);
+}
+
+void launch_smem_bank_probe(float* out, int stride, int width, bool store, int repeat, cudaStream_t stream) {
+    launch("smem_bank_probe", smem_bank_probe, dim3(1), dim3(32), 0, stream, out, stride, width, int(store), repeat);
+}
+
 }  // namespace fcn

@@ -133,3 +133,47 @@ def failing_blocks(y, blocks, fail):
     barrier, so the launch raises RuntimeError. Returns nothing: y is written."""
     be = _be()
     be.ext.failing_block_probe(be.ptr(y), blocks, y.size // blocks, fail, be.stream())
+
+
+CP_ASYNC = {"copy": 0, "groups": 1, "read_early": 2, "group_early": 3, "ldmatrix_early": 4, "plain_read_early": 5,
+            "unwaited": 6, "ordered": 7, "overwrite": 8}
+
+
+def cp_async(src, mode, bytes=16, src_bytes=None, cg=False):
+    """cp_async_probe (probes.cuh) on 64 threads with `src` (at least 512
+    floats); returns its 512-float output, -1 where nothing was written."""
+    be = _be()
+    out = be.xp.full(512, -1, dtype=np.float32)
+    be.ext.cp_async_probe(be.ptr(src), be.ptr(out), bytes, bytes if src_bytes is None else src_bytes, bool(cg),
+                          CP_ASYNC[mode], be.stream())
+    return out
+
+
+def ldmatrix(m, rows, num, trans=False):
+    """ldmatrix_probe: m is 32 rows x 8 uint16, rows[l] the row whose address
+    lane l gives. Returns the 32 x 4 uint32 registers (past num: 0)."""
+    be = _be()
+    out = be.xp.zeros((32, 4), dtype=np.uint32)
+    be.ext.ldmatrix_probe(be.ptr(m), be.ptr(rows), be.ptr(out), num, bool(trans), be.stream())
+    return out
+
+
+MMA = {"tf32": 0, "bf16": 1}
+
+
+def mma(a, b, c, kind):
+    """mma_probe: a (32 x 4 uint32), b (32 x 2 uint32), c (32 x 4 float32)
+    are each lane's fragment registers; returns D's (32 x 4 float32)."""
+    be = _be()
+    d = be.xp.zeros((32, 4), dtype=np.float32)
+    be.ext.mma_probe(be.ptr(a), be.ptr(b), be.ptr(c), be.ptr(d), MMA[kind], be.stream())
+    return d
+
+
+def smem_bank(stride, width=1, store=False, repeat=1):
+    """smem_bank_probe: lane l of one warp loads (or stores) the width-float
+    vector at float index l * stride * width, `repeat` times."""
+    be = _be()
+    out = be.empty(32)
+    be.ext.smem_bank_probe(be.ptr(out), stride, width, bool(store), repeat, be.stream())
+    return out

@@ -10,9 +10,10 @@ import pytest
 import fcn_cuda
 from fcn_cuda import ops
 
-FCN_CUDA_ALL = ["FCN", "TrainConfig", "backend", "bilinear_weights", "cuda_unavailable_reason", "dense_crf",
-                "emulator_workers", "evaluate", "infer", "load_model", "loss_and_grads", "ops", "read_caffemodel",
-                "set_emulator_workers", "train", "use_backend"]
+FCN_CUDA_ALL = ["FCN", "TrainConfig", "backend", "bilinear_weights", "count_bank_conflicts", "cuda_unavailable_reason",
+                "dense_crf", "emulator_counters", "emulator_workers", "evaluate", "infer", "load_model",
+                "loss_and_grads", "ops", "read_caffemodel", "reset_emulator_counters", "set_emulator_workers", "train",
+                "use_backend"]
 
 OPS_ALL = ["Bf16Weights", "CONV2D_PRECISION", "CONV2D_RELU_MAXPOOL_VARIANTS", "CONV2D_SPLIT_VARIANTS",
            "CONV2D_VARIANTS", "CONV_TRANSPOSE2D_VARIANTS", "MEAN_BGR", "SOFTMAX_VARIANTS", "argmax", "bias_grad",

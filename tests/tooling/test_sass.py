@@ -1,0 +1,58 @@
+"""The nvcc build compiles the Ampere wrappers (csrc/kernels/ptx_sm80.cuh)
+into the instructions they name: the SASS of the probe kernels, read with
+cuobjdump, holds LDGSTS (cp.async: .ZFILL for src-size, .BYPASS for .cg,
+LDGDEPBAR and DEPBAR for commit and wait), LDSM (ldmatrix: .M88 / .MT88
+for .trans, .2 / .4 for .x2 / .x4) and HMMA (mma.sync: 1688 TF32 and 16816
+BF16).
+
+Needs cuobjdump on PATH (pip install --target DIR nvidia-cuda-cuobjdump and
+nvidia-cuda-nvdisasm, then both DIR/nvidia/cu13/bin on PATH; .ci/run does)
+and the nvcc build; skips only where either is absent.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import fcn_cuda
+
+CUDA_SO = sorted(Path(fcn_cuda.__file__).parent.glob("_cuda*.so"))
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("cuobjdump") is None, reason="cuobjdump is not on PATH"),
+    pytest.mark.skipif(not CUDA_SO, reason="fcn_cuda._cuda (the nvcc build) is not built"),
+]
+
+# kernel (mangled name) -> the SASS opcodes its wrappers must compile to
+EXPECTED = {
+    "_ZN3fcn14cp_async_probeEPKfPfiiii": {"LDGSTS.E.ZFILL", "LDGSTS.E.64.ZFILL", "LDGSTS.E.128.ZFILL",
+                                          "LDGSTS.E.BYPASS.128.ZFILL", "LDGDEPBAR", "DEPBAR.LE"},
+    "_ZN3fcn14ldmatrix_probeEPKtPKiPjii": {"LDSM.16.M88", "LDSM.16.M88.2", "LDSM.16.M88.4", "LDSM.16.MT88",
+                                           "LDSM.16.MT88.2", "LDSM.16.MT88.4"},
+    "_ZN3fcn9mma_probeEPKjS1_PKfPfi": {"HMMA.1688.F32.TF32", "HMMA.16816.F32.BF16"},
+}
+OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
+
+
+def sass_opcodes(kernel):
+    proc = subprocess.run(["cuobjdump", "-sass", "-fun", kernel, str(CUDA_SO[0])], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Function : {kernel}" in proc.stdout, f"{kernel} is not in {CUDA_SO[0].name}"
+    return set(OPCODE.findall(proc.stdout))
+
+
+@pytest.mark.parametrize("kernel", list(EXPECTED))
+def test_wrappers_compile_to_their_instructions(kernel):
+    missing = EXPECTED[kernel] - sass_opcodes(kernel)
+    assert not missing, f"{kernel}: no {sorted(missing)} in its SASS"
+
+
+def test_the_opcode_pattern_reads_sass():
+    line = "        /*0120*/                   LDGSTS.E.128.ZFILL [R5], desc[UR4][R2.64], P0 ;  /* 0x... */"
+    assert OPCODE.findall(line) == ["LDGSTS.E.128.ZFILL"]
+    assert OPCODE.findall("        /*0200*/              @!P0 HMMA.1688.F32.TF32 R4, R8, R12, R4 ;") == \
+        ["HMMA.1688.F32.TF32"]
