@@ -1,6 +1,6 @@
 """python -m benchmarks.crf_accuracy: max |dQ| of fcn_cuda.dense_crf (the
 lattice rung, on the active backend) against pydensecrf over every input
-that tests/test_crf.py compares with it (the lattice cases, the iteration
+that the CRF's tests (test_crf.py) compare with it (the lattice cases, the iteration
 counts and the padding-point image), against its bound of 1e-5."""
 
 import sys
@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def crf_test_module():
-    """tests/.../test_crf.py, imported as the tests import it (tests/ on sys.path for _util)."""
+    """test_crf.py, wherever under tests/ it lives, imported as the tests import it (tests/ on sys.path
+    for _util)."""
     (path,) = [p for p in (ROOT / "tests").rglob("test_crf.py")]
     for folder in (ROOT / "tests", path.parent):
         if str(folder) not in sys.path:
