@@ -53,11 +53,15 @@ def run(be, x, fn):
     return to_numpy(probes.crf_math(be.xp.asarray(x), fn))
 
 
+# The sweeps are a few hundred thousand threads: left out of the ThreadSanitizer stage (model_scale),
+# where the small test after them runs the same kernel.
+@pytest.mark.model_scale
 def test_exp_is_correctly_rounded(be):
     x = exp_inputs()
     assert_correctly_rounded(run(be, x, "exp"), x, np.exp)
 
 
+@pytest.mark.model_scale
 def test_log_is_correctly_rounded(be):
     x = log_inputs()
     assert_correctly_rounded(run(be, x, "log"), x, np.log)
