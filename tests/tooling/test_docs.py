@@ -26,7 +26,10 @@ QUOTED_PATH = re.compile(r"^(?:csrc|fcn_cuda|tests|benchmarks|docs|\.ci)/[\w.\-/
 OUTSIDE_DOCUMENTS = ("DESIGN", "FCN_REFERENCE", "TENSOR_CORES", "EMULATOR_NOTES", "DENSE_CRF", "STYLE")
 CITATIONS = [
     re.compile(r"\b(?:%s)\.md\b" % "|".join(OUTSIDE_DOCUMENTS)),
-    re.compile(r"\bissues?\s*(?:#\s*)?\d+", re.I),  # "issue 7", "issue #18"
+    re.compile(r"\bissues?\s*#\s*\d+", re.I),  # "issue #18"
+    # "(issue 7)", "issue 18:", "see issue 12", but not the verb: "a warp issues 16 mma.sync"
+    re.compile(r"\bissues?\s+\d+(?=\s*(?:[:;,.)\]]|$))", re.I),
+    re.compile(r"\b(?:in|from|see|per|by|of)\s+issues?\s+\d+", re.I),
     re.compile(r"\b(?:the|this|an?|that)\s+issue(?:'s)?\b", re.I),  # "the issue's target"
     re.compile(r"\(issue\b", re.I),
     re.compile(r"(?<![\w\"'/&#])#\d{1,4}\b"),  # "#12", as a tracker writes it
@@ -144,7 +147,9 @@ def test_no_tracked_file_cites_an_outside_document_or_an_issue():
 @pytest.mark.parametrize("line,cites", [
     ("see DESIGN.md section 3", True), ("the target (issue 7)", True), ("Issue #18's rows", True),
     ("as the issue says", True), ("fixed in #42", True), ("(issue: foundation)", True),
+    ("see issue 12 for the plan", True), ("what is missing from issue 7", True),
     ("FMAs issue like useful ones", False), ("// Issue the next stage's loads", False),
+    ("a warp issues 16 `mma.m16n8k16` (4 x 4 tiles)", False), ("each thread may issue 4 loads", False),
     ("color '#333'", False), ("[the rung](performance.md#3-the-fused-last-stage)", False),
 ])
 def test_the_citation_patterns(line, cites):
