@@ -4,6 +4,10 @@
 ``backend()`` is ``'cuda'`` when ``fcn_cuda._cuda`` imports and CuPy sees a
 GPU, else ``'host'``; ``FCN_CUDA_BACKEND=host|cuda`` or ``use_backend()``
 override that.
+
+``FCN_CUDA_POISON=1`` (the test suite sets it) fills every array the API
+allocates with NaN (all bits set for integer arrays) before a kernel sees
+it, so an element a kernel fails to write shows up in its result.
 """
 
 import contextlib
@@ -35,7 +39,14 @@ class Backend:
         return self.xp.cuda.get_current_stream().ptr
 
     def empty(self, shape, dtype=np.float32):
-        return self.xp.empty(shape, dtype=dtype)
+        """Every output and workspace the API allocates comes from here; poisoned under FCN_CUDA_POISON=1."""
+        a = self.xp.empty(shape, dtype=dtype)
+        if _POISON:
+            if np.dtype(dtype).kind == "f":
+                a.fill(np.nan)
+            else:
+                a.reshape(-1).view(np.uint8).fill(0xFF)
+        return a
 
     def owns(self, a):
         """True when `a` is an array this backend's kernels can read."""
@@ -49,6 +60,16 @@ _host = None
 _cuda = None
 _cuda_error = None
 _active = None
+
+
+def _poison_from_env():
+    value = os.environ.get("FCN_CUDA_POISON", "").strip()
+    if value not in ("", "0", "1"):
+        raise RuntimeError(f"FCN_CUDA_POISON must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+_POISON = _poison_from_env()
 _local = threading.local()  # .backend: a `using` block's backend, for this thread only
 
 

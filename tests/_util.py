@@ -41,7 +41,7 @@ def to_numpy(a):
 
 
 def errors(out, ref):
-    """(relative L2 error, max abs error) in float64; NaN anywhere is +inf."""
+    """(normwise relative error, max abs error) in float64; NaN anywhere is +inf."""
     out = to_numpy(out).astype(np.float64)
     ref = to_numpy(ref).astype(np.float64)
     assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
@@ -54,8 +54,34 @@ def errors(out, ref):
 
 
 def assert_close(out, ref, tol=FP32, what="output"):
-    rel, mx = errors(out, ref)
-    assert rel <= tol, f"{what}: relative error {rel:.3e} > {tol:.0e} (max abs error {mx:.3e})"
+    """The numerical contract: the normwise relative error ||out - ref|| / ||ref||
+    is at most `tol` (the precision's figure: FP32, TF32 or HALF), and so is each
+    element's, |out - ref| <= atol + tol |ref| with atol = tol max|ref|: a few
+    wrong elements in a large output pass the normwise bound, not this one, and
+    atol lets an element near zero carry the rounding of the terms that cancelled
+    there. NaN or infinity in `out` fails. The message gives the max abs and the
+    max relative error, and the worst element."""
+    o = to_numpy(out).astype(np.float64)
+    r = to_numpy(ref).astype(np.float64)
+    assert o.shape == r.shape, f"{what}: shape {o.shape} != reference {r.shape}"
+    bad = ~np.isfinite(o)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {o.size} elements not finite, "
+                           f"the first at {np.unravel_index(int(np.argmax(bad)), o.shape)}")
+    if o.size == 0:
+        return
+    diff = np.abs(o - r)
+    mag = np.abs(r)
+    rel, mx = errors(o, r)
+    bound = tol * (mag.max() + mag)
+    over = diff > bound
+    worst = np.unravel_index(int(np.argmax(diff - bound)), o.shape)
+    nonzero = mag > 0
+    max_rel = float((diff[nonzero] / mag[nonzero]).max()) if nonzero.any() else 0.0
+    summary = (f"normwise relative error {rel:.3e}, max abs error {mx:.3e}, max relative error {max_rel:.3e}; "
+               f"worst element {worst}: {o[worst]!r} vs {r[worst]!r}, bound {bound[worst]:.3e}")
+    assert rel <= tol, f"{what}: normwise relative error {rel:.3e} > {tol:.0e} ({summary})"
+    assert not over.any(), (f"{what}: {int(over.sum())} of {o.size} elements off by more than "
+                            f"{tol:.0e} (max|ref| + |ref|) ({summary})")
 
 
 def t64(a, grad=False):

@@ -4,6 +4,12 @@
 _cuda build are present; elsewhere those cases skip with the reason). A
 test that switches the backend itself gets the previous one back after it.
 
+Every array the API allocates (outputs and workspaces, through
+Backend.empty) starts poisoned in every test, here and in the processes
+tests start: FCN_CUDA_POISON=1 is set before fcn_cuda is imported, so an
+element a kernel fails to write shows up as NaN (or all bits set in an
+integer array) in what the test checks.
+
 FCN_CUDA_NO_MEMORY_POOL=1 (set by .ci/gpu's compute-sanitizer stages) turns
 CuPy's memory pool off: the pool cuts many arrays out of one cudaMalloc, so
 memcheck would take an overrun into a neighbouring array for valid memory.
@@ -14,6 +20,7 @@ import os
 import numpy as np
 import pytest
 
+os.environ["FCN_CUDA_POISON"] = "1"  # read when fcn_cuda is imported, just below
 import fcn_cuda
 from fcn_cuda import _backend
 
