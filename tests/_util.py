@@ -129,13 +129,6 @@ def assert_each_raises(bases, cases):
             pytest.fail(f"bad case {i} ({match!r}) did not raise")
 
 
-def nan_filled(be, shape, dtype=np.float32):
-    """An output buffer poisoned with NaN so unwritten elements fail."""
-    a = be.xp.empty(shape, dtype=dtype)
-    a.fill(np.nan)
-    return a
-
-
 def conv_call(dtype, h, w, r, s, stride, padding):
     """What a fuzzed convolution call should do: (valid, (sh, sw), (ph, pw)),
     valid when the dtype is float32, stride >= 1, padding >= 0 and the R x S
