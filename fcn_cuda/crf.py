@@ -174,12 +174,13 @@ class _Lattice:
     normaliser (csrc/kernels/crf.cuh). Reading the vertex count back is the
     one wait on the device."""
 
-    def __init__(self, be, img, d, sxy, srgb, bits, padding=True):
+    def __init__(self, be, img, d, sxy, srgb, bits, padding=None):
         ext, s = be.ext, be.stream()
         h, w = img.shape[:2]
         self.be, self.d, self.n = be, d, h * w
-        # pydensecrf's padding point (crf.cuh, crf_lattice_points); a test turns it off to show that it matters.
-        self.p = self.n + (padding and self.n % 4 != 0)
+        # pydensecrf's padding point (crf.cuh, crf_lattice_points), present when N % 4 != 0; padding=True or
+        # False forces it in or out, which tests do to show that the rule matters.
+        self.p = self.n + (self.n % 4 != 0 if padding is None else bool(padding))
         term = ext.CrfTermShape(d, h, w, self.p, sxy, srgb)
         e = (d + 1) * self.p
         bary = be.empty((e,))

@@ -140,30 +140,63 @@ def test_iteration_counts(be, iterations):
         np.testing.assert_allclose(q, p / p.sum(0), rtol=0, atol=1e-6)
 
 
-def test_the_padding_point_is_in_the_lattice(be, monkeypatch):
-    """pydensecrf elevates 4 pixels at a time; for H*W % 4 != 0 the lanes past the image carry the
-    feature 0 and their vertices enter the lattice. On this dark image they join the blur and move Q
-    by 1e-4: without them the result would fail the comparison."""
-    h, w, c = 39, 29, 3
-    assert h * w % 4 == 3
-    rng = np.random.default_rng(0)
-    img = np.clip(40 + 40 * smooth_field(rng, 3, h, w, cells=8), 0, 255).transpose(1, 2, 0).astype(np.uint8)
-    img = np.ascontiguousarray(img)
+LATTICE = crf._Lattice
+
+
+def padded(monkeypatch, padding):
+    """dense_crf from here on with pydensecrf's padding point forced in (True) or out (False) of every
+    lattice, whatever H*W % 4."""
+
+    class Forced(LATTICE):
+        def __init__(self, *args):
+            super().__init__(*args, padding=padding)
+
+    monkeypatch.setattr(crf, "_Lattice", Forced)
+
+
+def flat_image(seed, h, w, c, level):
+    """(img, probs): a colour field around `level` (+-40 before clipping), smooth logits."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(level + 40 * smooth_field(rng, 3, h, w, cells=8), 0, 255).transpose(1, 2, 0).astype(np.uint8)
     logits = smooth_field(rng, c, h, w, cells=8)
     probs = np.exp(logits - logits.max(0))
-    probs = np.ascontiguousarray((probs / probs.sum(0)).astype(np.float32))
+    return np.ascontiguousarray(img), np.ascontiguousarray((probs / probs.sum(0)).astype(np.float32))
+
+
+PADDING_SIZES = [(40, 30), (33, 29), (38, 29), (39, 29)]  # H*W % 4 = 0, 1, 2, 3
+
+
+@pytest.mark.parametrize("h,w", PADDING_SIZES, ids=[f"n%4={h * w % 4}" for h, w in PADDING_SIZES])
+def test_the_padding_point_follows_pydensecrf_on_a_dark_image(be, monkeypatch, h, w):
+    """pydensecrf elevates 4 pixels at a time; for H*W % 4 != 0 the lanes past the image carry the
+    feature 0 and their vertices enter the lattice (one point stands for them all: they share the
+    vertices). On this dark image (feature 0 is a black pixel at the origin) those vertices join the
+    blur, so the point moves Q by 4e-4 or more at every H*W % 4: the rule is pinned for each residue,
+    in both directions, by the comparison with pydensecrf."""
+    img, probs = flat_image(0, h, w, 3, level=40)
     ref = pydensecrf(img, probs)
     rel, diff = errors(run(be, img, probs), ref)
     assert diff <= FP32, f"max |dQ| = {diff:.2e} (relative error {rel:.2e}) against pydensecrf"
+    padded(monkeypatch, h * w % 4 == 0)  # the other choice for this residue
+    moved = np.abs(run(be, img, probs) - ref).max()
+    assert moved > 20 * FP32, f"the padding point moves Q by {moved:.1e} only: this image does not pin the rule"
 
-    real = crf._Lattice
 
-    class WithoutPadding(real):
-        def __init__(self, *args):
-            super().__init__(*args, padding=False)
-
-    monkeypatch.setattr(crf, "_Lattice", WithoutPadding)
-    assert np.abs(run(be, img, probs) - ref).max() > 5 * FP32
+@pytest.mark.parametrize("h,w", PADDING_SIZES, ids=[f"n%4={h * w % 4}" for h, w in PADDING_SIZES])
+def test_the_padding_point_cannot_matter_on_a_bright_image(be, monkeypatch, h, w):
+    """On a bright image (no channel below 80) every pixel's bilateral feature lies more than one
+    lattice step from feature 0 along the colour axes, so the padding point's vertices have no
+    neighbours to blur with (and the Gaussian term's feature 0 is pixel (0, 0)'s own): Q has the same
+    bits with the point in or out, and equals pydensecrf's either way."""
+    img, probs = flat_image(0, h, w, 3, level=190)
+    assert img.min() >= 80
+    ref = pydensecrf(img, probs)
+    rel, diff = errors(run(be, img, probs), ref)
+    assert diff <= FP32, f"max |dQ| = {diff:.2e} (relative error {rel:.2e}) against pydensecrf"
+    padded(monkeypatch, True)
+    with_point = run(be, img, probs)
+    padded(monkeypatch, False)
+    np.testing.assert_array_equal(run(be, img, probs), with_point)
 
 
 NAIVE = [((7, 9, 3), "readme"), ((13, 11, 2), "deeplab"), ((5, 17, 21), "readme"), ((12, 10, 4), "negative-compat"),
