@@ -108,6 +108,46 @@ def test_deterministic(be, rng, variant):
         assert same_bits(first, serial) and same_bits(first, pair)
 
 
+def split_sum_in_order(x, wt, b, splits, relu, order):
+    """The float32 sum of the splits' partial outputs in `order` (a permutation of the splits), then
+    the bias and the ReLU, as conv2d_split_sum is specified to add them. Each partial is worked out
+    exactly (float64 of integers times a power of two per split, all exact in float32), so only the
+    order of the float32 additions decides the bits."""
+    k, c, r, s = wt.shape
+    st = stages(c, r, s)
+    taps = np.arange(c * r * s).reshape(c, r, s)
+    acc = np.zeros(reference(x, wt, None, 1, 1, False).shape, np.float32)
+    for z in order:
+        inside = (taps >= z * st // splits * 16) & (taps < (z + 1) * st // splits * 16)
+        acc = acc + reference(x, wt * inside, None, 1, 1, False).astype(np.float32)
+    acc = acc + b[None, :, None, None]
+    return np.maximum(acc, np.float32(0)) if relu else acc
+
+
+@pytest.mark.parametrize("splits", [3, 4, 7])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_splits_are_added_in_order(be, rng, variant, splits):
+    """The same bits on a GPU and in the emulator, and for any block order, rest on one fixed order of
+    the splits' sum: split 0 first, as a float32 reference adds them. Small integers, and one power of
+    two per split on the weights of its taps (stages [z S / splits, (z + 1) S / splits) of the depth),
+    make every partial exact in each precision, TF32 and bf16 included, while the sum of partials of
+    such different sizes rounds: another order gives other bits."""
+    n, c, h, w, k, r, s = 2, 13, 6, 7, 10, 3, 3  # depth 117: 8 stages, the last one partial
+    x = rng.integers(-4, 5, (n, c, h, w)).astype(np.float32)
+    wt = rng.integers(-4, 5, (k, c, r, s)).astype(np.float32)
+    st = stages(c, r, s)
+    split_of_tap = np.searchsorted([(z + 1) * st // splits * 16 for z in range(splits)],
+                                   np.arange(c * r * s), side="right").reshape(c, r, s)
+    wt *= np.exp2(np.array([24, 2, 1, 3, 0, 2, 1])[split_of_tap]).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    ref = split_sum_in_order(x, wt, b, splits, False, range(splits))
+    assert (ref != split_sum_in_order(x, wt, b, splits, False, reversed(range(splits)))).mean() > 0.1
+    for relu in (False, True):
+        y = ops.conv2d(be.xp.asarray(x), be.xp.asarray(wt), be.xp.asarray(b), padding=1, relu=relu,
+                       variant=variant, splits=splits)
+        np.testing.assert_array_equal(to_numpy(y), split_sum_in_order(x, wt, b, splits, relu, range(splits)))
+
+
 def test_one_split_is_the_unsplit_path(be, rng):
     """splits=1 launches today's kernel: the same bits as no `splits` on a shape the rule leaves whole."""
     x, wt, b = draw(be, rng, *SHAPES["depth117"][:7])
