@@ -216,8 +216,9 @@ class Scratch:
             shutil.copy2(ROOT / f, dst)
         for so in (ROOT / "fcn_cuda").glob("_host.*.so"):
             shutil.copy2(so, self.root / "fcn_cuda" / so.name)
-        for objdir in (ROOT / "build").glob("_host-*"):
-            shutil.copytree(objdir, self.root / "build" / objdir.name)
+        if (ROOT / "build").is_dir():  # setuptools' own copy of the extension, and the object cache
+            shutil.copytree(ROOT / "build", self.root / "build",
+                            ignore=shutil.ignore_patterns("_cuda*", "ptxas*", "_host_asan*", "_host_tsan*"))
         self.env = dict(os.environ, FCN_CUDA_NO_CUDA="1", FCN_CUDA_BACKEND="host")
         self.env.pop("FCN_CUDA_SANITIZE", None)
         self.build()  # a no-op when the copied objects are current; else the whole host build, once
