@@ -113,8 +113,8 @@ def real(v, name):
     return v
 
 
-def shape4(shape, name):
+def shape4(shape, name, layout="(N, C, H, W)"):
     """A 4-tuple of positive ints (an array shape the caller describes)."""
     if not isinstance(shape, (tuple, list)) or len(shape) != 4:
-        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {shape!r}")
+        raise ValueError(f"{name} must be a 4-tuple {layout}, got {shape!r}")
     return tuple(integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(shape))

@@ -22,7 +22,9 @@ CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
 
 def conv2d_variants(w_shape, precision=None):
     """The variants that take filters of shape K x C x R x S (of one precision, if given)."""
-    _, c, r, s = w_shape
+    _, c, r, s = V.shape4(w_shape, "w_shape", "(K, C, R, S)")
+    if precision is not None:
+        V.choice(precision, "precision", set(CONV2D_PRECISION.values()))
     return tuple(v for v in CONV2D_VARIANTS if (v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
                  and precision in (None, CONV2D_PRECISION[v]))
 

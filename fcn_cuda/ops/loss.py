@@ -107,9 +107,13 @@ def loss_divisor(counts, n, normalize=False, weight=None):
     (counts: class_pixel_counts of its labels), weighted by class with
     `weight`. Summing counts over the shares of a batch gives the whole
     batch's divisor, bit for bit."""
-    if not normalize:
+    n = V.integer(n, "n", minimum=1)
+    if not V.flag(normalize, "normalize"):
         return n
-    counts = np.asarray(counts, np.int64)
+    counts = np.asarray(counts.get() if hasattr(counts, "get") else counts)
+    if counts.ndim != 1 or counts.dtype.kind not in "iu" or (counts < 0).any():
+        raise TypeError(f"counts must be a 1-D array of ints >= 0 (class_pixel_counts), got {counts!r}")
+    counts = counts.astype(np.int64)
     if weight is None:
         return int(counts.sum())
     return float(counts.astype(np.float64) @ _class_weights(weight, len(counts)).astype(np.float64))
