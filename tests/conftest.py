@@ -66,24 +66,5 @@ def _backend_put_back():
 
 
 @pytest.fixture
-def poisoned_outputs(monkeypatch):
-    """The API allocates its outputs (and workspaces) through Backend.empty:
-    poison every such allocation (NaN, or all bits set for integers) so that
-    an element a kernel fails to write shows up (docs/design.md). Test
-    files apply it with pytest.mark.usefixtures("poisoned_outputs")."""
-    plain = _backend.Backend.empty
-
-    def empty(self, shape, dtype=np.float32):
-        a = plain(self, shape, dtype)
-        if np.dtype(dtype).kind == "f":
-            a.fill(np.nan)
-        else:
-            a.view(np.uint8).fill(0xFF)
-        return a
-
-    monkeypatch.setattr(_backend.Backend, "empty", empty)
-
-
-@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -14,8 +14,8 @@ from fcn_cuda import ops
 
 from _util import assert_close, assert_each_raises, conv_call, dev, randn, same_bits, t64, to_numpy
 
-# The API allocates its outputs and workspaces: each is poisoned (conftest.py).
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+# The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
+pytestmark = pytest.mark.kernels
 
 
 # (N, C, H, W, K, R, S, stride, padding)

