@@ -114,9 +114,13 @@ def test_ties_and_equal_channels(be, rng):
     np.testing.assert_allclose(to_numpy(p), 0.2, rtol=1e-6)
 
 
-def test_non_finite_scores_as_unfused(be, rng):
-    """NaN / inf coarse scores spread to the pixels they reach; labels and the
-    NaN pattern of the probabilities are those of the unfused ops."""
+def test_non_finite_scores_as_unfused_and_torch(be, rng):
+    """NaN / inf coarse scores spread to the pixels they reach; labels and
+    probabilities (their NaN pattern, and their values where finite) are those
+    of the unfused ops and of torch in float64: the per-channel upsampling as a
+    grouped F.conv_transpose2d (the off-diagonal zeros of the full one would
+    make inf * 0 = NaN in every channel, which per-channel weights never
+    meet), then softmax and argmax over channels."""
     x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
     x[0, 1, 2, 3] = np.nan
     x[0, 2, 0, 0] = np.inf
@@ -124,16 +128,27 @@ def test_non_finite_scores_as_unfused(be, rng):
     x[1, :, 0, 0] = -np.inf
     x[1, 3, 2, 2] = np.inf
     x[1, 1, 2, 2] = np.nan
-    xd, wd = be.xp.asarray(x), be.xp.asarray(fcn_cuda.bilinear_weights(4, 16))
+    w = fcn_cuda.bilinear_weights(4, 16)
+    xd, wd = be.xp.asarray(x), be.xp.asarray(w)
     lab, p = ops.upsample_argmax(xd, wd, 8, 30, 37, (3, 5), probs=True)
+    lab, p = to_numpy(lab), to_numpy(p)
     up = ops.conv_transpose2d_window(xd, wd, 8, 30, 37, (3, 5))
-    ref_p, ref_l = ops.softmax_argmax(up)
-    np.testing.assert_array_equal(to_numpy(lab), to_numpy(ref_l))
-    p, ref_p = to_numpy(p), to_numpy(ref_p)
+    unfused_p, unfused_l = (to_numpy(a) for a in ops.softmax_argmax(up))
+    np.testing.assert_array_equal(lab, unfused_l)
+    np.testing.assert_array_equal(np.isnan(p), np.isnan(unfused_p))
+
+    diagonal = torch.from_numpy(w[np.arange(4), np.arange(4)][:, None]).double()
+    up64 = F.conv_transpose2d(torch.from_numpy(x).double(), diagonal, stride=8, groups=4)[:, :, 3:33, 5:42]
+    ref_p, ref_l = torch.softmax(up64, 1).numpy(), up64.argmax(1).numpy()
     np.testing.assert_array_equal(np.isnan(p), np.isnan(ref_p))
     finite = ~np.isnan(ref_p)
     assert finite.any() and (~finite).any()
-    np.testing.assert_allclose(p[finite], ref_p[finite], rtol=1e-6, atol=1e-7)
+    assert_close(p[finite], ref_p[finite], what="probabilities where torch's are finite")
+    up64 = up64.numpy()
+    special = ~np.isfinite(up64).all(1)  # a NaN or an infinity decides the label exactly
+    sure = special | decisive(np.where(np.isfinite(up64), up64, 0))
+    assert special.any() and sure.mean() > 0.9
+    np.testing.assert_array_equal(lab[sure], ref_l[sure])
 
 
 def test_trusted_reads_only_the_diagonal(be, rng):
