@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fcn_cuda
+
 FP32 = 1e-5
 TF32 = 2e-3
 HALF = 1e-2
@@ -127,6 +129,25 @@ def assert_each_raises(bases, cases):
         with pytest.raises(error, match=match):
             call()
             pytest.fail(f"bad case {i} ({match!r}) did not raise")
+
+
+WORKER_COUNTS = (1, 2, 3, 7)  # the emulator's worker counts a determinism test runs under
+
+
+def assert_same_bits_for_any_worker_count(be, run):
+    """run() (an array, a number or a tuple of them) gives the same bits twice in a row and, on the host,
+    under 1, 2, 3 and 7 emulator workers: blocks dealt out in other orders and groupings must not change
+    a result. conftest puts the worker count back after the test."""
+    def bits(result):
+        return [to_numpy(a).tobytes() if hasattr(a, "shape") else np.float64(a).tobytes()
+                for a in (result if isinstance(result, tuple) else (result,))]
+
+    first = bits(run())
+    assert bits(run()) == first, "other bits run to run"
+    if be.name == "host":
+        for workers in WORKER_COUNTS:
+            fcn_cuda.set_emulator_workers(workers)
+            assert bits(run()) == first, f"other bits with {workers} emulator workers"
 
 
 def conv_call(dtype, h, w, r, s, stride, padding):

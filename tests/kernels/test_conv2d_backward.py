@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import fcn_cuda
 from fcn_cuda import ops
 
-from _util import assert_close, assert_each_raises, conv_call, dev, randn, same_bits, t64, to_numpy
+from _util import assert_close, assert_each_raises, assert_same_bits_for_any_worker_count, conv_call, dev, randn, same_bits, t64, to_numpy
 
 # The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
 pytestmark = pytest.mark.kernels
@@ -81,22 +80,13 @@ def test_relu_backward(be, rng):
 
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[8], (2, 64, 5, 6, 70, 3, 3, 1, 1)], ids=str)
 def test_conv2d_grad_weight_deterministic(be, rng, case):
-    """Same bits run to run, and for one emulator worker vs the default pool."""
+    """Same bits run to run, and for 1, 2, 3 and 7 emulator workers."""
     n, c, h, w_, k, r, s, stride, padding = case
     x = randn(rng, n, c, h, w_)
     p = (h + 2 * padding - r) // stride + 1
     q = (w_ + 2 * padding - s) // stride + 1
     xd, gyd = dev(be, x, randn(rng, n, k, p, q))
-    first = ops.conv2d_grad_weight(xd, gyd, (r, s), stride, padding)
-    second = ops.conv2d_grad_weight(xd, gyd, (r, s), stride, padding)
-    assert all(same_bits(a, b) for a, b in zip(first, second))
-    if be.name == "host":
-        fcn_cuda.set_emulator_workers(1)
-        try:
-            serial = ops.conv2d_grad_weight(xd, gyd, (r, s), stride, padding)
-        finally:
-            fcn_cuda.set_emulator_workers(0)
-        assert all(same_bits(a, b) for a, b in zip(first, serial))
+    assert_same_bits_for_any_worker_count(be, lambda: ops.conv2d_grad_weight(xd, gyd, (r, s), stride, padding))
 
 
 def test_split_rule_covers_both_paths(be):
@@ -137,19 +127,12 @@ def test_conv2d_grad_weight_narrow_tiles(be, rng, k, c, relu):
 @pytest.mark.parametrize("k", [8, 16, 21])
 def test_conv2d_grad_weight_narrow_deterministic(be, rng, k):
     """The narrow tiles' pixel groups meet in a fixed order: same bits run to
-    run and for one emulator worker, with the mask and several splits."""
+    run and for 1, 2, 3 and 7 emulator workers, with the mask and several splits."""
     x, gy, y = randn(rng, 2, 8, 30, 29), randn(rng, 2, k, 30, 29), randn(rng, 2, k, 30, 29)
     assert be.ext.conv2d_grad_weight_splits(2 * 30 * 29, k, 8 * 9) > 1
     xd, gyd, yd = dev(be, x, gy, y)
+    assert_same_bits_for_any_worker_count(be, lambda: ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd))
     first, _ = ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)
-    assert same_bits(first, ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)[0])
-    if be.name == "host":
-        fcn_cuda.set_emulator_workers(1)
-        try:
-            serial, _ = ops.conv2d_grad_weight(xd, gyd, 3, 1, 1, relu_y=yd)
-        finally:
-            fcn_cuda.set_emulator_workers(0)
-        assert same_bits(first, serial)
     _, _, gw_ref, _ = conv_reference(x, randn(rng, k, 8, 3, 3), gy * (y > 0), 1, 1, False)
     assert_close(first, gw_ref, what="grad_w")
 

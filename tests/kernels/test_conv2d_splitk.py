@@ -17,11 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fcn_cuda
 from fcn_cuda import ops
 from fcn_cuda.ops.conv2d import conv2d_auto_splits
 
-from _util import FP32, HALF, TF32, assert_close, to_numpy
+from _util import FP32, HALF, TF32, assert_close, assert_same_bits_for_any_worker_count, to_numpy
 from test_conv2d import draw, reference  # the float64 torch reference and the fixed-seed inputs
 from test_conv2d_tensorcore import rounded_reference
 
@@ -92,20 +91,10 @@ def same_bits(a, b):
 
 @pytest.mark.parametrize("variant", ["igemm", "igemm_tf32"])
 def test_deterministic(be, rng, variant):
-    """Same bits run to run, and for one emulator worker vs two."""
+    """Same bits run to run, and for 1, 2, 3 and 7 emulator workers."""
     x, wt, b = draw(be, rng, *SHAPES["depth117"][:7])
-    run = lambda: ops.conv2d(x, wt, b, padding=1, relu=True, variant=variant, splits=3)
-    first, second = run(), run()
-    assert same_bits(first, second)
-    if be.name == "host":
-        try:
-            fcn_cuda.set_emulator_workers(1)
-            serial = run()
-            fcn_cuda.set_emulator_workers(2)
-            pair = run()
-        finally:
-            fcn_cuda.set_emulator_workers(0)  # back to the default
-        assert same_bits(first, serial) and same_bits(first, pair)
+    assert_same_bits_for_any_worker_count(
+        be, lambda: ops.conv2d(x, wt, b, padding=1, relu=True, variant=variant, splits=3))
 
 
 def split_sum_in_order(x, wt, b, splits, relu, order):

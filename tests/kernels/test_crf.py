@@ -25,7 +25,7 @@ import fcn_cuda
 from fcn_cuda import crf
 from fcn_cuda.data import SyntheticShapes
 
-from _util import FP32, errors, needs_extra, to_numpy
+from _util import FP32, assert_same_bits_for_any_worker_count, errors, needs_extra, to_numpy
 
 # dense_crf allocates every buffer it uses (outputs, tables, workspaces) through Backend.empty: each is
 # poisoned (conftest.py), so an element a kernel fails to write shows up in Q.
@@ -226,16 +226,7 @@ def test_naive_and_lattice_agree_on_labels(be):
 def test_deterministic_run_to_run_and_across_workers(be, variant):
     h, w, c = (19, 13, 5) if variant == "naive" else (45, 51, 5)
     img, probs = crf_inputs(11, h, w, c)
-    first = run(be, img, probs, iterations=3, variant=variant)
-    assert np.array_equal(first, run(be, img, probs, iterations=3, variant=variant))
-    if be.name == "host":
-        previous = fcn_cuda.emulator_workers()
-        try:
-            for workers in (1, 2, 3):
-                fcn_cuda.set_emulator_workers(workers)
-                assert np.array_equal(first, run(be, img, probs, iterations=3, variant=variant)), workers
-        finally:
-            fcn_cuda.set_emulator_workers(previous)
+    assert_same_bits_for_any_worker_count(be, lambda: run(be, img, probs, iterations=3, variant=variant))
 
 
 def test_a_term_of_weight_zero_is_left_out(be):

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fcn_cuda
 from fcn_cuda import ops
 
-from _util import assert_close, assert_each_raises, dev, foreign_array, randn, same_bits, t64, to_numpy
+from _util import assert_close, assert_each_raises, assert_same_bits_for_any_worker_count, dev, foreign_array, randn, same_bits, t64, to_numpy
 
 # The API allocates its outputs and workspaces: each is poisoned in every test (conftest.py).
 pytestmark = pytest.mark.kernels
@@ -116,16 +115,7 @@ def test_softmax_cross_entropy_deterministic(be, rng):
     x = randn(rng, 2, 21, 37, 41)
     labels = rng.integers(0, 21, (2, 37, 41)).astype(np.int32)
     xd, ld = dev(be, x, labels)
-    first = ops.softmax_cross_entropy(xd, ld)
-    again = ops.softmax_cross_entropy(xd, ld)
-    assert again[0] == first[0] and same_bits(again[1], first[1])
-    if be.name == "host":
-        fcn_cuda.set_emulator_workers(1)
-        try:
-            serial = ops.softmax_cross_entropy(xd, ld)
-        finally:
-            fcn_cuda.set_emulator_workers(0)
-        assert serial[0] == first[0] and same_bits(serial[1], first[1])
+    assert_same_bits_for_any_worker_count(be, lambda: ops.softmax_cross_entropy(xd, ld))
 
 
 def test_bad_input(be, rng):
