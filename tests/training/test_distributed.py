@@ -89,7 +89,7 @@ def test_two_ranks_train_as_one_process_with_dropout(unbroken):
                     / sum((v.astype(np.float64) ** 2).sum() for v in refs.values()))
     print(f"\n2 ranks vs 1 process after 4 steps: max ||dw|| / ||w|| {rel[worst]:.2e} ({worst}), "
           f"over all weights at once {whole:.2e}")
-    # The figures README states for this run (Training on several GPUs): 1.5e-7 per parameter, 2.5e-10 over
+    # The figures docs/distributed.md states for this run: 1.5e-7 per parameter, 2.5e-10 over
     # all weights (2.51e-10 measured, so its rounding, 2.55e-10, is the bound).
     assert rel[worst] <= 1.5e-7, rel
     assert whole < 2.55e-10
