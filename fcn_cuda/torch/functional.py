@@ -28,7 +28,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, relu=False):
     stride, ops.conv2d_grad_weight; with relu=True the ReLU mask is applied
     inside those kernels, from the saved output)."""
     check_tensors(x=(x, False), weight=(weight, False), bias=(bias, True))
-    return OPS["conv2d"](x, weight, bias, _pair(stride, "stride", 1), _pair(padding, "padding", 0), V.flag(relu, "relu"))
+    return OPS["conv2d"](x, weight, bias, _pair(stride, "stride", 1), _pair(padding, "padding", 0),
+                         V.flag(relu, "relu"))
 
 
 def conv2d_relu_maxpool(x, weight, bias=None, padding=0):

@@ -23,6 +23,7 @@ import torch
 
 import fcn_cuda
 from fcn_cuda import crf
+from fcn_cuda.ops import crf as crf_ops
 from fcn_cuda.data import SyntheticShapes
 
 from _util import FP32, assert_same_bits_for_any_worker_count, errors, needs_extra, to_numpy
@@ -140,7 +141,7 @@ def test_iteration_counts(be, iterations):
         np.testing.assert_allclose(q, p / p.sum(0), rtol=0, atol=1e-6)
 
 
-LATTICE = crf._Lattice
+LATTICE = crf_ops.Lattice
 
 
 def padded(monkeypatch, padding):
@@ -151,7 +152,7 @@ def padded(monkeypatch, padding):
         def __init__(self, *args):
             super().__init__(*args, padding=padding)
 
-    monkeypatch.setattr(crf, "_Lattice", Forced)
+    monkeypatch.setattr(crf_ops, "Lattice", Forced)
 
 
 def flat_image(seed, h, w, c, level):
@@ -308,18 +309,18 @@ def test_the_defaults_are_pydensecrf_readme_values_everywhere():
 def test_sizes_beyond_32_bit_indexing_are_refused_before_any_work():
     """The limits dense_crf checks, at their edges (the arithmetic alone: no array of that size is made)."""
     bilateral, both = [("bilateral", 5)], [("gaussian", 2), ("bilateral", 5)]
-    crf._check_indexing(7000, 7000, 1, 1, both)  # 36 (N + 1) neighbour threads: 1.76e9, within int
+    crf_ops.check_indexing(7000, 7000, 1, 1, both)  # 36 (N + 1) neighbour threads: 1.76e9, within int
     # 8000 x 8000, one class: the rows (6.4e7) and the entries (3.8e8) fit, the neighbour threads (2.3e9) do not.
     with pytest.raises(ValueError, match="the bilateral lattice of 8000 x 8000 pixels with 1 classes is beyond 32-bit"):
-        crf._check_indexing(8000, 8000, 1, 1, both)
-    crf._check_indexing(8000, 8000, 1, 1, [("gaussian", 2)])  # 9 (N + 1) threads fit
+        crf_ops.check_indexing(8000, 8000, 1, 1, both)
+    crf_ops.check_indexing(8000, 8000, 1, 1, [("gaussian", 2)])  # 9 (N + 1) threads fit
     # 21 classes pad to 24-wide rows: the blur rows 6 (N + 1) x 24 pass 2^31 from N = 14.9e6 on.
-    crf._check_indexing(3800, 3900, 21, 24, bilateral)
+    crf_ops.check_indexing(3800, 3900, 21, 24, bilateral)
     with pytest.raises(ValueError, match="the bilateral lattice of 3900 x 3900 pixels with 21 classes"):
-        crf._check_indexing(3900, 3900, 21, 24, bilateral)
+        crf_ops.check_indexing(3900, 3900, 21, 24, bilateral)
     with pytest.raises(ValueError, match="9500 x 9500 pixels x 24 channels is beyond 32-bit indexing"):
-        crf._check_indexing(9500, 9500, 21, 24, [])  # the naive rung: the N x V rows alone
-    crf._check_indexing(9400, 9400, 21, 24, [])
+        crf_ops.check_indexing(9500, 9500, 21, 24, [])  # the naive rung: the N x V rows alone
+    crf_ops.check_indexing(9400, 9400, 21, 24, [])
 
 
 def test_arrays_of_the_other_backend_are_refused(be):
