@@ -133,7 +133,7 @@ def cuda_unavailable_reason():
     return _cuda_error
 
 
-def _select(name):
+def by_name(name):
     """The Backend for a name as use_backend and using take it: a str, any case, blanks around it ignored."""
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, got {type(name).__name__}")
@@ -158,7 +158,7 @@ def active():
     if _active is None:
         env = os.environ.get("FCN_CUDA_BACKEND", "").strip().lower()
         if env:
-            _active = _select(env)
+            _active = by_name(env)
         else:
             _active = _cuda_backend() or _host_backend()
     return _active
@@ -176,7 +176,7 @@ def use_backend(name):
     """
     global _active
     previous = _active.name if _active is not None else None
-    _active = _select(name)
+    _active = by_name(name)
     return previous
 
 
@@ -186,7 +186,7 @@ def using(name):
     thread only (other threads keep theirs): fcn_cuda.torch runs each op on
     the backend of its tensors' device, also from autograd's worker threads."""
     previous = getattr(_local, "backend", None)
-    _local.backend = _select(name)
+    _local.backend = by_name(name)
     try:
         yield _local.backend
     finally:

@@ -143,7 +143,7 @@ def _crf_settings(args):
     return given or args.crf
 
 
-def _dataset(spec, split, size, count, seed):
+def open_dataset(spec, split, size, count, seed):
     """'synthetic' (the shapes set; --size / --count), 'sbd:DIR', or 'voc:DIR' / DIR (PASCAL VOC).
     Any other KIND:... is refused, unless it is a folder (a bare VOC folder whose name holds a colon)."""
     from .data import SBDSegmentation, SyntheticShapes, VOCSegmentation
@@ -185,8 +185,8 @@ def cmd_train(args):
     if args.backend:
         fcn_cuda.use_backend(args.backend)
     # Validation data never overlaps training data: another split, or another seed.
-    train_set = _dataset(args.data, "train", args.size, args.count, args.seed)
-    val_set = _dataset(args.val_data or args.data, args.val_split, args.size, args.val_count,
+    train_set = open_dataset(args.data, "train", args.size, args.count, args.seed)
+    val_set = open_dataset(args.val_data or args.data, args.val_split, args.size, args.val_count,
                        args.seed + 1_000_003) if args.val_every else None
     num_classes = len(train_set.classes)
     config = TrainConfig(iterations=args.iterations, lr=args.lr, momentum=args.momentum,
@@ -201,7 +201,7 @@ def cmd_train(args):
             print(f"resuming from {out / 'checkpoint.safetensors'} at step {trainer.step}")
     else:
         if args.init:
-            model = _load_init(args.init, args.variant, num_classes, args.at_once)
+            model = load_init(args.init, args.variant, num_classes, args.at_once)
         else:
             widths = tuple(tuple(max(1, c // args.width_divisor) for c in block) for block in
                            fcn_cuda.model.VGG16_BLOCKS)
@@ -217,7 +217,7 @@ def cmd_train(args):
     return 0
 
 
-def _load_init(path, variant, num_classes, at_once=False):
+def load_init(path, variant, num_classes, at_once=False):
     """Initial weights: VGG16 (transplanted into `variant`, at once or not) or
     a trained FCN of any variant (staged: its layers carried over, the new ones fresh)."""
     from .weights import model_from, read
@@ -256,7 +256,7 @@ def cmd_eval(args):
     if args.backend:
         fcn_cuda.use_backend(args.backend)
     model = fcn_cuda.load_model(args.weights)
-    data = _dataset(args.data, args.split, args.size, args.count, args.seed)
+    data = open_dataset(args.data, args.split, args.size, args.count, args.seed)
     scores = fcn_cuda.evaluate(model, data, progress=Progress(len(data), "eval"))
     for k, v in scores.items():
         print(f"{k:>10s} {100 * v:6.2f}")

@@ -137,7 +137,7 @@ class Ranks:
         count = n // self.size
         return self.rank * count, count
 
-    def _stream(self):
+    def stream(self):
         """Torch's current stream made CuPy's, so that NCCL (or gloo's copy) reads the
         arrays after CuPy's kernels wrote them and CuPy's next kernels wait for the sum."""
         if self.be.name == "host":
@@ -146,15 +146,15 @@ class Ranks:
         cuda = self.torch.cuda
         return cuda.stream(cuda.default_stream() if ptr == 0 else cuda.ExternalStream(ptr))
 
-    def _tensor(self, a):
+    def tensor(self, a):
         """A torch view of a backend array: NumPy through from_numpy, CuPy through DLPack (no copy)."""
         return self.torch.from_numpy(a) if self.be.name == "host" else self.torch.from_dlpack(a)
 
     def all_reduce(self, arrays):
         """Sums each (contiguous, backend) array over the ranks, in place: all calls issued, then waited on."""
         try:
-            with self._stream():
-                works = [self.dist.all_reduce(self._tensor(a), async_op=True) for a in arrays]
+            with self.stream():
+                works = [self.dist.all_reduce(self.tensor(a), async_op=True) for a in arrays]
                 for w in works:
                     w.wait()
         except RuntimeError as e:  # torch's DistError family: a dead peer, a timeout

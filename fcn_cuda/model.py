@@ -197,7 +197,7 @@ class FCN:
         be = _backend.active()
         if be.name != self._backend:
             # Parameters follow the active backend: move them once.
-            self.params = {k: be.xp.asarray(_backend._select(self._backend).to_numpy(v))
+            self.params = {k: be.xp.asarray(_backend.by_name(self._backend).to_numpy(v))
                            for k, v in self.params.items()}
             self._backend = be.name
             self._bf16 = {}

@@ -84,6 +84,6 @@ def test_exact_points_and_the_ends_of_the_range(be):
 @pytest.mark.parametrize("fn", ["exp", "log"])
 def test_cuda_gives_the_emulators_bits(fn):
     x = exp_inputs() if fn == "exp" else log_inputs()
-    on_gpu = run(_backend._select("cuda"), x, fn)
-    on_host = run(_backend._select("host"), x, fn)
+    on_gpu = run(_backend.by_name("cuda"), x, fn)
+    on_host = run(_backend.by_name("host"), x, fn)
     assert np.array_equal(on_gpu.view(np.uint32), on_host.view(np.uint32))

@@ -441,7 +441,7 @@ def test_train_init_parses_the_file_once(tmp_path, monkeypatch):
     fcn = write_fcn(tmp_path / "fcn32s.caffemodel", small_fcn("32s"), False, "v2")
     for path, variant, classes, same in ((vgg, "8s", 3, None), (fcn, "32s", 5, None), (fcn, "16s", 5, ("conv", "fc"))):
         parses.clear()
-        model = cli._load_init(path, variant, classes)
+        model = cli.load_init(path, variant, classes)
         assert parses == [path] and (model.variant, model.num_classes) == (variant, classes)
         reference = fcn_cuda.load_model(path, **(dict(variant=variant, num_classes=classes) if path == vgg else {}))
         got = model.state_dict()

@@ -105,8 +105,8 @@ def test_cli_data_names_its_kinds(tmp_path, capsys):
     assert "unknown kind of data 'sdb'" in err and "'synthetic', 'voc:DIR', 'sbd:DIR' or a PASCAL VOC folder" in err
     assert not (tmp_path / "run").exists()
     make_voc(tmp_path / "voc:2011", ["a", "b"])
-    assert len(cli._dataset(str(tmp_path / "voc:2011"), "train", 0, 0, 0)) == 2
-    assert len(cli._dataset(f"voc:{tmp_path / 'voc:2011'}", "train", 0, 0, 0)) == 2
+    assert len(cli.open_dataset(str(tmp_path / "voc:2011"), "train", 0, 0, 0)) == 2
+    assert len(cli.open_dataset(f"voc:{tmp_path / 'voc:2011'}", "train", 0, 0, 0)) == 2
 
 
 # ----------------------------------------------------------------- seg11valid, SBD

@@ -412,8 +412,8 @@ def test_cupy_arrays_reach_nccl_without_a_copy_on_cupys_stream(one_rank_group):
 
     ranks = distributed.Ranks()
     a = cupy.arange(7, dtype=cupy.float32)
-    with ranks._stream():
-        assert ranks._tensor(a).data_ptr() == a.data.ptr
+    with ranks.stream():
+        assert ranks.tensor(a).data_ptr() == a.data.ptr
     with cupy.cuda.Stream(non_blocking=True):
         b = cupy.ones(1 << 24, cupy.float32) * 3  # written on this stream, read by NCCL, then summed here
         ranks.all_reduce([b])
