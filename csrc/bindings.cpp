@@ -112,6 +112,36 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                 .format(py::make_tuple(t.N, t.Cin, t.H, t.W), py::make_tuple(t.Cin, t.Cout, t.R, t.S),
                         py::make_tuple(t.sy, t.sx), py::make_tuple(t.oy0, t.ox0), py::make_tuple(t.Ho, t.Wo));
         });
+    py::class_<fcn::PoolShape>(m, "PoolShape", py::module_local(),
+                               "every size of one max pooling: `planes` H x W planes pooled to Ho x Wo by a "
+                               "kernel window at a stride")
+        .def(py::init([](int planes, std::array<int, 2> x, std::array<int, 2> out, std::array<int, 2> kernel,
+                         std::array<int, 2> stride) {
+            if (std::min({planes, x[0], x[1], out[0], out[1], kernel[0], kernel[1], stride[0], stride[1]}) < 1)
+                throw py::value_error("PoolShape: every size, kernel and stride must be >= 1");
+            return fcn::PoolShape{planes, x[0], x[1], out[0], out[1], kernel[0], kernel[1], stride[0], stride[1]};
+        }), py::arg("planes"), py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"))
+        .def_readonly("planes", &fcn::PoolShape::planes).def_readonly("H", &fcn::PoolShape::H)
+        .def_readonly("W", &fcn::PoolShape::W).def_readonly("Ho", &fcn::PoolShape::Ho)
+        .def_readonly("Wo", &fcn::PoolShape::Wo).def_readonly("kh", &fcn::PoolShape::kh)
+        .def_readonly("kw", &fcn::PoolShape::kw).def_readonly("sh", &fcn::PoolShape::sh)
+        .def_readonly("sw", &fcn::PoolShape::sw);
+    py::class_<fcn::ScoreCropShape>(m, "ScoreCropShape", py::module_local(),
+                                    "every size of the fused score layer: out N x K x H x W, the H x W window at "
+                                    "`offset` of feat N x C x Hf x Wf")
+        .def(py::init([](std::array<int, 4> out, std::array<int, 4> feat, std::array<int, 2> offset) {
+            if (out[0] != feat[0]) throw py::value_error("ScoreCropShape: out and feat differ in N");
+            if (std::min({out[0], out[1], out[2], out[3], feat[1]}) < 1 || std::min(offset[0], offset[1]) < 0 ||
+                offset[0] + (long long)out[2] > feat[2] || offset[1] + (long long)out[3] > feat[3])
+                throw py::value_error("ScoreCropShape: the H x W window at the offset must lie within feat");
+            return fcn::ScoreCropShape{out[0], out[1], feat[1], out[2], out[3], feat[2], feat[3], offset[0],
+                                       offset[1]};
+        }), py::arg("out"), py::arg("feat"), py::arg("offset"))
+        .def_readonly("N", &fcn::ScoreCropShape::N).def_readonly("K", &fcn::ScoreCropShape::K)
+        .def_readonly("C", &fcn::ScoreCropShape::C).def_readonly("H", &fcn::ScoreCropShape::H)
+        .def_readonly("W", &fcn::ScoreCropShape::W).def_readonly("Hf", &fcn::ScoreCropShape::Hf)
+        .def_readonly("Wf", &fcn::ScoreCropShape::Wf).def_readonly("oy", &fcn::ScoreCropShape::oy)
+        .def_readonly("ox", &fcn::ScoreCropShape::ox);
 
     // ---- elementwise
     m.def("axpy", [](const std::string& variant, int n, float a, Addr x, Addr y, Addr s) {
@@ -226,10 +256,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     }, nogil);
 
     // ---- pool
-    m.def("max_pool2d", [](Addr x, Addr y, Addr indices, int planes, int H, int W, int Ho, int Wo, int kh, int kw,
-                           int sh, int sw, Addr s) {
-        fcn::launch_max_pool2d(P<const float>(x), P<float>(y), P<int>(indices), planes, H, W, Ho, Wo, kh, kw, sh, sw,
-                               S(s));
+    m.def("max_pool2d", [](const fcn::PoolShape& g, Addr x, Addr y, Addr indices, Addr s) {
+        fcn::launch_max_pool2d(g, P<const float>(x), P<float>(y), P<int>(indices), S(s));
     }, nogil);
 
     // ---- upsample
@@ -243,10 +271,10 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("crop_add", [](Addr a, Addr b, Addr out, int planes, int H, int W, int Hb, int Wb, int oy, int ox, Addr s) {
         fcn::launch_crop_add(P<const float>(a), P<const float>(b), P<float>(out), planes, H, W, Hb, Wb, oy, ox, S(s));
     }, nogil);
-    m.def("score_crop_add", [](Addr up, Addr feat, Addr w, Addr bias, Addr out, int N, int K, int C, int H, int W,
-                               int Hf, int Wf, int oy, int ox, float scale, Addr s) {
-        fcn::launch_score_crop_add(P<const float>(up), P<const float>(feat), P<const float>(w), P<const float>(bias),
-                                   P<float>(out), N, K, C, H, W, Hf, Wf, oy, ox, scale, S(s));
+    m.def("score_crop_add", [](const fcn::ScoreCropShape& g, Addr up, Addr feat, Addr w, Addr bias, Addr out,
+                               float scale, Addr s) {
+        fcn::launch_score_crop_add(g, P<const float>(up), P<const float>(feat), P<const float>(w), P<const float>(bias),
+                                   P<float>(out), scale, S(s));
     }, nogil);
 
     // ---- softmax
@@ -276,18 +304,14 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("relu_backward", [](Addr dy, Addr y, Addr dx, int n, Addr s) {
         fcn::launch_relu_backward(P<const float>(dy), P<const float>(y), P<float>(dx), n, S(s));
     }, nogil);
-    m.def("max_pool2d_backward", [](Addr dy, Addr indices, Addr dx, int planes, int H, int W, int Ho, int Wo, int kh,
-                                    int kw, int sh, int sw, Addr s) {
-        fcn::launch_max_pool2d_backward(P<const float>(dy), P<const int>(indices), P<float>(dx), planes, H, W, Ho, Wo,
-                                        kh, kw, sh, sw, S(s));
+    m.def("max_pool2d_backward", [](const fcn::PoolShape& g, Addr dy, Addr indices, Addr dx, Addr s) {
+        fcn::launch_max_pool2d_backward(g, P<const float>(dy), P<const int>(indices), P<float>(dx), S(s));
     }, nogil);
     m.def("crop_backward", [](Addr g, Addr db, int planes, int H, int W, int Hb, int Wb, int oy, int ox, Addr s) {
         fcn::launch_crop_backward(P<const float>(g), P<float>(db), planes, H, W, Hb, Wb, oy, ox, S(s));
     }, nogil);
-    m.def("score_feat_grad", [](Addr g, Addr w, Addr dfeat, int N, int K, int C, int H, int W, int Hf, int Wf, int oy,
-                                int ox, float scale, Addr s) {
-        fcn::launch_score_feat_grad(P<const float>(g), P<const float>(w), P<float>(dfeat), N, K, C, H, W, Hf, Wf, oy,
-                                    ox, scale, S(s));
+    m.def("score_feat_grad", [](const fcn::ScoreCropShape& g, Addr grad_out, Addr w, Addr dfeat, float scale, Addr s) {
+        fcn::launch_score_feat_grad(g, P<const float>(grad_out), P<const float>(w), P<float>(dfeat), scale, S(s));
     }, nogil);
     m.def("softmax_xent_workspace", &fcn::softmax_xent_workspace);
     m.def("softmax_xent", [](Addr scores, Addr labels, Addr weight, Addr grad, Addr ws, Addr loss, int N, int C, int HW,

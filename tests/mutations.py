@@ -132,7 +132,7 @@ BUGS = [
         "dim3(unsigned((long long)total / kPoolThreads))",
         ("test_pool.py", "-k", "matches_torch")),
     Bug("score_crop_add launcher: class groups round down",
-        "unsigned(ceil_div(K, kScoreClasses))", "unsigned(K / kScoreClasses)",
+        "unsigned(ceil_div(g.K, kScoreClasses))", "unsigned(g.K / kScoreClasses)",
         ("test_crop.py", "-k", "test_score_crop_add")),
     Bug("bias_grad launcher: one block short",
         "bias_grad<false>, dim3(K)", "bias_grad<false>, dim3(K - 1)",

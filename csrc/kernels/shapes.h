@@ -27,6 +27,24 @@ struct TransposeShape {
     int Ho, Wo;        // the window's size
 };
 
+// Every size of one max pooling (pool.cuh, pool_backward.cuh): `planes` H x W planes of x (N*C), each
+// pooled to Ho x Wo by a kh x kw window at stride (sh, sw); Ho, Wo are given (ceil_mode or not).
+struct PoolShape {
+    int planes, H, W;
+    int Ho, Wo;
+    int kh, kw;
+    int sh, sw;
+};
+
+// Every size of FCN's fused score layer (crop.cuh, crop_backward.cuh): out N x K x H x W (the upsampled
+// scores) plus the 1x1 scoring (w K x C) of the H x W window at (oy, ox) of feat N x C x Hf x Wf.
+struct ScoreCropShape {
+    int N, K, C;
+    int H, W;
+    int Hf, Wf;
+    int oy, ox;
+};
+
 // One term of the dense CRF (crf.cuh) over an H x W image: d = 2 features (x, y) / sxy, the Gaussian term,
 // or d = 5, (x, y) / sxy and (R, G, B) / srgb, the bilateral term. Its lattice has P points: the H*W pixels,
 // and pydensecrf's padding point of feature 0 when P = H*W + 1.

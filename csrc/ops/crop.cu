@@ -10,12 +10,12 @@ void launch_crop_add(const float* a, const float* b, float* out, int planes, int
            dim3(kCropThreads), 0, stream, a, b, out, total, H, W, Hb, Wb, oy, ox);
 }
 
-void launch_score_crop_add(const float* up, const float* feat, const float* w, const float* bias, float* out, int N,
-                           int K, int C, int H, int W, int Hf, int Wf, int oy, int ox, float scale,
-                           cudaStream_t stream) {
-    const dim3 grid(unsigned(ceil_div(H * W, kCropThreads)), unsigned(ceil_div(K, kScoreClasses)), unsigned(N));
-    launch("score_crop_add", score_crop_add, grid, dim3(kCropThreads), 0, stream, up, feat, w, bias, out, K, C, H, W,
-           Hf, Wf, oy, ox, scale);
+void launch_score_crop_add(const ScoreCropShape& g, const float* up, const float* feat, const float* w,
+                           const float* bias, float* out, float scale, cudaStream_t stream) {
+    const dim3 grid(unsigned(ceil_div(g.H * g.W, kCropThreads)), unsigned(ceil_div(g.K, kScoreClasses)),
+                    unsigned(g.N));
+    launch("score_crop_add", score_crop_add, grid, dim3(kCropThreads), 0, stream, up, feat, w, bias, out, g.K, g.C,
+           g.H, g.W, g.Hf, g.Wf, g.oy, g.ox, scale);
 }
 
 }  // namespace fcn

@@ -11,12 +11,12 @@ void launch_crop_backward(const float* g, float* db, int planes, int H, int W, i
            stream, g, db, total, H, W, Hb, Wb, oy, ox);
 }
 
-void launch_score_feat_grad(const float* g, const float* w, float* dfeat, int N, int K, int C, int H, int W, int Hf,
-                            int Wf, int oy, int ox, float scale, cudaStream_t stream) {
-    const int total = N * C * Hf * Wf;
+void launch_score_feat_grad(const ScoreCropShape& g, const float* grad_out, const float* w, float* dfeat, float scale,
+                            cudaStream_t stream) {
+    const int total = g.N * g.C * g.Hf * g.Wf;
     launch("score_feat_grad", score_feat_grad,
            dim3(unsigned(ceil_div((long long)total, (long long)kCropBackwardThreads))), dim3(kCropBackwardThreads), 0,
-           stream, g, w, dfeat, total, K, C, H, W, Hf, Wf, oy, ox, scale);
+           stream, grad_out, w, dfeat, total, g.K, g.C, g.H, g.W, g.Hf, g.Wf, g.oy, g.ox, scale);
 }
 
 }  // namespace fcn

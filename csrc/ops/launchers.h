@@ -7,7 +7,7 @@
 // The convention for a launcher's arguments, and its binding's:
 //   (variant, shape, [splits,] inputs..., outputs..., workspace, [flags], stream)
 // * The sizes of an op family are one struct of kernels/shapes.h (ConvShape,
-//   TransposeShape), taken as `const ConvShape& g`, and built once in Python
+//   TransposeShape, ...), taken as `const ConvShape& g`, and built once in Python
 //   from the validated arrays (bindings.cpp binds the struct; fcn_cuda/ops
 //   constructs it): a new variant adds no size arguments. The conv kernels
 //   take it as it is; older kernels still take the ints it holds.
@@ -119,8 +119,7 @@ void launch_upsample_argmax(const TransposeShape& t, const float* x, const float
 
 // ---- pool.cu
 // indices may be null (no argmax wanted).
-void launch_max_pool2d(const float* x, float* y, int* indices, int planes, int H, int W, int Ho, int Wo, int kh,
-                       int kw, int sh, int sw, cudaStream_t stream);
+void launch_max_pool2d(const PoolShape& g, const float* x, float* y, int* indices, cudaStream_t stream);
 
 // ---- upsample.cu  (conv_transpose2d, bilinear)
 // variant: "gather", "bilinear" (diagonal weights). Computes t's Ho x Wo window at (oy0, ox0) of the full
@@ -131,10 +130,9 @@ void launch_conv_transpose2d(const char* variant, const TransposeShape& t, const
 // ---- crop.cu  (crop_add, fused score head)
 void launch_crop_add(const float* a, const float* b, float* out, int planes, int H, int W, int Hb, int Wb, int oy,
                      int ox, cudaStream_t stream);
-// bias may be null.
-void launch_score_crop_add(const float* up, const float* feat, const float* w, const float* bias, float* out, int N,
-                           int K, int C, int H, int W, int Hf, int Wf, int oy, int ox, float scale,
-                           cudaStream_t stream);
+// out = up + scale * (w . feat's window) + bias; bias may be null.
+void launch_score_crop_add(const ScoreCropShape& g, const float* up, const float* feat, const float* w,
+                           const float* bias, float* out, float scale, cudaStream_t stream);
 
 // ---- softmax.cu  (softmax, argmax)
 // variant: "scalar" or "float4" (H*W a multiple of 4, x 16-byte aligned).
@@ -165,12 +163,13 @@ void launch_conv2d_grad_weight(const ConvShape& g, const float* x, const float* 
 // db (K) = sum of dy (N x K x PQ) over n and the pixels; mask may be null.
 void launch_bias_grad(const float* dy, const float* mask, float* db, int N, int K, int PQ, cudaStream_t stream);
 void launch_relu_backward(const float* dy, const float* y, float* dx, int n, cudaStream_t stream);
-void launch_max_pool2d_backward(const float* dy, const int* indices, float* dx, int planes, int H, int W, int Ho,
-                                int Wo, int kh, int kw, int sh, int sw, cudaStream_t stream);
+void launch_max_pool2d_backward(const PoolShape& g, const float* dy, const int* indices, float* dx,
+                                cudaStream_t stream);
 void launch_crop_backward(const float* g, float* db, int planes, int H, int W, int Hb, int Wb, int oy, int ox,
                           cudaStream_t stream);
-void launch_score_feat_grad(const float* g, const float* w, float* dfeat, int N, int K, int C, int H, int W, int Hf,
-                            int Wf, int oy, int ox, float scale, cudaStream_t stream);
+// dfeat (N x C x Hf x Wf) = scale * w^T grad_out inside the window, 0 outside.
+void launch_score_feat_grad(const ScoreCropShape& g, const float* grad_out, const float* w, float* dfeat, float scale,
+                            cudaStream_t stream);
 // workspace: softmax_xent_workspace(N * HW) floats; loss: one float (the weighted sum over valid pixels);
 // weight: C floats, or nullptr for all 1.
 int softmax_xent_workspace(int pixels);

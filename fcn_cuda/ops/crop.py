@@ -59,6 +59,7 @@ def score_crop_add(up, feat, w, b, offset, scale=1.0):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
     oy, ox = crop_offset(offset, h, wd, feat.shape[2], feat.shape[3], "up", "feat")
     out = be.empty(up.shape)
-    be.ext.score_crop_add(be.ptr(up), be.ptr(feat), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(out),
-                          n, k, c, h, wd, feat.shape[2], feat.shape[3], oy, ox, float(scale), be.stream())
+    g = be.ext.ScoreCropShape(up.shape, feat.shape, (oy, ox))
+    be.ext.score_crop_add(g, be.ptr(up), be.ptr(feat), be.ptr(w), be.ptr(b) if b is not None else 0, be.ptr(out),
+                          float(scale), be.stream())
     return out

@@ -49,7 +49,7 @@ def score_crop_add_backward(grad_out, feat, w, offset, scale=1.0):
     oy, ox = crop_offset(offset, h, wd, hf, wf, "grad_out", "feat")
     V.fits_int32(feat.size + 255, "grad_feat (rounded up to whole blocks)")
     dfeat = be.empty(feat.shape)
-    be.ext.score_feat_grad(be.ptr(grad_out), be.ptr(w), be.ptr(dfeat), n, k, c, h, wd, hf, wf, oy, ox, scale,
-                           be.stream())
+    g = be.ext.ScoreCropShape(grad_out.shape, feat.shape, (oy, ox))
+    be.ext.score_feat_grad(g, be.ptr(grad_out), be.ptr(w), be.ptr(dfeat), scale, be.stream())
     dw = launch_grad_weight(be, feat, grad_out, None, k, 1, 1, (1, 1), (-oy, -ox), alpha=scale)
     return dfeat, dw, launch_bias_grad(be, grad_out, None)

@@ -39,6 +39,6 @@ def max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True, return_indices=False)
     V.fits_int32(n * c * ho * wo, "the output")
     y = be.empty((n, c, ho, wo))
     indices = be.empty((n, c, ho, wo), dtype=np.int32) if return_indices else None
-    be.ext.max_pool2d(be.ptr(x), be.ptr(y), be.ptr(indices) if return_indices else 0, n * c, h, w, ho, wo,
-                      kh, kw, sh, sw, be.stream())
+    g = be.ext.PoolShape(n * c, (h, w), (ho, wo), (kh, kw), (sh, sw))
+    be.ext.max_pool2d(g, be.ptr(x), be.ptr(y), be.ptr(indices) if return_indices else 0, be.stream())
     return (y, indices) if return_indices else y

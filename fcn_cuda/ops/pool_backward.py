@@ -34,6 +34,6 @@ def max_pool2d_backward(grad_y, indices, x_shape, kernel_size=2, stride=2):
                          f"kernel_size {(kh, kw)}, stride {(sh, sw)} gives N x C x {' or '.join(map(str, sizes))}")
     V.fits_int32(n * c * h * w + 255, "grad_x (rounded up to whole blocks)")
     dx = be.empty((n, c, h, w))
-    be.ext.max_pool2d_backward(be.ptr(grad_y), be.ptr(indices), be.ptr(dx), n * c, h, w, ho, wo, kh, kw, sh, sw,
-                               be.stream())
+    g = be.ext.PoolShape(n * c, (h, w), (ho, wo), (kh, kw), (sh, sw))
+    be.ext.max_pool2d_backward(g, be.ptr(grad_y), be.ptr(indices), be.ptr(dx), be.stream())
     return dx

@@ -1,6 +1,6 @@
 """The size structs that cross the binding (csrc/kernels/shapes.h: ConvShape, TransposeShape,
-CrfTermShape): what Python builds is what the launchers read, and the binding refuses a shape no such
-op has."""
+PoolShape, ScoreCropShape, CrfTermShape): what Python builds is what the launchers read, and the
+binding refuses a shape no such op has."""
 
 import numpy as np
 import pytest
@@ -79,3 +79,21 @@ def test_crf_term_shape_holds_the_term(be):
 def test_crf_term_shape_refuses_what_no_term_has(be, d, h, w, p, sxy, srgb):
     with pytest.raises(ValueError, match="CrfTermShape"):
         be.ext.CrfTermShape(d, h, w, p, sxy, srgb)
+
+
+def test_pool_and_score_crop_shapes_hold_their_sizes(be):
+    g = be.ext.PoolShape(6, (11, 9), (6, 5), (2, 3), (2, 2))
+    assert (g.planes, g.H, g.W, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw) == (6, 11, 9, 6, 5, 2, 3, 2, 2)
+    s = be.ext.ScoreCropShape((2, 3, 6, 7), (2, 5, 10, 11), (4, 2))
+    assert (s.N, s.K, s.C, s.H, s.W, s.Hf, s.Wf, s.oy, s.ox) == (2, 3, 5, 6, 7, 10, 11, 4, 2)
+
+
+def test_pool_and_score_crop_shapes_refuse_what_no_such_op_has(be):
+    with pytest.raises(ValueError, match="PoolShape"):
+        be.ext.PoolShape(6, (11, 9), (0, 5), (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="ScoreCropShape: out and feat differ in N"):
+        be.ext.ScoreCropShape((2, 3, 6, 7), (1, 5, 10, 11), (0, 0))
+    with pytest.raises(ValueError, match="ScoreCropShape: the H x W window"):
+        be.ext.ScoreCropShape((2, 3, 6, 7), (2, 5, 10, 11), (5, 0))  # rows 5..10 of 10
+    with pytest.raises(ValueError, match="ScoreCropShape: the H x W window"):
+        be.ext.ScoreCropShape((2, 3, 6, 7), (2, 5, 10, 11), (0, -1))
