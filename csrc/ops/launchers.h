@@ -7,10 +7,12 @@
 // The convention for a launcher's arguments, and its binding's:
 //   (variant, shape, [splits,] inputs..., outputs..., workspace, [flags], stream)
 // * The sizes of an op family are one struct of kernels/shapes.h (ConvShape,
-//   TransposeShape, ...), taken as `const ConvShape& g`, and built once in Python
-//   from the validated arrays (bindings.cpp binds the struct; fcn_cuda/ops
-//   constructs it): a new variant adds no size arguments. The conv kernels
-//   take it as it is; older kernels still take the ints it holds.
+//   TransposeShape, PoolShape, ScoreCropShape, CrfTermShape), taken as
+//   `const ConvShape& g`. bindings.cpp binds each as a module_local py::class_
+//   (_host and _cuda both load) whose constructor checks it; fcn_cuda/ops
+//   builds it once from the validated arrays, e.g. be.ext.ConvShape(x.shape,
+//   w.shape, stride, padding). A new variant adds no size arguments. The conv
+//   kernels take the struct as it is; older kernels still take its ints.
 // * An operand whose element type varies (conv2d's w: float32 or bf16) is a
 //   `const void*` beside a WeightType, not a second entry point per type.
 #pragma once
