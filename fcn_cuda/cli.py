@@ -1,11 +1,16 @@
 """The `fcn-cuda` command line.
 
     fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda] [--crf [--crf-PARAMETER V ...]]
+                   [--tile N]
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
         for each image (a folder: its images; the output folder: its images
         less those two kinds of file) and prints how many pixels each class
         got; two images of one name are refused; --crf refines the labels
-        with the dense CRF;
+        with the dense CRF; --tile N runs exact tiles (fcn_cuda.tiling) in
+        memory bounded by the tile, reading .npy and TIFF images a window at
+        a time and writing <name>_labels.npy (a memory map) and
+        <name>_labels.png, no overlay; an image too large for the free
+        memory runs in tiles without --tile too, and says so;
     fcn-cuda train --data DATA --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DATA [--split S] --weights W
@@ -20,7 +25,9 @@ seg11valid is the reference's validation list) or 'sbd:DIR' (SBD's
 benchmark_RELEASE folder: splits train, val).
 
 Under torchrun (WORLD_SIZE > 1), train is data-parallel and infer shares the
-images out over the ranks (fcn_cuda.distributed); rank 0 prints.
+images out over the ranks (fcn_cuda.distributed), or with --tile each
+image's tiles, every rank writing its own into the one <name>_labels.npy;
+rank 0 prints.
 """
 
 import argparse
@@ -39,8 +46,9 @@ def _class_names(num_classes):
     return tuple(f"class {i}" for i in range(num_classes))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".npy")
 OUTPUT_KINDS = ("labels", "overlay")  # infer writes NAME_labels.png and NAME_overlay.png for image NAME.*
+TILED_LABELS = "_labels.npy"  # and with tiles NAME_labels.npy, the labels as a memory map
 
 
 def _outputs(path, out_dir):
@@ -49,7 +57,7 @@ def _outputs(path, out_dir):
 
 
 def _is_output(path):
-    return path.name.endswith(tuple(f"_{kind}.png" for kind in OUTPUT_KINDS))
+    return path.name.endswith(tuple(f"_{kind}.png" for kind in OUTPUT_KINDS) + (TILED_LABELS,))
 
 
 def _image_paths(items, out_dir):
@@ -93,25 +101,47 @@ def cmd_infer(args):
     import fcn_cuda
     from PIL import Image
 
+    from . import tiling
     from ._progress import Progress
     from .colors import overlay, palette_image
-    from .distributed import infer_share
+    from .distributed import Ranks, infer_share, launched
     from .inference import default_model, load_image
     from .files import save_png
 
     if args.backend:
         fcn_cuda.use_backend(args.backend)
+    crf = _crf_settings(args)
+    if args.tile is not None:
+        tiling.check_tile(args.tile)
+        if crf:
+            raise ValueError("--crf cannot run with --tile: the dense CRF is fully connected, so a CRF over tiles is "
+                             "not the image's CRF")
     out_dir = Path(args.out)
     paths = _image_paths(args.images, out_dir)
     _check_outputs(paths, out_dir)
-    mine, ranks = infer_share(paths)  # under torchrun: this rank's share of the images
+    if args.tile is not None:  # under torchrun every rank takes a share of each image's tiles
+        mine, ranks = paths, (Ranks() if launched() else None)
+    else:  # under torchrun: this rank's share of the images
+        mine, ranks = infer_share(paths)
     model = fcn_cuda.load_model(args.weights) if args.weights else default_model()
     names = getattr(model, "class_names", None) or _class_names(model.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = np.zeros(model.num_classes, np.int64)
-    progress = Progress(len(mine), "infer") if len(paths) > 1 and (ranks is None or ranks.rank == 0) else None
-    crf = _crf_settings(args)
+    shows = ranks is None or ranks.rank == 0
+    progress = Progress(len(mine), "infer") if len(paths) > 1 and shows and args.tile is None else None
     for path in mine:
+        tile = args.tile
+        if tile is None and not crf:
+            height, width = tiling.image_shape(path)
+            tile = tiling.auto_tile(model, height, width)
+            if tile is not None:
+                print(f"{path}: {width}x{height} needs more than half the free memory whole: exact "
+                      f"tiles of {tile}", file=sys.stderr)
+        if tile is not None:
+            total += _infer_tiled(path, model, tile, out_dir, ranks if args.tile is not None else None, shows)
+            if progress:
+                progress.update(1, Path(path).stem)
+            continue
         rgb = load_image(path)
         labels = fcn_cuda.infer(rgb, model, crf=crf)
         pictures = {"labels": palette_image(labels), "overlay": Image.fromarray(overlay(rgb, labels))}
@@ -133,6 +163,48 @@ def cmd_infer(args):
     for c in np.flatnonzero(total):
         print(f"{names[c]:>14s} {total[c]:10d} {100.0 * total[c] / pixels:6.2f}%")
     return 0
+
+
+def _infer_tiled(path, model, tile, out_dir, ranks, shows):
+    """One image in exact tiles (dealt over `ranks` when given) into
+    OUT/<stem>_labels.npy, a memory map each rank writes its tiles into, then
+    <stem>_labels.png; the class counts (rank 0's: zeros on the others)."""
+    from . import tiling
+    from ._progress import Progress
+    from .colors import palette_image
+    from .files import save_png
+
+    src = tiling.open_image(path)
+    height, width = int(src.shape[0]), int(src.shape[1])
+    final = out_dir / f"{Path(path).stem}{TILED_LABELS}"
+    partial = out_dir / f".{final.name}.partial"  # one name on every rank; renamed when all have written
+    rank, size = (ranks.rank, ranks.size) if ranks else (0, 1)
+    if rank == 0:
+        dtype = np.uint8 if model.num_classes <= 256 else np.int32
+        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(height, width)).flush()
+    if ranks:
+        ranks.sum([0])  # a barrier: the file exists before any rank opens it
+    out = np.lib.format.open_memmap(partial, mode="r+")
+    every = tiling.plan(height, width, tile, model.variant, model.conv1_pad)
+    tiles = every[rank::size]
+    bar = Progress(len(tiles), f"{Path(path).name}: tiles of {tile}") if shows else None
+    tiling.infer_tiles(src, model, tile, out, tiles=tiles, progress=bar.update if bar else None)
+    out.flush()
+    del out
+    if ranks:
+        ranks.sum([0])  # every rank's tiles are written
+    counts = np.zeros(model.num_classes, np.int64)
+    if rank == 0:
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+        labels = np.load(final, mmap_mode="r")
+        for y in range(0, height, 1024):  # counted a band at a time
+            counts += np.bincount(labels[y:y + 1024].reshape(-1), minlength=model.num_classes)
+        png = final.with_suffix(".png")
+        save_png(png, palette_image(labels))  # the label image, one byte a pixel, in memory once
+        print(f"{path}: {width}x{height} in {len(every)} tiles of {tile} -> {png}, {final}")
+    return counts
 
 
 def _crf_settings(args):
@@ -295,6 +367,7 @@ def cmd_convert(args):
 
 def build_parser():
     from .crf import SHAPES
+    from .tiling import TILED_MAX_IMAGE_PIXELS
 
     ap = argparse.ArgumentParser(prog="fcn-cuda", description="FCN semantic segmentation from handwritten CUDA kernels")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -310,6 +383,12 @@ def build_parser():
     for name, value in SHAPES.items():
         p.add_argument(f"--crf-{name.replace('_', '-')}", type=type(value),
                        metavar="N" if name == "iterations" else "V", help=f"default {value}")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="exact tiles of N x N output pixels (a multiple of 32), the whole image's labels in memory "
+                        "bounded by the tile: writes NAME_labels.npy (memory-mapped) and NAME_labels.png, no overlay; "
+                        "under torchrun the ranks share each image's tiles. PNG and JPEG files are decoded whole, "
+                        f"with Pillow's decompression-bomb limit raised to {TILED_MAX_IMAGE_PIXELS} pixels; .npy and uncompressed "
+                        "TIFF files are read a window at a time")
     p.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")

@@ -193,6 +193,23 @@ def open_image(img, tiled=True):
     return img
 
 
+def image_shape(path):
+    """(height, width) of an image file, from its header where Pillow reads it (no pixel decoded)."""
+    path = Path(path)
+    if path.exists() and path.suffix.lower() not in NUMPY_SUFFIXES + TIFF_SUFFIXES:
+        from PIL import Image
+
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: no bomb to fear yet
+        try:
+            with Image.open(path) as im:
+                return im.height, im.width
+        except OSError as e:
+            raise ValueError(f"{path}: cannot be read as an image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return tuple(int(v) for v in open_image(path, tiled=False).shape[:2])
+
+
 def _open_path(path, tiled):
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")

@@ -233,6 +233,8 @@ def test_bad_outputs_inputs_and_crf_are_refused_before_any_work():
         fcn_cuda.infer(img, model, tile=32, out=out, progress=3)
     assert (out == 7).all()
     assert time.perf_counter() - start < 5  # refused, not run
+    assert fcn_cuda.infer(img, model, out=out) is out  # without tiles too
+    np.testing.assert_array_equal(out, fcn_cuda.infer(img, model))
 
 
 def test_an_image_too_large_for_the_free_memory_runs_in_tiles_and_says_so(monkeypatch):

@@ -1,0 +1,230 @@
+"""Peak memory and time of whole-image against tiled inference, against image size.
+
+    python benchmarks/tiled.py [--sizes 512,1024,2048,4096] [--tiles 512,1024] [--out benchmarks/results/tiled]
+                               [--backend host|cuda] [--plot-only]
+    python benchmarks/tiled.py --picture docs/tiled_shapes.png
+
+--picture segments a 768 x 1024 mosaic of the synthetic shapes set in tiles
+of 256 (checking the labels against the whole image's) and draws the tile
+grid and one tile's input window over the overlay.
+
+The bundled model (FCN-8s at one eighth of VGG16's width) segments a
+synthetic size x size image held in a memory-mapped .npy file, writing its
+labels into a memory-mapped .npy (np.memmap), once whole and once in tiles
+of each --tiles size (tiles at least as large as the image are left out:
+that run is the whole image's). Each run is a fresh child process, which
+reports:
+
+    seconds     wall time of fcn_cuda.infer (the host: the CUDA emulation, not a GPU)
+    peak MiB    host: tracemalloc's peak (what NumPy and Python allocated; the
+                memory maps are not); cuda: CuPy's pool's peak bytes in use
+    rss MiB     the child's peak resident set (VmHWM), memory maps' touched pages included
+
+The halo's cost: a tile of N output pixels reads an input window of up to
+N + before + after per axis (fcn_cuda.tiling.halo), so tiles predict about
+(sum of the windows' padded areas) / (the whole image's padded area) times
+the work (the network pads its input by 100 per side, which a window pays
+again), near ((N + 2h)^2 / N^2 with h the mean halo) for large images; the
+table gives both beside the measured time ratio.
+
+Each row is appended to <out>.jsonl as it finishes (a long sweep keeps what
+it measured); the table (<out>.md) and the plot (<out>.png) are written
+from every row there.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+CHILD = r"""
+import json, sys, time, tracemalloc
+import numpy as np
+import fcn_cuda
+from fcn_cuda import _backend
+from fcn_cuda.inference import default_model
+path, out_path, tile, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+fcn_cuda.use_backend(backend)
+model = default_model()
+src = np.load(path, mmap_mode="r")
+out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=src.shape[:2])
+be = _backend.active()
+peak = [0]
+if be.name == "cuda":
+    pool = be.xp.get_default_memory_pool()
+    def malloc(n):
+        mem = pool.malloc(n)
+        peak[0] = max(peak[0], pool.used_bytes())
+        return mem
+    be.xp.cuda.set_allocator(malloc)
+else:
+    tracemalloc.start()
+start = time.perf_counter()
+fcn_cuda.infer(src, model, tile=tile or None, out=out)
+if be.name == "cuda":
+    be.xp.cuda.get_current_stream().synchronize()
+seconds = time.perf_counter() - start
+if be.name == "host":
+    peak[0] = tracemalloc.get_traced_memory()[1]
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+out.flush()
+print(json.dumps({"seconds": seconds, "peak": peak[0], "rss": hwm * 1024, "labels": np.bincount(out.reshape(-1), minlength=4).tolist()}))
+"""
+
+
+from fcn_cuda import tiling  # noqa: E402
+
+
+def image(size, path):
+    """A size x size synthetic picture (smooth regions and noise) written into a .npy, a band at a time."""
+    a = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size, size, 3))
+    rng = np.random.default_rng(size)
+    xx = np.arange(size)
+    for y in range(0, size, 256):
+        yy = np.arange(y, min(y + 256, size))[:, None]
+        band = np.stack([127 + 110 * np.sin(yy / (40 + 13 * c) + xx / (53 + 7 * c) + c) for c in range(3)], axis=2)
+        a[y:y + len(yy)] = np.clip(band + rng.normal(0, 20, band.shape), 0, 255).astype(np.uint8)
+    a.flush()
+    del a
+
+
+def predicted_work(size, tile):
+    """(sum of the tiles' padded window areas) / (the whole image's padded area), and (N + 2h)^2 / N^2."""
+
+    before, after = tiling.halo("8s")
+    pad = 2 * 100
+    windows = sum((t.wy1 - t.wy0 + pad) * (t.wx1 - t.wx0 + pad) for t in tiling.plan(size, size, tile, "8s"))
+    h = (before + after) / 2
+    return windows / (size + pad) ** 2, (tile + 2 * h) ** 2 / tile ** 2
+
+
+def run(size, tile, backend, folder):
+    path = Path(folder) / f"img{size}.npy"
+    if not path.exists():
+        image(size, path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(Path(folder) / "out.npy"), str(tile), backend],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"size {size} tile {tile}: {done.stderr[-2000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"size": size, "tile": tile, "backend": backend, **row}
+
+
+def table(rows):
+    whole = {r["size"]: r for r in rows if r["tile"] == 0}
+    lines = ["| image | tiles | seconds | peak MiB | rss MiB | time / whole | predicted work (windows) | (N+2h)^2/N^2 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["size"], r["tile"])):
+        ratio = pred = simple = "-"
+        if r["tile"]:
+            p, s = predicted_work(r["size"], r["tile"])
+            pred, simple = f"{p:.2f}", f"{s:.2f}"
+            if r["size"] in whole:
+                ratio = f"{r['seconds'] / whole[r['size']]['seconds']:.2f}"
+        lines.append(f"| {r['size']}^2 | {r['tile'] or 'whole'} | {r['seconds']:.1f} | {r['peak'] / 2**20:.0f} | "
+                     f"{r['rss'] / 2**20:.0f} | {ratio} | {pred} | {simple} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
+    for tile in sorted({r["tile"] for r in rows}):
+        mine = sorted((r for r in rows if r["tile"] == tile), key=lambda r: r["size"])
+        label = "whole image" if tile == 0 else f"tiles of {tile}"
+        sizes = [r["size"] for r in mine]
+        ax_m.plot(sizes, [r["peak"] / 2**20 for r in mine], "o-", label=label)
+        ax_t.plot(sizes, [r["seconds"] for r in mine], "o-", label=label)
+    backend = rows[0]["backend"]
+    for ax, what in ((ax_m, "peak memory, MiB (tracemalloc)" if backend == "host" else "peak device memory, MiB"),
+                     (ax_t, "seconds" + (" (CUDA emulation on the CPU)" if backend == "host" else ""))):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("image side, pixels")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"bundled FCN-8s (1/8 width), {backend} backend: whole image vs exact tiles")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def picture(path, rows=6, cols=8, size=128, tile=256):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    import fcn_cuda
+    from fcn_cuda.colors import overlay
+    from fcn_cuda.data import SyntheticShapes
+    from fcn_cuda.inference import default_model
+
+    data = SyntheticShapes(rows * cols, size=size, seed=7)
+    img = np.concatenate([np.concatenate([data[r * cols + c][0] for c in range(cols)], axis=1) for r in range(rows)])
+    model = default_model()
+    labels = fcn_cuda.infer(img, model, tile=tile)
+    if not np.array_equal(labels, fcn_cuda.infer(img, model)):
+        raise AssertionError("tiled labels differ from the whole image's")
+    h, w = labels.shape
+    fig, ax = plt.subplots(figsize=(w / 100, h / 100 + 0.5), dpi=100)
+    ax.imshow(overlay(img, labels))
+    for t in tiling.plan(h, w, tile, model.variant):
+        ax.add_patch(Rectangle((t.x0 - 0.5, t.y0 - 0.5), t.x1 - t.x0, t.y1 - t.y0, fill=False, ec="white", lw=1.5))
+    t = next(t for t in tiling.plan(h, w, tile, model.variant) if t.y0 == tile and t.x0 == tile)
+    ax.add_patch(Rectangle((t.x0 - 0.5, t.y0 - 0.5), t.x1 - t.x0, t.y1 - t.y0, fill=True, fc="white", alpha=0.25))
+    ax.add_patch(Rectangle((t.wx0 - 0.5, t.wy0 - 0.5), t.wx1 - t.wx0, t.wy1 - t.wy0, fill=False, ec="yellow", lw=2,
+                           ls="--"))
+    ax.set_title(f"{w} x {h} in {len(tiling.plan(h, w, tile))} exact tiles of {tile} (white); one tile's input "
+                 f"window (yellow, dashed); labels equal the whole image's", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="512,1024,2048,4096")
+    ap.add_argument("--tiles", default="512,1024")
+    ap.add_argument("--backend", default="host", choices=("host", "cuda"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tiled"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the table and plot from <out>.jsonl")
+    ap.add_argument("--picture", help="draw the tiles over a segmented mosaic into this PNG, and stop")
+    args = ap.parse_args(argv)
+    if args.picture:
+        picture(args.picture)
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".jsonl")
+    if not args.plot_only:
+        with tempfile.TemporaryDirectory() as folder:
+            for size in map(int, args.sizes.split(",")):
+                for tile in [0] + [t for t in map(int, args.tiles.split(",")) if t < size]:
+                    row = run(size, tile, args.backend, folder)
+                    print(json.dumps(row), flush=True)
+                    with open(log, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["backend"] == args.backend]
+    out.with_suffix(".md").write_text(table(rows))
+    plot(rows, out.with_suffix(".png"))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
