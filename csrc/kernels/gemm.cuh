@@ -52,21 +52,21 @@ sgemm_tiled(const float* __restrict__ A, const float* __restrict__ B, float* __r
         for (int i = t; i < kTileM * kTileK; i += kTiledThreads) {
             const int r = i / kTileK, k = i % kTileK;
             const int gr = row0 + r, gk = k0 + k;
-            As[k][r] = (gr < M && gk < K) ? A[gr * K + gk] : 0.f;
+            smem_store(&As[k][r], (gr < M && gk < K) ? A[gr * K + gk] : 0.f);
         }
         for (int i = t; i < kTileK * kTileN; i += kTiledThreads) {
             const int k = i / kTileN, c = i % kTileN;
             const int gk = k0 + k, gc = col0 + c;
-            Bs[k][c] = (gk < K && gc < N) ? B[gk * N + gc] : 0.f;
+            smem_store(&Bs[k][c], (gk < K && gc < N) ? B[gk * N + gc] : 0.f);
         }
         __syncthreads();  // the tile is complete before anyone reads it
 #pragma unroll
         for (int k = 0; k < kTileK; ++k) {
             float a[kThreadM], b[kThreadN];
 #pragma unroll
-            for (int i = 0; i < kThreadM; ++i) a[i] = As[k][ty * kThreadM + i];
+            for (int i = 0; i < kThreadM; ++i) a[i] = smem_load(&As[k][ty * kThreadM + i]);
 #pragma unroll
-            for (int j = 0; j < kThreadN; ++j) b[j] = Bs[k][tx * kThreadN + j];
+            for (int j = 0; j < kThreadN; ++j) b[j] = smem_load(&Bs[k][tx * kThreadN + j]);
 #pragma unroll
             for (int i = 0; i < kThreadM; ++i)
 #pragma unroll
@@ -113,12 +113,12 @@ gemm_wmma(const float* __restrict__ A, const float* __restrict__ B, float* __res
         for (int i = t; i < kWmmaTile * kK; i += blockDim.x) {
             const int r = i / kK, k = i % kK;
             const int gr = row0 + r, gk = k0 + k;
-            As[r][k] = In::convert((gr < M && gk < K) ? A[gr * K + gk] : 0.f);
+            smem_store(&As[r][k], In::convert((gr < M && gk < K) ? A[gr * K + gk] : 0.f));
         }
         for (int i = t; i < kK * kWmmaTile; i += blockDim.x) {
             const int k = i / kWmmaTile, c = i % kWmmaTile;
             const int gk = k0 + k, gc = col0 + c;
-            Bs[k][c] = In::convert((gk < K && gc < N) ? B[gk * N + gc] : 0.f);
+            smem_store(&Bs[k][c], In::convert((gk < K && gc < N) ? B[gk * N + gc] : 0.f));
         }
         __syncthreads();
         wmma::fragment<wmma::matrix_a, 16, 16, kK, T, wmma::row_major> a;
@@ -132,7 +132,7 @@ gemm_wmma(const float* __restrict__ A, const float* __restrict__ B, float* __res
     __syncthreads();
     for (int i = t; i < kWmmaTile * kWmmaTile; i += blockDim.x) {
         const int r = i / kWmmaTile, c = i % kWmmaTile;
-        if (row0 + r < M && col0 + c < N) C[(row0 + r) * N + col0 + c] = Cs[r][c];
+        if (row0 + r < M && col0 + c < N) C[(row0 + r) * N + col0 + c] = smem_load(&Cs[r][c]);
     }
 }
 

@@ -281,14 +281,15 @@ __global__ void cp_async_probe(const float* __restrict__ src, float* __restrict_
     }
 }
 
-// One warp. s holds 32 rows of 8 b16 (16 bytes each) from m; lane l gives
-// the address of row rows[l]; out[4l + i] = register i of lane l after
-// ldmatrix .x{num} {.trans} (registers past num: untouched).
+// One warp. s holds 128 rows of 8 b16 (16 bytes each) from m: 2 KB, room
+// for a 16 x 128-byte tile; lane l gives the address of row rows[l];
+// out[4l + i] = register i of lane l after ldmatrix .x{num} {.trans}
+// (registers past num: untouched).
 __global__ void ldmatrix_probe(const uint16_t* __restrict__ m, const int* __restrict__ rows, uint32_t* out, int num,
                                int trans) {
-    __shared__ __align__(16) uint16_t s[32 * 8];
+    __shared__ __align__(16) uint16_t s[128 * 8];
     const int l = threadIdx.x;
-    for (int j = 0; j < 8; ++j) s[8 * l + j] = m[8 * l + j];
+    for (int j = l; j < 128 * 8; j += 32) s[j] = m[j];
     __syncwarp();
     const uint16_t* row = &s[8 * rows[l]];
     uint32_t r[4] = {0, 0, 0, 0};

@@ -150,7 +150,7 @@ def cp_async(src, mode, bytes=16, src_bytes=None, cg=False):
 
 
 def ldmatrix(m, rows, num, trans=False):
-    """ldmatrix_probe: m is 32 rows x 8 uint16, rows[l] the row whose address
+    """ldmatrix_probe: m is 128 rows x 8 uint16, rows[l] the row whose address
     lane l gives. Returns the 32 x 4 uint32 registers (past num: 0)."""
     be = _be()
     out = be.xp.zeros((32, 4), dtype=np.uint32)

@@ -119,9 +119,10 @@ def test_tsan_build_orders_cp_async_by_its_wait():
 
 
 # ------------------------------------------------------------------ ldmatrix
-# 32 rows of 8 b16; element (r, c) = 100 r + c. Lane l gives the address of
-# row ROWS[l] (a permutation, so a lane-to-row mix-up shows).
-M16 = (100 * np.arange(32)[:, None] + np.arange(8)[None, :]).astype(np.uint16)
+# The probe's 128 rows of 8 b16; element (r, c) = 100 r + c. Lane l gives
+# the address of row ROWS[l] (a permutation of the first 32, so a
+# lane-to-row mix-up shows).
+M16 = (100 * np.arange(128)[:, None] + np.arange(8)[None, :]).astype(np.uint16)
 ROWS = ((7 * np.arange(32) + 3) % 32).astype(np.int32)
 
 
@@ -300,6 +301,36 @@ def test_bank_conflicts_of_ldmatrix(counting, rows, num, wavefronts):
     assert (got["accesses"], got["wavefronts"], got["ideal"]) == (1, wavefronts, num)
 
 
+def swizzled_tile_rows(swizzled):
+    """The row addresses (in 16-byte units) of an ldmatrix.x4 that reads an
+    A fragment from a 16-row tile of 128-byte rows (8 chunks of 16 bytes):
+    lane l gives row r = l % 8 + 8 (i % 2) of matrix i = l // 8, chunk
+    c = i // 2. Unswizzled, chunk c of row r is unit 8 r + c: the 8 rows of a
+    matrix are 128 bytes apart, all in the same 4 banks. XOR-swizzled, it is
+    unit 8 r + (c ^ r % 8): the 8 rows fall in 8 different 16-byte columns."""
+    lanes = np.arange(32)
+    i, r = lanes // 8, lanes % 8 + 8 * ((lanes // 8) % 2)
+    c = i // 2
+    return (8 * r + (c ^ (r % 8) if swizzled else c)).astype(np.int32)
+
+
+def test_xor_swizzle_makes_ldmatrix_conflict_free(counting):
+    """The layout the rung's kernels stage A in: unswizzled, each matrix is
+    8-way conflicted (32 wavefronts for the x4, 4 ideal); swizzled, none.
+    The data stored swizzled is read back as the same fragment."""
+    logical = M16[:128]
+    swizzled = np.empty_like(logical)
+    for unit in range(128):  # logical chunk c of row r stored at chunk c ^ r % 8
+        r, c = unit // 8, unit % 8
+        swizzled[8 * r + (c ^ (r % 8))] = logical[unit]
+    plain = _probes.ldmatrix(logical, swizzled_tile_rows(False), 4)
+    assert fcn_cuda.emulator_counters()["ldmatrix_probe"]["ldmatrix"]["wavefronts"] == 32
+    fcn_cuda.reset_emulator_counters()
+    np.testing.assert_array_equal(_probes.ldmatrix(swizzled, swizzled_tile_rows(True), 4), plain)
+    got = fcn_cuda.emulator_counters()["ldmatrix_probe"]["ldmatrix"]
+    assert (got["wavefronts"], got["ideal"], got["max_way"]) == (4, 4, 1)
+
+
 def test_bank_conflicts_of_cp_async(counting):
     """16-byte copies from 64 threads to consecutive 16-byte slots: each
     quarter-warp writes 128 contiguous bytes, 4 wavefronts per warp."""
@@ -334,7 +365,7 @@ def test_emulator_matches_hardware(rng):
         np.testing.assert_array_equal(_on("host", f, src), _on("cuda", f, src))
     groups = lambda s: _probes.cp_async(s, "groups")  # noqa: E731
     np.testing.assert_array_equal(_on("host", groups, src), _on("cuda", groups, src))
-    m = rng.integers(0, 2**16, (32, 8)).astype(np.uint16)
+    m = rng.integers(0, 2**16, (128, 8)).astype(np.uint16)
     rows = rng.permutation(32).astype(np.int32)
     for num in (1, 2, 4):
         for trans in (False, True):
