@@ -76,7 +76,8 @@ if be.name == "host":
     peak[0] = tracemalloc.get_traced_memory()[1]
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 out.flush()
-print(json.dumps({"seconds": seconds, "peak": peak[0], "rss": hwm * 1024, "labels": np.bincount(out.reshape(-1), minlength=4).tolist()}))
+counts = np.bincount(out.reshape(-1), minlength=4).tolist()
+print(json.dumps({"seconds": seconds, "peak": peak[0], "rss": hwm * 1024, "labels": counts}))
 """
 
 
@@ -121,7 +122,8 @@ def run(size, tile, backend, folder):
 
 def table(rows):
     whole = {r["size"]: r for r in rows if r["tile"] == 0}
-    lines = ["| image | tiles | seconds | peak MiB | rss MiB | time / whole | predicted work (windows) | (N+2h)^2/N^2 |",
+    lines = ["| image | tiles | seconds | peak MiB | rss MiB | time / whole | predicted work (windows) "
+             "| (N+2h)^2/N^2 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["size"], r["tile"])):
         ratio = pred = simple = "-"
@@ -170,7 +172,7 @@ def picture(path, rows=6, cols=8, size=128, tile=256):
     from matplotlib.patches import Rectangle
 
     import fcn_cuda
-    from fcn_cuda.colors import overlay
+    from fcn_cuda.colors import colorize
     from fcn_cuda.data import SyntheticShapes
     from fcn_cuda.inference import default_model
 
@@ -181,19 +183,23 @@ def picture(path, rows=6, cols=8, size=128, tile=256):
     if not np.array_equal(labels, fcn_cuda.infer(img, model)):
         raise AssertionError("tiled labels differ from the whole image's")
     h, w = labels.shape
-    fig, ax = plt.subplots(figsize=(w / 100, h / 100 + 0.5), dpi=100)
-    ax.imshow(overlay(img, labels))
-    for t in tiling.plan(h, w, tile, model.variant):
-        ax.add_patch(Rectangle((t.x0 - 0.5, t.y0 - 0.5), t.x1 - t.x0, t.y1 - t.y0, fill=False, ec="white", lw=1.5))
-    t = next(t for t in tiling.plan(h, w, tile, model.variant) if t.y0 == tile and t.x0 == tile)
-    ax.add_patch(Rectangle((t.x0 - 0.5, t.y0 - 0.5), t.x1 - t.x0, t.y1 - t.y0, fill=True, fc="white", alpha=0.25))
-    ax.add_patch(Rectangle((t.wx0 - 0.5, t.wy0 - 0.5), t.wx1 - t.wx0, t.wy1 - t.wy0, fill=False, ec="yellow", lw=2,
-                           ls="--"))
-    ax.set_title(f"{w} x {h} in {len(tiling.plan(h, w, tile))} exact tiles of {tile} (white); one tile's input "
-                 f"window (yellow, dashed); labels equal the whole image's", fontsize=9)
-    ax.axis("off")
+    tiles = tiling.plan(h, w, tile, model.variant)
+    shown = next(t for t in tiles if t.y0 == tile and t.x0 == tile)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.9), dpi=90)
+    for ax, picture_, title in ((axes[0], img, "image"), (axes[1], colorize(labels), "labels (tiled = whole)")):
+        ax.imshow(picture_)
+        for t in tiles:
+            ax.add_patch(Rectangle((t.x0 - 0.5, t.y0 - 0.5), t.x1 - t.x0, t.y1 - t.y0, fill=False, ec="white",
+                                   lw=1.5))
+        ax.add_patch(Rectangle((shown.x0 - 0.5, shown.y0 - 0.5), tile, tile, fill=False, ec="red", lw=2.5))
+        ax.add_patch(Rectangle((shown.wx0 - 0.5, shown.wy0 - 0.5), shown.wx1 - shown.wx0, shown.wy1 - shown.wy0,
+                               fill=False, ec="yellow", lw=2, ls="--"))
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"{w} x {h} in {len(tiles)} exact tiles of {tile} (white); one tile (red) and its input window "
+                 f"(yellow, dashed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
 
 
 def main(argv=None):

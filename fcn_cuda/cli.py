@@ -387,8 +387,8 @@ def build_parser():
                    help="exact tiles of N x N output pixels (a multiple of 32), the whole image's labels in memory "
                         "bounded by the tile: writes NAME_labels.npy (memory-mapped) and NAME_labels.png, no overlay; "
                         "under torchrun the ranks share each image's tiles. PNG and JPEG files are decoded whole, "
-                        f"with Pillow's decompression-bomb limit raised to {TILED_MAX_IMAGE_PIXELS} pixels; .npy and uncompressed "
-                        "TIFF files are read a window at a time")
+                        f"with Pillow's decompression-bomb limit raised to {TILED_MAX_IMAGE_PIXELS} pixels; .npy and "
+                        "uncompressed TIFF files are read a window at a time")
     p.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")
