@@ -70,7 +70,7 @@ def _links(page):
 def test_the_pages_exist():
     names = {p.relative_to(ROOT).as_posix() for p in PAGES}
     for page in ("torch", "model", "distributed", "caffe-and-data", "crf", "emulator", "gpu", "performance",
-                 "design", "fcn-reference"):
+                 "design", "fcn-reference", "tiled"):
         assert f"docs/{page}.md" in names
     assert "csrc/README.md" in names
 
@@ -98,6 +98,13 @@ def test_every_quoted_repository_path_exists(page):
         if QUOTED_PATH.match(path) and not (ROOT / path).exists():
             missing.append(path)
     assert not missing, f"{page.relative_to(ROOT)} quotes paths that do not exist: {missing}"
+
+
+def test_the_readme_indexes_every_page():
+    index = (ROOT / "README.md").read_text()
+    pages = [p.relative_to(ROOT).as_posix() for p in PAGES if p != ROOT / "README.md"]
+    unindexed = [p for p in pages if f"]({p})" not in index]
+    assert not unindexed, f"README.md's index lacks {unindexed}"
 
 
 def test_the_readme_is_short():
