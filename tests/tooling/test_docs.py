@@ -5,6 +5,7 @@ README stays short, every kernel header is a short block (the math, the
 layout, a line per variant), and no tracked file cites a document outside the
 repository or an issue number, which a reader of a clone cannot open."""
 
+import importlib
 import re
 import subprocess
 from pathlib import Path
@@ -105,6 +106,34 @@ def test_the_readme_indexes_every_page():
     pages = [p.relative_to(ROOT).as_posix() for p in PAGES if p != ROOT / "README.md"]
     unindexed = [p for p in pages if f"]({p})" not in index]
     assert not unindexed, f"README.md's index lacks {unindexed}"
+
+
+# Extensions that exist only where they were built: the nvcc build, the sanitizer builds.
+BUILT_ELSEWHERE = ("fcn_cuda._cuda", "fcn_cuda._host_asan", "fcn_cuda._host_tsan")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_quoted_python_name_exists(page):
+    """`fcn_cuda.geometry.head_geometry`, `fcn_cuda.crf.SHAPES` and the like
+    name a module or attribute that is there: a page does not keep a name
+    that a move or rename left behind."""
+    missing = []
+    for span in CODE_SPAN.findall(page.read_text()):
+        for name in re.findall(r"\bfcn_cuda(?:\.[A-Za-z_]\w*)+", span):
+            if name.startswith(BUILT_ELSEWHERE):
+                continue
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ImportError:
+                    continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                missing.append(name)
+    assert not missing, f"{page.relative_to(ROOT)} names what fcn_cuda does not have: {missing}"
 
 
 def test_the_readme_is_short():
