@@ -213,6 +213,11 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("smem_bank_probe", [](Addr out, int stride, int width, bool store, int repeat, Addr s) {
         fcn::launch_smem_bank_probe(P<float>(out), stride, width, store, repeat, S(s));
     }, nogil);
+    m.def("mbarrier_trace_probe", [](Addr out, Addr s) { fcn::launch_mbarrier_trace_probe(P<int>(out), S(s)); }, nogil);
+    m.def("mbarrier_pipeline_probe", [](Addr x, Addr y, int rounds, Addr s) {
+        fcn::launch_mbarrier_pipeline_probe(P<const float>(x), P<float>(y), rounds, S(s));
+    }, nogil);
+    m.def("mbarrier_fault_probe", [](int kind, Addr y, Addr s) { fcn::launch_mbarrier_fault_probe(kind, P<float>(y), S(s)); }, nogil);
 
     // ---- scan
     m.def("scan_workspace", &fcn::scan_workspace);

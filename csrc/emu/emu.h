@@ -389,3 +389,4 @@ inline float __bfloat162float(__nv_bfloat16 b) { return float(b); }
 #include "smem.h"
 #include "wmma.h"
 #include "sm80.h"
+#include "sm90.h"

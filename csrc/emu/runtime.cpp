@@ -72,7 +72,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxDynamicSmem = 227 * 1024;  // sm_90's opt-in limit per block
 constexpr int kTsanMaxThreads = 256;            // TSan's thread slots (see the top)
 
-enum class State : uint8_t { kReady, kAtBarrier, kAtWarp, kDone, kFailed };
+enum class State : uint8_t { kReady, kAtBarrier, kAtWarp, kAtMbarrier, kDone, kFailed };
 
 struct Fiber {
     void* sp = nullptr;
@@ -87,6 +87,10 @@ struct Fiber {
     void* asan_fake_stack = nullptr;
     void* tsan_fiber = nullptr;  // its TSan context, reused block after block
     unsigned syncwarps = 0;      // __syncwarp calls so far: picks its release slot
+    const uint64_t* mbarrier = nullptr;  // the mbarrier it sleeps on (kAtMbarrier) or last spun on
+    unsigned parity = 0;                 // the parity of the phase it waits for
+    uint64_t spin_word = 0;              // the mbarrier's state at its last false test_wait
+    bool idle_spin = false;              // it yielded at a false test_wait that saw nothing change
 };
 
 struct Launch {
@@ -118,6 +122,7 @@ struct Worker {
     void* scheduler_sp = nullptr;
     Fiber* current = nullptr;  // the fiber running now
     bool loop_mode = false;
+    bool fibers_started = false;  // every thread of the block is a fiber (not only thread 0)
     uint64_t warp_result[kMaxThreads / 32][32];
     uint64_t warp_wide[kMaxThreads / 32][32][kWideWords];
     unsigned char* smem = nullptr;
@@ -284,6 +289,8 @@ void start_fiber(Worker& w, int i, uint3 tid) {
     f.tid = tid;
     f.site_file = nullptr;
     f.mask = 0;
+    f.mbarrier = nullptr;
+    f.idle_spin = false;
     f.sp = fiber_prepare(fiber_stack(w, i), kStackBytes, &fiber_main, &w);
 }
 
@@ -369,22 +376,45 @@ std::string stuck_report(const Worker& w) {
             return "deadlock: thread " + tid_str(f.tid) + " waits at a warp operation (mask " +
                    std::to_string(f.mask) + ") that its lanes never all reach";
     }
+    for (int i = 0; i < w.nthreads; ++i) {
+        const Fiber& f = w.fibers[i];
+        if (f.state == State::kAtMbarrier || (f.state == State::kReady && f.idle_spin)) {
+            const mbar::State s = mbar::decode(__atomic_load_n(f.mbarrier, __ATOMIC_RELAXED));
+            char address[32];
+            std::snprintf(address, sizeof address, "%p", static_cast<const void*>(f.mbarrier));
+            return "deadlock: thread " + tid_str(f.tid) + (f.state == State::kAtMbarrier ? " waits" : " spins") +
+                   " on the mbarrier at " + address + " for its phase of parity " + std::to_string(f.parity) +
+                   " to complete (pending arrivals " + std::to_string(s.pending) + " of " +
+                   std::to_string(s.expected) + ", tx-count " + std::to_string(s.tx) +
+                   "), which no thread of the block can complete";
+        }
+    }
     return "deadlock: no thread can make progress";
 }
 
+// A round resumes every thread that can go on; one that only spun again on a
+// false test_wait with nothing changed (mbarrier_spun) made no progress.
 void run_fibers(Worker& w) {
     const int n = w.nthreads;
     for (;;) {
         bool all_done = true;
+        bool progress = false;
         for (int i = 0; i < n; ++i) {
             Fiber& f = w.fibers[i];
-            if (f.state == State::kReady) resume(w, f);
+            if (f.state == State::kAtMbarrier && mbarrier_phase_done(f.mbarrier, f.parity, "mbarrier.try_wait"))
+                f.state = State::kReady;
+            if (f.state == State::kReady) {
+                f.idle_spin = false;
+                resume(w, f);
+                if (!f.idle_spin) progress = true;
+            }
             if (f.state == State::kFailed) throw_block_error(w);
             if (f.state != State::kDone) all_done = false;
         }
         if (all_done) return;
         if (release_warps(w)) continue;
         if (release_barrier(w)) continue;
+        if (progress) continue;
         throw std::runtime_error(stuck_report(w));
     }
 }
@@ -408,6 +438,7 @@ void run_block(Worker& w, Launch& L, long long b) {
     struct BlockEnd {  // however the block ends: copies in flight dropped, counts kept
         ~BlockEnd() { smem_block_end(); }
     } block_end;
+    w.fibers_started = false;
     auto tid_of = [&](int i) { return uint3{unsigned(i % bd.x), unsigned((i / bd.x) % bd.y), unsigned(i / (bd.x * bd.y))}; };
     try {
         start_fiber(w, 0, tid_of(0));
@@ -432,6 +463,7 @@ void run_block(Worker& w, Launch& L, long long b) {
             return;
         }
         for (int i = 1; i < n; ++i) start_fiber(w, i, tid_of(i));
+        w.fibers_started = true;
         run_fibers(w);
     } catch (const std::exception& e) {
         block_failed(w, L, e.what());
@@ -781,6 +813,46 @@ void syncthreads_at(const char* file, int line) {
     tsan_release(order);
     yield_to_scheduler(*w, f, false);
     tsan_acquire(order);
+}
+
+// ------------------------------------------------------------ mbarrier
+// (sm90.h): a thread that waits on an mbarrier sleeps until its phase
+// completes; the scheduler wakes it (run_fibers) or, when no thread of the
+// block can go on, fails naming it (stuck_report).
+namespace {
+Fiber& mbarrier_fiber(const char* what) {
+    Worker* w = tls_worker;
+    if (!w || !w->launch) fail((std::string(what) + " outside a kernel").c_str());
+    if (w->loop_mode || !w->current)
+        fail((std::string(what) + ": a thread waits on an mbarrier in a block whose thread 0 finished without "
+                                  "touching one (the emulator ran the block as a loop; no thread can complete it)")
+                 .c_str());
+    return *w->current;
+}
+}  // namespace
+
+void mbarrier_enter() {
+    Worker* w = tls_worker;
+    if (!w || !w->current || w->fibers_started || w->loop_mode) return;
+    yield_to_scheduler(*w, *w->current, false);  // thread 0, still ready: run_block starts the other fibers
+}
+
+void mbarrier_sleep(const uint64_t* bar, unsigned parity) {
+    Fiber& f = mbarrier_fiber("mbarrier.try_wait");
+    f.mbarrier = bar;
+    f.parity = parity & 1u;
+    f.state = State::kAtMbarrier;
+    yield_to_scheduler(*tls_worker, f, false);
+}
+
+void mbarrier_spun(const uint64_t* bar) {
+    Fiber& f = mbarrier_fiber("mbarrier.test_wait");
+    const uint64_t word = __atomic_load_n(bar, __ATOMIC_RELAXED);
+    f.idle_spin = f.mbarrier == bar && f.spin_word == word;
+    f.mbarrier = bar;
+    f.spin_word = word;
+    f.parity = mbar::decode(word).phase;
+    yield_to_scheduler(*tls_worker, f, false);
 }
 
 }  // namespace fcn_emu

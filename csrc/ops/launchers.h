@@ -76,6 +76,11 @@ void launch_mma_probe(const std::uint32_t* a, const std::uint32_t* b, const floa
                       cudaStream_t stream);
 void launch_smem_bank_probe(float* out, int stride, int width, bool store, int repeat, cudaStream_t stream);
 
+// ---- probes_sm90.cu  (the Hopper instructions' probes; kernels/probes_sm90.cuh)
+void launch_mbarrier_trace_probe(int* out, cudaStream_t stream);
+void launch_mbarrier_pipeline_probe(const float* x, float* y, int rounds, cudaStream_t stream);
+void launch_mbarrier_fault_probe(int kind, float* y, cudaStream_t stream);
+
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)
 // data (n ints, their partial sums within int) becomes its exclusive scan in place; *total (when non-null) =
 // the sum of all n. workspace: scan_workspace(n) ints (none, may be null, when 0).

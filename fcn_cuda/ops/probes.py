@@ -177,3 +177,40 @@ def smem_bank(stride, width=1, store=False, repeat=1):
     out = be.empty(32)
     be.ext.smem_bank_probe(be.ptr(out), stride, width, bool(store), repeat, be.stream())
     return out
+
+
+# ---- the Hopper instructions (csrc/kernels/probes_sm90.cuh)
+def mbarrier_trace():
+    """mbarrier_trace_probe: test_wait's answers (parity 0, then 1) after each
+    step of one thread's walk through three phases, then 1 once a wait for a
+    completed phase has returned (int32[19])."""
+    be = _be()
+    out = be.xp.full(19, -1, dtype=np.int32)
+    be.ext.mbarrier_trace_probe(be.ptr(out), be.stream())
+    return out
+
+
+def mbarrier_pipeline(x):
+    """mbarrier_pipeline_probe over x (float32, 32 per round): y[l] = sum over
+    rounds r of (r + 1) * x[32 r + (l + 1) % 32], through a 2-stage ring."""
+    if x.ndim != 1 or x.size == 0 or x.size % 32:
+        raise ValueError(f"x must hold 32 floats per round, got shape {tuple(x.shape)}")
+    be = _be()
+    y = be.empty(32)
+    be.ext.mbarrier_pipeline_probe(be.ptr(x), be.ptr(y), x.size // 32, be.stream())
+    return y
+
+
+MBARRIER_FAULTS = {"never_arrives": 0, "spins_forever": 1, "bytes_never_arrive": 2, "init_count_0": 3,
+                   "not_initialized": 4, "too_many_arrivals": 5, "misaligned": 6, "tx_count_overflow": 7}
+
+
+def mbarrier_fault(kind):
+    """mbarrier_fault_probe: a deadlock or a use the PTX ISA leaves undefined;
+    the emulator must raise. Not for a GPU (it would hang or do anything)."""
+    if kind not in MBARRIER_FAULTS:
+        raise ValueError(f"kind must be one of {sorted(MBARRIER_FAULTS)}, got {kind!r}")
+    be = _be()
+    y = be.empty(32)
+    be.ext.mbarrier_fault_probe(MBARRIER_FAULTS[kind], be.ptr(y), be.stream())
+    return y
