@@ -419,10 +419,24 @@ void run_fibers(Worker& w) {
     }
 }
 
+// ASan build: a fiber abandoned mid-kernel by a failed block leaves its
+// frames' scope poisoning on its stack, which the next block's fiber there
+// would trip over (a false stack-use-after-scope): clear it.
+void asan_forget_unfinished_stacks(Worker& w) {
+#if defined(FCN_EMU_ASAN)
+    for (int i = 0; i < w.nthreads; ++i)
+        if (w.fibers[i].state != State::kDone)
+            ASAN_UNPOISON_MEMORY_REGION(fiber_stack(w, i) + 4096, kStackBytes - 4096);  // above the guard page
+#else
+    (void)w;
+#endif
+}
+
 void block_failed(Worker& w, Launch& L, const char* what) {
     w.loop_mode = false;
     w.current = nullptr;
     tsan_drop_unfinished_fibers(w);
+    asan_forget_unfinished_stacks(w);
     L.set_error(std::string("kernel ") + L.name + ", " + block_str(blockIdx) + ": " + what);
 }
 
