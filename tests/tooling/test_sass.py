@@ -3,7 +3,10 @@ into the instructions they name: the SASS of the probe kernels, read with
 cuobjdump, holds LDGSTS (cp.async: .ZFILL for src-size, .BYPASS for .cg,
 LDGDEPBAR and DEPBAR for commit and wait), LDSM (ldmatrix: .M88 / .MT88
 for .trans, .2 / .4 for .x2 / .x4) and HMMA (mma.sync: 1688 TF32 and 16816
-BF16).
+BF16); and the Hopper wrappers (ptx_sm90.cuh) into SYNCS, the mbarrier
+unit (init: EXCH; arrive: ARRIVE.TRANS64, .A1T0 for a count of 1, .ART0 with
+expect_tx; expect_tx / complete_tx: ARRIVE.TRANS64.RED.A0TX; test_wait:
+PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT).
 
 Needs cuobjdump on PATH (pip install --target DIR nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm, then both DIR/nvidia/cu13/bin on PATH; .ci/run does)
@@ -33,6 +36,10 @@ EXPECTED = {
     "_ZN3fcn14ldmatrix_probeEPKtPKiPjii": {"LDSM.16.M88", "LDSM.16.M88.2", "LDSM.16.M88.4", "LDSM.16.MT88",
                                            "LDSM.16.MT88.2", "LDSM.16.MT88.4"},
     "_ZN3fcn9mma_probeEPKjS1_PKfPfi": {"HMMA.1688.F32.TF32", "HMMA.16816.F32.BF16"},
+    # sm_90: the mbarrier wrappers (ptx_sm90.cuh) in the probe that uses each one
+    "_ZN3fcn20mbarrier_trace_probeEPi": {"SYNCS.EXCH.64", "SYNCS.ARRIVE.TRANS64", "SYNCS.ARRIVE.TRANS64.A1T0",
+                                         "SYNCS.ARRIVE.TRANS64.ART0", "SYNCS.ARRIVE.TRANS64.RED.A0TX",
+                                         "SYNCS.PHASECHK.TRANS64", "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
 }
 OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
