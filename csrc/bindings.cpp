@@ -52,6 +52,21 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                                        r.counter.wavefronts, r.counter.ideal, r.counter.max_way));
         return rows;
     }, "(kernel, kind, accesses, wavefronts, ideal, max_way) per kernel and kind of access");
+    m.def("tensor_map_box", [](Addr global, unsigned elem_bytes, std::vector<uint64_t> dim, std::vector<uint64_t> stride,
+                               std::vector<uint32_t> box, std::vector<uint32_t> estride, unsigned swizzle, bool nan_fill,
+                               std::vector<int32_t> coords, Addr out) {
+        const size_t rank = dim.size();
+        if (box.size() != rank || estride.size() != rank || coords.size() != rank || stride.size() + 1 != rank)
+            throw py::value_error("tensor_map_box: dim, box, estride and coords need one entry per dimension, "
+                                  "stride one fewer");
+        fcn_emu::TensorMap map;
+        const std::string why = fcn_emu::encode_tiled(&map, elem_bytes, unsigned(rank), P<const void>(global),
+                                                      dim.data(), stride.data(), box.data(), estride.data(),
+                                                      swizzle, nan_fill);
+        if (!why.empty()) throw py::value_error("cuTensorMapEncodeTiled: " + why);
+        fcn_emu::load_box(P<unsigned char>(out), map, coords.data());
+        return fcn_emu::box_bytes(map);
+    }, "the emulator's tensor map (csrc/emu/tma.h): encodes one, then writes the box at coords to out");
 #else
     m.attr("EMULATED") = false;
     m.attr("SANITIZE") = "";

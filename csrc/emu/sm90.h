@@ -33,6 +33,8 @@
 
 #include <string>
 
+#include "tma.h"
+
 namespace fcn_emu {
 
 namespace mbar {

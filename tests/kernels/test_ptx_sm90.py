@@ -1,14 +1,17 @@
 """The Hopper instructions of csrc/kernels/ptx_sm90.cuh, on every backend
 present: each probe's expected values are worked out here by hand from the PTX
 ISA's definitions (the rule each follows is in a comment beside it), never
-from the emulator. On a GPU the same tests check the hardware, and so compare
-the two.
+from the emulator. On a GPU the same probes check the hardware, and so compare
+the two. The tensor map's model (csrc/emu/tma.h) is host code, tested on the
+host: its GPU counterpart is the driver's cuTensorMapEncodeTiled and a TMA
+load, which no kernel here issues yet.
 """
 
 import numpy as np
 import pytest
 
 import fcn_cuda
+from fcn_cuda import _backend
 from fcn_cuda.ops import probes
 
 from _util import to_numpy
@@ -82,3 +85,102 @@ def test_mbarrier_faults_are_errors(kind, message):
                        if not message.startswith("deadlock") else
                        r"kernel mbarrier_fault_probe, block \(0,0,0\): " + message):
         probes.mbarrier_fault(kind)
+
+
+# ---------------------------------------------------- the tensor map (host model)
+def _aligned(values, offset_bytes=0):
+    """A float32 copy of values whose data starts offset_bytes past a 64-byte boundary."""
+    flat = np.ascontiguousarray(values, dtype=np.float32).ravel()
+    raw = np.zeros(flat.size + 32, np.float32)
+    start = ((-raw.ctypes.data) % 64 + offset_bytes) // 4
+    out = raw[start:start + flat.size]
+    out[:] = flat
+    return out
+
+
+def _box(g, dim, stride, box, estride, coords, swizzle=0, nan_fill=False, words=256):
+    fcn_cuda.use_backend("host")
+    out = np.full(words, -7.0, np.float32)
+    n = _backend.active().ext.tensor_map_box(g.ctypes.data, 4, dim, stride, box, estride, swizzle, nan_fill, coords,
+                                             out.ctypes.data)
+    return out, n
+
+
+def test_tensor_map_box_reads_inside_the_dimensions_and_zero_fills_outside():
+    # 5 rows of 6 floats at a 32-byte pitch (G[r][c] = 100 + 10 r + c; the two
+    # floats past each row's 6 are 999). cuTensorMapEncodeTiled: dims
+    # innermost first, strides in bytes for dims 1.. only. A box of 4 x 3 at
+    # (3, 3): columns 3..6 of rows 3..5; column 6 is past globalDim[0] = 6 and
+    # row 5 past globalDim[1] = 5, so they read as zero (the pitch does not
+    # bound the tensor, the dimensions do).
+    g = np.full((5, 8), 999, np.float32)
+    g[:, :6] = 100 + 10 * np.arange(5)[:, None] + np.arange(6)
+    out, n = _box(_aligned(g), [6, 5], [32], [4, 3], [1, 1], [3, 3])
+    assert n == 4 * 3 * 4
+    assert out[:12].tolist() == [133, 134, 135, 0, 143, 144, 145, 0, 0, 0, 0, 0]
+    assert (out[12:] == -7).all()  # nothing past the box's 48 bytes
+    # Negative coordinates are legal and out of bounds: a 4 x 2 box at (-2, -1).
+    out, _ = _box(_aligned(g), [6, 5], [32], [4, 2], [1, 1], [-2, -1])
+    assert out[:8].tolist() == [0, 0, 0, 0, 0, 0, 100, 101]
+
+
+def test_tensor_map_box_element_strides():
+    # elementStrides (2, 2) over a box of 8 x 3: ceil(8 / 2) = 4 columns
+    # (0, 2, 4, 6) by ceil(3 / 2) = 2 rows (0, 2), packed densely; column 6
+    # is past globalDim[0] = 6.
+    g = np.full((5, 8), 999, np.float32)
+    g[:, :6] = 100 + 10 * np.arange(5)[:, None] + np.arange(6)
+    out, n = _box(_aligned(g), [6, 5], [32], [8, 3], [2, 2], [0, 0])
+    assert n == 4 * 2 * 4
+    assert out[:8].tolist() == [100, 102, 104, 0, 120, 122, 124, 0]
+
+
+def test_tensor_map_box_nan_fill():
+    # CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA: out-of-bounds
+    # elements read as NaN instead of zero.
+    out, _ = _box(_aligned(np.arange(1, 5, dtype=np.float32)), [4], [], [8], [1], [0], nan_fill=True)
+    assert out[:4].tolist() == [1, 2, 3, 4] and np.isnan(out[4:8]).all()
+
+
+def test_tensor_map_box_swizzle_128():
+    # 128-byte swizzle, box 32 floats (128 B, the span) x 8 rows: byte address
+    # bits [4, 7) (the 16-byte chunk, 4 floats) are XORed with bits [7, 10)
+    # (the 128-byte line): element (r, c) lands at float r * 32 + 4 ((c // 4) ^ r) + c % 4.
+    g = np.arange(256, dtype=np.float32).reshape(8, 32)  # G[r][c] = 32 r + c
+    out, n = _box(_aligned(g), [32, 8], [128], [32, 8], [1, 1], [0, 0], swizzle=128)
+    assert n == 1024
+    assert out[:32].tolist() == list(range(32))  # line 0: chunk j ^ 0
+    assert out[36] == 32 and out[32] == 36       # line 1: chunks 0 and 1 trade places
+    assert out[7 * 32 + 6 * 4 + 1] == 7 * 32 + 5  # (7, 5): chunk 1 ^ 7 = 6
+    r, c = np.meshgrid(np.arange(8), np.arange(32), indexing="ij")
+    want = np.empty(256, np.float32)
+    want[r * 32 + 4 * ((c // 4) ^ r) + c % 4] = g[r, c]
+    np.testing.assert_array_equal(out, want)
+
+
+def test_tensor_map_box_swizzle_32():
+    # 32-byte swizzle, box 8 floats (32 B) x 8 rows, rows 32 B apart: bit 4
+    # (the chunk within a 32-byte span) XORs with bit 7 (the 128-byte line =
+    # row // 4): rows 0-3 stay, rows 4-7 swap their two halves.
+    g = np.arange(64, dtype=np.float32).reshape(8, 8)
+    out, _ = _box(_aligned(g), [8, 8], [32], [8, 8], [1, 1], [0, 0], swizzle=32)
+    assert out[:32].tolist() == list(range(32))
+    assert out[32:40].tolist() == [36, 37, 38, 39, 32, 33, 34, 35]
+    assert out[56:64].tolist() == [60, 61, 62, 63, 56, 57, 58, 59]
+
+
+@pytest.mark.parametrize("offset, dim, stride, box, estride, swizzle, message", [
+    (4, [8, 2], [32], [4, 2], [1, 1], 0, "globalAddress must be 16-byte aligned"),
+    (0, [8, 2], [24], [4, 2], [1, 1], 0, r"globalStrides\[0\] must be a multiple of 16 below 2\^40"),
+    (0, [8, 2], [32], [4, 257], [1, 1], 0, r"boxDim\[1\] must be in 1 \.\. 256"),
+    (0, [8, 2], [32], [2, 2], [1, 1], 0, r"boxDim\[0\] \* elementSize must be a multiple of 16 bytes"),
+    (0, [8, 2], [32], [4, 2], [1, 9], 0, r"elementStrides\[1\] must be in 1 \.\. 8"),
+    (0, [0, 2], [32], [4, 2], [1, 1], 0, r"globalDim\[0\] must be in 1 \.\. 2\^32"),
+    (0, [64, 2], [256], [32, 2], [1, 1], 64, "boxDim\\[0\\] \\* elementSize must not exceed the swizzle's span"),
+    (0, [8, 2], [32], [4, 2], [1, 1], 16, "swizzle must be none, 32, 64 or 128 B"),
+    (0, [8] * 6, [32] * 5, [4] * 6, [1] * 6, 0, r"tensorRank must be in 1 \.\. 5"),
+])
+def test_tensor_map_encode_refuses_what_the_driver_refuses(offset, dim, stride, box, estride, swizzle, message):
+    g = _aligned(np.zeros(256, np.float32), offset)
+    with pytest.raises(ValueError, match="cuTensorMapEncodeTiled: " + message):
+        _box(g, dim, stride, box, estride, [0] * len(dim), swizzle=swizzle)
