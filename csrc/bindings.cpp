@@ -229,8 +229,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_smem_bank_probe(P<float>(out), stride, width, store, repeat, S(s));
     }, nogil);
     m.def("mbarrier_trace_probe", [](Addr out, Addr s) { fcn::launch_mbarrier_trace_probe(P<int>(out), S(s)); }, nogil);
-    m.def("mbarrier_pipeline_probe", [](Addr x, Addr y, int rounds, Addr s) {
-        fcn::launch_mbarrier_pipeline_probe(P<const float>(x), P<float>(y), rounds, S(s));
+    m.def("mbarrier_pipeline_probe", [](Addr x, Addr y, int rounds, bool consumer_waits, Addr s) {
+        fcn::launch_mbarrier_pipeline_probe(P<const float>(x), P<float>(y), rounds, consumer_waits, S(s));
     }, nogil);
     m.def("mbarrier_fault_probe", [](int kind, Addr y, Addr s) { fcn::launch_mbarrier_fault_probe(kind, P<float>(y), S(s)); }, nogil);
 

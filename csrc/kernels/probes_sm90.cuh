@@ -6,7 +6,8 @@
 //     writes test_wait's answer for both parities after each step.
 //   mbarrier_pipeline_probe: warp 0 produces into a 2-stage ring, warp 1
 //     consumes, synchronized only by full/empty mbarriers; wrong unless a wait
-//     really waits for its phase.
+//     really waits for its phase. With consumer_waits false the consumers
+//     skip their wait: a race (the TSan build must report it).
 //   mbarrier_fault_probe: a wait no thread can complete (a deadlock: an
 //     error, never a hang) or a use the ISA leaves undefined (an error in the
 //     emulator): for the host build only.
@@ -48,7 +49,8 @@ __global__ void mbarrier_trace_probe(int* out) {
 
 // 64 threads, `rounds` rounds of 32 floats through a 2-stage ring:
 // y[l] = sum over r of (r + 1) * x[32 r + (l + 1) % 32].
-__global__ void mbarrier_pipeline_probe(const float* __restrict__ x, float* __restrict__ y, int rounds) {
+__global__ void mbarrier_pipeline_probe(const float* __restrict__ x, float* __restrict__ y, int rounds,
+                                        bool consumer_waits) {
     __shared__ float buf[2][32];
     __shared__ uint64_t full[2], empty[2];
     const int t = threadIdx.x, lane = t % 32;
@@ -67,7 +69,7 @@ __global__ void mbarrier_pipeline_probe(const float* __restrict__ x, float* __re
             buf[s][lane] = x[32 * r + lane];
             mbarrier_arrive(&full[s]);
         } else {
-            mbarrier_wait(&full[s], k);
+            if (consumer_waits) mbarrier_wait(&full[s], k);
             acc += float(r + 1) * buf[s][(lane + 1) % 32];
             mbarrier_arrive(&empty[s]);
         }

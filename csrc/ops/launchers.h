@@ -78,7 +78,7 @@ void launch_smem_bank_probe(float* out, int stride, int width, bool store, int r
 
 // ---- probes_sm90.cu  (the Hopper instructions' probes; kernels/probes_sm90.cuh)
 void launch_mbarrier_trace_probe(int* out, cudaStream_t stream);
-void launch_mbarrier_pipeline_probe(const float* x, float* y, int rounds, cudaStream_t stream);
+void launch_mbarrier_pipeline_probe(const float* x, float* y, int rounds, bool consumer_waits, cudaStream_t stream);
 void launch_mbarrier_fault_probe(int kind, float* y, cudaStream_t stream);
 
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)

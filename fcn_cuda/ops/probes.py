@@ -190,14 +190,15 @@ def mbarrier_trace():
     return out
 
 
-def mbarrier_pipeline(x):
+def mbarrier_pipeline(x, consumer_waits=True):
     """mbarrier_pipeline_probe over x (float32, 32 per round): y[l] = sum over
-    rounds r of (r + 1) * x[32 r + (l + 1) % 32], through a 2-stage ring."""
+    rounds r of (r + 1) * x[32 r + (l + 1) % 32], through a 2-stage ring.
+    consumer_waits=False leaves out the consumers' wait: a data race."""
     if x.ndim != 1 or x.size == 0 or x.size % 32:
         raise ValueError(f"x must hold 32 floats per round, got shape {tuple(x.shape)}")
     be = _be()
     y = be.empty(32)
-    be.ext.mbarrier_pipeline_probe(be.ptr(x), be.ptr(y), x.size // 32, be.stream())
+    be.ext.mbarrier_pipeline_probe(be.ptr(x), be.ptr(y), x.size // 32, bool(consumer_waits), be.stream())
     return y
 
 

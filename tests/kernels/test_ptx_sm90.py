@@ -12,6 +12,8 @@ import pytest
 
 import fcn_cuda
 from fcn_cuda import _backend
+
+from _sanitizers import run_sanitized
 from fcn_cuda.ops import probes
 
 from _util import to_numpy
@@ -54,6 +56,25 @@ def test_mbarrier_pipeline_waits_for_its_phase(be, rounds):
         want += (r + 1) * x[32 * r + (np.arange(32) + 1) % 32]
     y = probes.mbarrier_pipeline(be.xp.asarray(x))
     np.testing.assert_array_equal(to_numpy(y), want.astype(np.float32))
+
+
+def test_tsan_build_orders_reads_by_the_mbarrier_wait():
+    # An arrive releases and a wait that sees the phase complete acquires, as
+    # on a GPU: with the consumers' wait the ring is clean under TSan; without
+    # it, their reads race with the producers' writes and must be reported.
+    proc = run_sanitized("thread", """
+        import numpy as np
+        from fcn_cuda.ops import probes
+        x = np.arange(32 * 5, dtype=np.float32)
+        probes.mbarrier_pipeline(x)
+        print("ordered: no report")
+        probes.mbarrier_pipeline(x, consumer_waits=False)
+        print("unordered: no report")
+    """)
+    assert "ordered: no report" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 66, "the TSan build did not report the race\n" + proc.stderr[-3000:]
+    assert "WARNING: ThreadSanitizer: data race" in proc.stderr and "mbarrier_pipeline_probe" in proc.stderr
+    assert "unordered: no report" not in proc.stdout
 
 
 def test_mbarrier_pipeline_validates():
