@@ -59,7 +59,7 @@ def default_model():
     return _default_model
 
 
-def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=None, progress=None):
+def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=None, progress=None, tile_batch=None):
     """H x W integer label map (NumPy) for one image; with return_scores also
     the C x H x W float32 class scores. The labels are the same either way;
     without scores the last upsample and the argmax are one kernel
@@ -80,7 +80,11 @@ def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=Non
     the free memory runs in tiles chosen here, with a warning that says so.
     out: an H x W integer array (e.g. an np.memmap) the labels are written
     into and returned as, instead of a new int32 array. progress: with
-    tiles, a callable given the number of tiles done after each.
+    tiles, a callable given the number of tiles done after each batch.
+    tile_batch: how many tiles of one window shape run at once, as one
+    batch (the same bits; memory for that many windows); default
+    (tiling.auto_batch): as many as fit the memory budget of the automatic
+    tiles, on the host at most 4.
 
     crf=True refines the labels with the fully connected CRF
     (fcn_cuda.dense_crf) on the softmax of the scores before the argmax,
@@ -90,6 +94,7 @@ def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=Non
     The CRF couples every pixel with every other, so it has no tiles: crf
     with tile is refused. The scores returned are the model's, before the CRF."""
     return_scores = V.flag(return_scores, "return_scores")
+    tile_batch = tiling.check_batch(tile_batch)
     params = settings(crf)
     model = model if model is not None else default_model()
     if tile is not None:
@@ -110,7 +115,7 @@ def infer(img, model=None, return_scores=False, crf=False, *, tile=None, out=Non
             tiling.warn_auto(height, width, tile, f"the {_backend.active().name} backend")
     if tile is not None:
         labels = out if out is not None else np.empty((height, width), np.int32)
-        scores = tiling.infer_tiles(src, model, tile, labels, return_scores, progress=progress)
+        scores = tiling.infer_tiles(src, model, tile, labels, return_scores, progress=progress, batch=tile_batch)
         return (labels, scores) if return_scores else labels
     labels, scores = _whole(tiling.read_window(src, 0, height, 0, width), model, return_scores, params)
     if out is not None:

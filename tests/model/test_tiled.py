@@ -1,7 +1,8 @@
 """Exact tiled inference (fcn_cuda.tiling, infer(tile=...)): tiles give the
 whole image's labels and scores bit for bit, on odd sizes, every variant,
 several tile sizes; windows short of the halo or off the stride do not;
-bad arguments are refused before any work; memory is bounded by the tile.
+tiles of one window shape batched give the same bits; bad arguments are
+refused before any work; memory is bounded by the tile (and the batch).
 
 The images are thin (one axis a few dozen pixels) where the other axis must
 exceed a tile plus both halos (about 470 px) to give windows with a side
@@ -86,6 +87,52 @@ def test_tiles_with_inner_borders_equal_the_whole_image(be, variant, at_once, se
 ])
 def test_odd_sizes_equal_the_whole_image(be, shape, tile):
     assert_tiled_equals_whole(varied("8s", seed=2), image(*shape, seed=1), tile)
+
+
+def _batch_sizes(model, monkeypatch):
+    """The batch sizes model.forward and model.labels are called with, as they run."""
+    seen = []
+    for name in ("forward", "labels"):
+        method = getattr(model, name)
+
+        def spy(x, *args, _method=method, **kwargs):
+            seen.append(x.shape[0])
+            return _method(x, *args, **kwargs)
+
+        monkeypatch.setattr(model, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("variant, at_once, seed, shape, tile, batches", [
+    ("8s", False, 1, (801, 35), 64, (2, 3)),  # 4 inner tiles share a window: 2 + 2, 3 + a remainder of 1
+    ("16s", False, 4, (35, 737), 64, (3,)),
+    ("32s", False, 3, (705, 33), 64, (1,)),
+    ("8s", True, 1, (33, 737), 64, (3,)),
+])
+def test_batched_tiles_equal_the_whole_image(be, monkeypatch, variant, at_once, seed, shape, tile, batches):
+    """Tiles of one window shape and region run as one N x 3 x h x w batch
+    (tile_batch): labels and scores stay the whole image's, bit for bit."""
+    model = varied(variant, at_once, seed)
+    img = image(*shape, seed=seed)
+    labels, scores = whole(model, img)
+    assert len(np.unique(labels)) >= 2
+    groups = {}
+    for t in tiling.plan(*shape, tile, variant):
+        groups[t.window_shape, t.region] = groups.get((t.window_shape, t.region), 0) + 1
+    assert max(groups.values()) >= 3
+    seen = _batch_sizes(model, monkeypatch)
+    for batch in batches:
+        seen.clear()
+        out = np.full(shape, 255, np.uint8)
+        got, got_scores = fcn_cuda.infer(img, model, return_scores=True, tile=tile, out=out, tile_batch=batch)
+        assert got is out and max(seen) == batch  # batches were formed, none larger than asked
+        np.testing.assert_array_equal(out, labels)
+        np.testing.assert_array_equal(got_scores, scores)
+        assert sum(seen) == sum(groups.values())  # every tile once
+    if variant == "8s" and not at_once:  # the fused upsample + argmax
+        seen.clear()
+        np.testing.assert_array_equal(fcn_cuda.infer(img, model, tile=tile, tile_batch=batches[-1]), labels)
+        assert max(seen) == batches[-1] and sum(seen) == sum(groups.values())
 
 
 def test_the_bundled_model_tiles_exactly(be):
@@ -206,6 +253,21 @@ def test_bad_tiles_are_refused_before_any_work(tile, error, match):
     assert (out == 7).all()
 
 
+@pytest.mark.parametrize("batch, error, match", [
+    (0, ValueError, "tile_batch must be >= 1, got 0"),
+    (-2, ValueError, "tile_batch must be >= 1"),
+    (2.0, TypeError, "tile_batch must be an int, got float"),
+    (True, TypeError, "tile_batch must be an int, got bool"),
+    ("2", TypeError, "tile_batch must be an int, got str"),
+])
+def test_bad_tile_batches_are_refused_before_any_work(batch, error, match):
+    out = np.full((40, 40), 7, np.int32)
+    for tile in (32, None):
+        with pytest.raises(error, match=match):
+            fcn_cuda.infer(image(40, 40), varied("8s"), tile=tile, out=out, tile_batch=batch)
+    assert (out == 7).all()
+
+
 def test_bad_outputs_inputs_and_crf_are_refused_before_any_work():
     model = varied("8s")
     img = image(40, 40)
@@ -267,8 +329,26 @@ def test_the_whole_image_estimate_bounds_the_measured_peak():
     assert peak <= estimate <= 2 * peak
 
 
-def _peak(model, shape, tile, tmp_path):
-    """The peak over infer(memmap, tile=..., out=memmap): tracemalloc's on the
+def test_the_default_batch_fits_the_memory_budget(monkeypatch):
+    """Tiles run in batches of as many windows as the budget of the
+    automatic tiles holds (estimated for the batch); on the host at most 4,
+    the batch measured faster than tiles one by one (docs/tiled.md)."""
+    model = default_model()
+    before, after = tiling.halo(model.variant)
+    side = 256 + before + after
+    one = tiling.whole_image_bytes(model, side, side)
+    assert tiling.whole_image_bytes(model, side, side, batch=3) == 3 * one
+    for budget, batch in ((0, 1), (one - 1, 1), (one, 1), (5 * one - 1, 4), (5 * one, 5)):
+        assert tiling.budget_batch(model, 256, budget) == batch
+    if _backend.active().name == "host":
+        monkeypatch.setattr(tiling, "free_bytes", lambda: 2 * 3 * one)  # half of it is the budget
+        assert tiling.auto_batch(model, 256) == 3
+        monkeypatch.setattr(tiling, "free_bytes", lambda: 2 * 100 * one)
+        assert tiling.auto_batch(model, 256) == tiling.HOST_TILE_BATCH == 4
+
+
+def _peak(model, shape, tile, tmp_path, batch=1):
+    """The peak over infer(memmap, tile=..., out=memmap, tile_batch=batch): tracemalloc's on the
     host, CuPy's pool's bytes in use on a GPU (an allocator that notes them)."""
     src = np.lib.format.open_memmap(tmp_path / f"in{shape}.npy", mode="w+", dtype=np.uint8, shape=(*shape, 3))
     src[:] = image(*shape, seed=9)
@@ -285,13 +365,13 @@ def _peak(model, shape, tile, tmp_path):
         pool.free_all_blocks()
         cupy.cuda.set_allocator(malloc)
         try:
-            fcn_cuda.infer(src, model, tile=tile, out=out)
+            fcn_cuda.infer(src, model, tile=tile, out=out, tile_batch=batch)
             return peak[0]
         finally:
             cupy.cuda.set_allocator(pool.malloc)
     tracemalloc.start()
     try:
-        fcn_cuda.infer(src, model, tile=tile, out=out)
+        fcn_cuda.infer(src, model, tile=tile, out=out, tile_batch=batch)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -302,9 +382,11 @@ def test_memory_is_bounded_by_the_tile_not_the_image(be, tmp_path):
     peaks within 1.3x, where a whole-image pass grows with the image. (The
     benchmark, benchmarks/tiled.py, measures the bundled model at 4096^2
     against 1024^2; here a tiny model on thin images keeps the emulator's
-    time small. Both images have windows with both sides inside the image.)"""
+    time small. Both images have windows with both sides inside the image,
+    two of one shape at least, so batches of 2 run in both.)"""
     model = varied("8s")
-    short, long_ = _peak(model, (1024, 32), 256, tmp_path), _peak(model, (4096, 32), 256, tmp_path)
-    print(f"\ntiles of 256: peak {short / 2**20:.2f} MiB at 1024 x 32, {long_ / 2**20:.2f} MiB at 4096 x 32")
+    short, long_ = _peak(model, (1024, 32), 256, tmp_path, 2), _peak(model, (4096, 32), 256, tmp_path, 2)
+    print(f"\ntiles of 256 in batches of 2: peak {short / 2**20:.2f} MiB at 1024 x 32, {long_ / 2**20:.2f} MiB at "
+          f"4096 x 32")
     assert long_ <= 1.3 * short
     assert tiling.whole_image_bytes(model, 4096, 32) > 2.5 * tiling.whole_image_bytes(model, 1024, 32)
