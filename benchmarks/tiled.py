@@ -1,7 +1,7 @@
 """Peak memory and time of whole-image against tiled inference, against image size.
 
     python benchmarks/tiled.py [--sizes 512,1024,2048,4096] [--tiles 512,1024] [--out benchmarks/results/tiled]
-                               [--backend host|cuda] [--plot-only]
+                               [--backend host|cuda] [--tile-batch B] [--plot-only]
     python benchmarks/tiled.py --picture docs/tiled_shapes.png
 
 --picture segments a 768 x 1024 mosaic of the synthetic shapes set in tiles
@@ -12,10 +12,12 @@ The bundled model (FCN-8s at one eighth of VGG16's width) segments a
 synthetic size x size image held in a memory-mapped .npy file, writing its
 labels into a memory-mapped .npy (np.memmap), once whole and once in tiles
 of each --tiles size (tiles at least as large as the image are left out:
-that run is the whole image's). Each run is a fresh child process, which
-reports:
+that run is the whole image's). --tile-batch B runs up to B tiles of one
+window shape at once (infer's tile_batch; default: its per-backend default).
+Each run is a fresh child process, which reports:
 
     seconds     wall time of fcn_cuda.infer (the host: the CUDA emulation, not a GPU)
+    cpu_seconds its process's CPU time (every thread's; on a shared machine steadier than the wall time)
     peak MiB    host: tracemalloc's peak (what NumPy and Python allocated; the
                 memory maps are not); cuda: CuPy's pool's peak bytes in use
     rss MiB     the child's peak resident set (VmHWM), memory maps' touched pages included
@@ -52,6 +54,7 @@ import fcn_cuda
 from fcn_cuda import _backend
 from fcn_cuda.inference import default_model
 path, out_path, tile, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+batch = int(sys.argv[5]) or None
 fcn_cuda.use_backend(backend)
 model = default_model()
 src = np.load(path, mmap_mode="r")
@@ -67,17 +70,17 @@ if be.name == "cuda":
     be.xp.cuda.set_allocator(malloc)
 else:
     tracemalloc.start()
-start = time.perf_counter()
-fcn_cuda.infer(src, model, tile=tile or None, out=out)
+start, cpu = time.perf_counter(), time.process_time()
+fcn_cuda.infer(src, model, tile=tile or None, out=out, tile_batch=batch)
 if be.name == "cuda":
     be.xp.cuda.get_current_stream().synchronize()
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 if be.name == "host":
     peak[0] = tracemalloc.get_traced_memory()[1]
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 out.flush()
 counts = np.bincount(out.reshape(-1), minlength=4).tolist()
-print(json.dumps({"seconds": seconds, "peak": peak[0], "rss": hwm * 1024, "labels": counts}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak": peak[0], "rss": hwm * 1024, "labels": counts}))
 """
 
 
@@ -107,33 +110,34 @@ def predicted_work(size, tile):
     return windows / (size + pad) ** 2, (tile + 2 * h) ** 2 / tile ** 2
 
 
-def run(size, tile, backend, folder):
+def run(size, tile, backend, folder, batch=0):
     path = Path(folder) / f"img{size}.npy"
     if not path.exists():
         image(size, path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(Path(folder) / "out.npy"), str(tile), backend],
-                          capture_output=True, text=True, env=env)
+    args = [str(path), str(Path(folder) / "out.npy"), str(tile), backend, str(batch)]
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"size {size} tile {tile}: {done.stderr[-2000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"size": size, "tile": tile, "backend": backend, **row}
+    return {"size": size, "tile": tile, "backend": backend, "batch": (batch or "default") if tile else "-", **row}
 
 
 def table(rows):
     whole = {r["size"]: r for r in rows if r["tile"] == 0}
-    lines = ["| image | tiles | seconds | peak MiB | rss MiB | time / whole | predicted work (windows) "
+    lines = ["| image | tiles | batch | seconds | peak MiB | rss MiB | time / whole | predicted work (windows) "
              "| (N+2h)^2/N^2 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["size"], r["tile"])):
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["size"], r["tile"], str(r.get("batch", "default")))):
         ratio = pred = simple = "-"
         if r["tile"]:
             p, s = predicted_work(r["size"], r["tile"])
             pred, simple = f"{p:.2f}", f"{s:.2f}"
             if r["size"] in whole:
                 ratio = f"{r['seconds'] / whole[r['size']]['seconds']:.2f}"
-        lines.append(f"| {r['size']}^2 | {r['tile'] or 'whole'} | {r['seconds']:.1f} | {r['peak'] / 2**20:.0f} | "
-                     f"{r['rss'] / 2**20:.0f} | {ratio} | {pred} | {simple} |")
+        batch = r.get("batch", "default") if r["tile"] else "-"
+        lines.append(f"| {r['size']}^2 | {r['tile'] or 'whole'} | {batch} | {r['seconds']:.1f} | "
+                     f"{r['peak'] / 2**20:.0f} | {r['rss'] / 2**20:.0f} | {ratio} | {pred} | {simple} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,9 +148,10 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
-    for tile in sorted({r["tile"] for r in rows}):
-        mine = sorted((r for r in rows if r["tile"] == tile), key=lambda r: r["size"])
-        label = "whole image" if tile == 0 else f"tiles of {tile}"
+    for tile, batch in sorted({(r["tile"], str(r.get("batch", "default"))) for r in rows}):
+        mine = sorted((r for r in rows if r["tile"] == tile and str(r.get("batch", "default")) == batch),
+                      key=lambda r: r["size"])
+        label = "whole image" if tile == 0 else f"tiles of {tile}" + (f", batch {batch}" if batch != "default" else "")
         sizes = [r["size"] for r in mine]
         ax_m.plot(sizes, [r["peak"] / 2**20 for r in mine], "o-", label=label)
         ax_t.plot(sizes, [r["seconds"] for r in mine], "o-", label=label)
@@ -207,6 +212,7 @@ def main(argv=None):
     ap.add_argument("--sizes", default="512,1024,2048,4096")
     ap.add_argument("--tiles", default="512,1024")
     ap.add_argument("--backend", default="host", choices=("host", "cuda"))
+    ap.add_argument("--tile-batch", type=int, default=0, help="infer's tile_batch (default: its own default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tiled"))
     ap.add_argument("--plot-only", action="store_true", help="redraw the table and plot from <out>.jsonl")
     ap.add_argument("--picture", help="draw the tiles over a segmented mosaic into this PNG, and stop")
@@ -221,7 +227,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as folder:
             for size in map(int, args.sizes.split(",")):
                 for tile in [0] + [t for t in map(int, args.tiles.split(",")) if t < size]:
-                    row = run(size, tile, args.backend, folder)
+                    row = run(size, tile, args.backend, folder, args.tile_batch)
                     print(json.dumps(row), flush=True)
                     with open(log, "a") as f:
                         f.write(json.dumps(row) + "\n")
