@@ -233,6 +233,20 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_mbarrier_pipeline_probe(P<const float>(x), P<float>(y), rounds, consumer_waits, S(s));
     }, nogil);
     m.def("mbarrier_fault_probe", [](int kind, Addr y, Addr s) { fcn::launch_mbarrier_fault_probe(kind, P<float>(y), S(s)); }, nogil);
+    m.def("tma_load_probe", [](Addr global, bool bf16, std::vector<uint64_t> dims, std::vector<uint64_t> strides,
+                               std::vector<uint32_t> box, int swizzle, int rank, std::vector<int> coords,
+                               unsigned expect_bytes, int dst_offset, unsigned bytes, int fault, Addr out, Addr s) {
+        if (dims.size() != box.size() || strides.size() + 1 != dims.size() || coords.size() != 5)
+            throw py::value_error("tma_load_probe: dims and box need one entry per dimension, strides one fewer, "
+                                  "coords 5");
+        py::gil_scoped_release release;
+        fcn::launch_tma_load_probe(P<const void>(global), bf16, int(dims.size()), dims.data(), strides.data(),
+                                   box.data(), swizzle, rank, coords.data(), expect_bytes, dst_offset, bytes, fault,
+                                   P<unsigned char>(out), S(s));
+    });
+    m.def("tma_ring_probe", [](Addr x, Addr y, int rounds, bool consumer_waits, Addr s) {
+        fcn::launch_tma_ring_probe(P<const float>(x), P<float>(y), rounds, consumer_waits, S(s));
+    }, nogil);
 
     // ---- scan
     m.def("scan_workspace", &fcn::scan_workspace);

@@ -41,6 +41,11 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+// A kernel parameter that every thread reads in place (a tensor map: the TMA
+// instructions take its address). Emulated parameters are ordinary copies.
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
 // One copy per worker: every fiber of a block runs on the same OS thread and
 // a worker runs one block at a time. The ASan build makes it plain `static`
 // (and runs one worker) because ASan puts no redzones around TLS.

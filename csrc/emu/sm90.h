@@ -158,12 +158,63 @@ inline bool mbarrier_test_wait_parity(void* bar, unsigned parity) {
     const uint64_t* p = mbarrier_checked(bar, "mbarrier.test_wait.parity");
     const bool done = mbarrier_phase_done(p, parity, "mbarrier.test_wait.parity");
     if (!done) mbarrier_spun(p);
+    else if (shared_watched()) tma_observe(p, parity);
     return done;
 }
 
 inline void mbarrier_wait_parity(void* bar, unsigned parity) {
     const uint64_t* p = mbarrier_checked(bar, "mbarrier.try_wait.parity");
     while (!mbarrier_phase_done(p, parity, "mbarrier.try_wait.parity")) mbarrier_sleep(p, parity);
+    if (shared_watched()) tma_observe(p, parity);
 }
+
+// ------------------------------------------------- cp.async.bulk.tensor
+// cp.async.bulk.tensor.{n}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+// [dst], [map, {c0, .., c(n-1)}], [bar]. The ISA: the tensor map must be
+// 64-byte aligned (an object made by cuTensorMapEncodeTiled) and of rank n;
+// the box (tma.h's load_box) is written to dst, which must be 128-byte
+// aligned, and with a swizzle aligned to its repeat (the swizzle's span
+// times 8 rows: 256, 512 or 1024 bytes, the CUDA programming guide's TMA
+// swizzle table); on completion a complete-tx of the box's bytes is
+// performed on the mbarrier. Here the load is performed at issue by the
+// issuing thread (kernel code: ASan checks the writes, TSan sees them before
+// the complete-tx's release, so a thread's wait that acquires the phase is
+// ordered after them), then the complete-tx, in one piece (the hardware may
+// split it: a tx-count that reaches zero early completes the phase early
+// there, while here a phase whose tx-count goes negative never completes and
+// its waiter is reported as a deadlock); the bytes stay in flight (smem.h)
+// until a wait observes the phase that the complete-tx counted towards.
+inline void tma_load(void* dst, const void* map, uint64_t* bar, const int32_t* c, unsigned n) {
+    const std::string what = "cp.async.bulk.tensor." + std::to_string(n) + "d";
+    check_aligned((what + " tensor map").c_str(), map, 64);
+    const TensorMap& m = *static_cast<const TensorMap*>(map);
+    if (m.magic != kTensorMapMagic)
+        fail((what + ": the tensor map is not one cuTensorMapEncodeTiled encoded").c_str());
+    if (m.rank != n)
+        fail((what + " on a tensor map of rank " + std::to_string(m.rank) + ": the coordinates must be one per "
+              "dimension")
+                 .c_str());
+    check_aligned((what + " shared-memory destination").c_str(), dst, m.swizzle ? 8 * m.swizzle : 128);
+    mbarrier_checked(bar, what.c_str());
+    const uint64_t bytes = box_bytes(m);
+    if (bytes > mbar::kCountMax) fail((what + ": the box's bytes pass the tx-count's 2^20 - 1").c_str());
+    tma_issue_check(dst, bytes, what.c_str());
+    load_box(static_cast<unsigned char*>(dst), m, c);
+    unsigned parity = 0;
+    mbarrier_update(bar, (what + " (complete_tx)").c_str(), [&](mbar::State& s) {
+        parity = s.phase;
+        s.tx -= (long long)bytes;
+        if (s.tx < -(long long)mbar::kCountMax) fail((what + ": the tx-count would pass -(2^20 - 1)").c_str());
+    });
+    tma_register(dst, bytes, bar, parity);
+}
+
+// fence.proxy.async.shared::cta: on a GPU, orders this thread's shared-memory
+// accesses through the generic proxy (ordinary loads and stores, and the
+// mbarrier's init) with its later accesses through the async proxy (tensor
+// copies, wgmma operand reads), and the reverse. The emulator has one proxy
+// (an async operation is performed by the issuing thread, in program order),
+// so the fence only keeps the compiler from moving memory accesses across it.
+inline void fence_proxy_async() { __asm__ __volatile__("" ::: "memory"); }
 
 }  // namespace fcn_emu

@@ -70,11 +70,23 @@ struct LogEntry {
     unsigned bytes;
 };
 
+// One cp.async.bulk.tensor load in flight (see smem.h).
+struct TensorLoad {
+    uintptr_t dst;
+    size_t bytes;
+    const uint64_t* bar;
+    unsigned parity;
+    int issuer;
+    bool observed;            // some thread's wait saw its phase complete
+    std::vector<bool> seen;   // which threads' waits did
+};
+
 struct BlockMemory {
     const char* kernel = nullptr;
     int threads = 0;
     std::vector<ThreadCopies> copies;
     std::unordered_map<uintptr_t, InFlight> in_flight;
+    std::vector<TensorLoad> tensor_loads;
     std::vector<std::vector<LogEntry>> log;  // per thread, since the last barrier
     Counter local[kAccessKinds];
 };
@@ -213,6 +225,25 @@ void drop_copies() {
         tc.retired.clear();
     }
     block.in_flight.clear();
+    for (const TensorLoad& l : block.tensor_loads)
+        if (!l.observed) unpoison(reinterpret_cast<void*>(l.dst), l.bytes);
+    g_shared_watch.fetch_sub(long(block.tensor_loads.size()), std::memory_order_relaxed);
+    block.tensor_loads.clear();
+}
+
+bool overlaps(const TensorLoad& l, uintptr_t p, size_t bytes) { return p < l.dst + l.bytes && l.dst < p + bytes; }
+
+std::string tensor_load_error(const char* what, uintptr_t p, const TensorLoad& l) {
+    return std::string(what) + " touches shared memory at " + hex(p) + " that a cp.async.bulk.tensor of thread " +
+           std::to_string(l.issuer) + " (linear threadIdx) still has in flight: " +
+           (l.observed ? "no wait of this thread has" : "no wait has yet") + " observed the phase of parity " +
+           std::to_string(l.parity) + " of the mbarrier at " + hex(reinterpret_cast<uintptr_t>(l.bar)) +
+           " that the load completes (mbarrier try_wait.parity; for other threads, then __syncthreads)";
+}
+
+void drop_tensor_load(size_t i) {
+    block.tensor_loads.erase(block.tensor_loads.begin() + long(i));
+    g_shared_watch.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -271,8 +302,8 @@ const AsyncCopy* cp_async_retire(int allowed, size_t* count) {
     return tc.retired.data();
 }
 
-void check_settled(const void* p, size_t bytes, const char* what) {
-    Unobserved unobserved;
+namespace {
+void check_cp_async(const void* p, size_t bytes, const char* what) {
     if (block.in_flight.empty()) return;
     for_granules(reinterpret_cast<uintptr_t>(p), bytes, [&](uintptr_t g, uint16_t mask) {
         auto it = block.in_flight.find(g);
@@ -282,6 +313,50 @@ void check_settled(const void* p, size_t bytes, const char* what) {
                                  " (linear threadIdx) still has in flight: its group is not complete "
                                  "(cp.async.wait_group / wait_all, then __syncthreads for other threads)");
     });
+}
+}  // namespace
+
+void check_settled(const void* p, size_t bytes, const char* what) {
+    Unobserved unobserved;
+    check_cp_async(p, bytes, what);
+    const int t = this_thread();
+    for (const TensorLoad& l : block.tensor_loads)
+        if (overlaps(l, reinterpret_cast<uintptr_t>(p), bytes) && !(t < int(l.seen.size()) && l.seen[size_t(t)]))
+            throw std::runtime_error(tensor_load_error(what, reinterpret_cast<uintptr_t>(p), l));
+}
+
+// A tensor load writes: it needs only that some wait observed the phase of the load it replaces (the
+// issuing thread is ordered after the readers by the ring's other barrier, which this does not see).
+void tma_issue_check(const void* dst, size_t bytes, const char* what) {
+    Unobserved unobserved;
+    check_cp_async(dst, bytes, what);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(dst);
+    for (size_t i = block.tensor_loads.size(); i-- > 0;) {
+        const TensorLoad& l = block.tensor_loads[i];
+        if (!overlaps(l, p, bytes)) continue;
+        if (!l.observed) throw std::runtime_error(tensor_load_error(what, p, l));
+        drop_tensor_load(i);  // its phase was observed: the new load replaces it
+    }
+}
+
+void tma_register(void* dst, size_t bytes, const uint64_t* bar, unsigned parity) {
+    Unobserved unobserved;
+    TensorLoad l{reinterpret_cast<uintptr_t>(dst), bytes, bar, parity & 1u, this_thread(), false, {}};
+    l.seen.assign(size_t(block.threads), false);
+    block.tensor_loads.push_back(std::move(l));
+    g_shared_watch.fetch_add(1, std::memory_order_relaxed);
+    poison(dst, bytes);
+}
+
+void tma_observe(const uint64_t* bar, unsigned parity) {
+    Unobserved unobserved;
+    const int t = this_thread();
+    for (TensorLoad& l : block.tensor_loads) {
+        if (l.bar != bar || l.parity != (parity & 1u)) continue;
+        if (!l.observed) unpoison(reinterpret_cast<void*>(l.dst), l.bytes);
+        l.observed = true;
+        if (t < int(l.seen.size())) l.seen[size_t(t)] = true;
+    }
 }
 
 void shared_access(Access kind, const void* p, unsigned bytes, const char* file, int line) {
@@ -347,6 +422,9 @@ void smem_block_begin(const char* kernel, int threads) {
 
 void smem_barrier() {
     Unobserved unobserved;
+    // A wait observed these loads' phases and this barrier orders it before every thread's next access.
+    for (size_t i = block.tensor_loads.size(); i-- > 0;)
+        if (block.tensor_loads[i].observed) drop_tensor_load(i);
     if (counting()) flush_log();
 }
 

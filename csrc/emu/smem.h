@@ -5,10 +5,11 @@
 // Two mechanisms, each one place for every instruction that needs it:
 //
 // * Asynchronous copies in flight. An asynchronous copy into shared memory
-//   (cp.async today; a bulk or tensor copy completed by another mechanism
-//   could register its bytes the same way) is recorded when issued and
-//   performed when it completes: for cp.async, at the cp.async.wait_group /
-//   wait_all that retires its group, by the issuing thread. Until then its
+//   is recorded when issued. A cp.async is performed when it completes, at
+//   the cp.async.wait_group / wait_all that retires its group, by the
+//   issuing thread; a tensor load (cp.async.bulk.tensor) is performed at
+//   issue and stays in flight until a wait observes its mbarrier phase
+//   (tma_register below). Until then its
 //   destination bytes are "in flight": an instruction wrapper or accessor
 //   that reads or writes them (ldmatrix, fcn::smem_load / smem_store, wmma
 //   loads, another cp.async) is an error naming the kernel and the issuing
@@ -71,6 +72,21 @@ const AsyncCopy* cp_async_retire(int allowed, size_t* count);
 
 // Throws (naming the issuing thread) when [p, p + bytes) is in flight.
 void check_settled(const void* p, size_t bytes, const char* what);
+
+// cp.async.bulk.tensor (sm90.h performs the load at issue, in kernel code):
+// tma_issue_check refuses a destination that a copy still has in flight
+// (a cp.async, or a tensor load whose phase no wait has yet observed);
+// tma_register then puts the written bytes in flight until the phase of
+// parity `parity` of the mbarrier `bar` (the phase its complete_tx counted
+// towards) is observed complete by a wait. A thread may touch them through
+// accessors once its own wait observed that phase, every thread once a
+// __syncthreads follows some thread's such wait; ASan's poison is lifted at
+// the first such wait. A later tensor load into the same bytes, once the
+// phase was observed, replaces the record (the ring's reuse of a stage).
+void tma_issue_check(const void* dst, size_t bytes, const char* what);
+void tma_register(void* dst, size_t bytes, const uint64_t* bar, unsigned parity);
+// This thread's wait (try_wait / test_wait) saw the phase of parity `parity` of bar complete.
+void tma_observe(const uint64_t* bar, unsigned parity);
 
 enum class Access : int { kShared = 0, kLdmatrix = 1, kCpAsync = 2, kWmma = 3 };
 constexpr int kAccessKinds = 4;

@@ -11,6 +11,11 @@
 //   mbarrier_fault_probe: a wait no thread can complete (a deadlock: an
 //     error, never a hang) or a use the ISA leaves undefined (an error in the
 //     emulator): for the host build only.
+//   tma_load_probe: one TMA load of a 2- to 5-dimensional box into shared
+//     memory, awaited on an mbarrier, copied out raw (tests/kernels/
+//     test_tma.py); its faults are for the host build only.
+//   tma_ring_probe: a producer thread feeds warp 1 through a 3-stage ring
+//     of TMA loads and full/empty mbarriers.
 #pragma once
 #include "common.cuh"
 #include "ptx_sm90.cuh"
@@ -101,6 +106,77 @@ __global__ void mbarrier_fault_probe(int kind, float* y) {
         default: break;
     }
     y[0] = 1.f;
+}
+
+// 64 threads. Every thread fills the first kTmaProbeSmem bytes of shared
+// memory with 0xab; thread 0 arms an mbarrier for expect_bytes and loads the
+// box at (c0, .., c4) (the first `rank` of them) to dst_offset; every thread
+// waits, then the block copies `bytes` bytes from dst_offset to out. fault
+// (host only): 1 reads the box before thread 0's wait, 2 writes it, 3 loads
+// into it again before the wait, 4 passes the map 16 bytes off its start.
+constexpr int kTmaProbeSmem = 4096;
+__global__ void tma_load_probe(const __grid_constant__ TensorMap map, int rank, int c0, int c1, int c2, int c3, int c4,
+                               unsigned expect_bytes, int dst_offset, unsigned bytes, int fault, unsigned char* out) {
+    __shared__ __align__(1024) unsigned char buf[kTmaProbeSmem];
+    __shared__ uint64_t bar;
+    const int t = threadIdx.x;
+    for (int i = t; i < kTmaProbeSmem; i += blockDim.x) buf[i] = 0xab;
+    fence_proxy_async();  // these writes, before the async proxy's (the load) to the same bytes
+    if (t == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (t == 0) {
+        const TensorMap* m = fault == 4 ? reinterpret_cast<const TensorMap*>(reinterpret_cast<const char*>(&map) + 16)
+                                        : &map;
+        unsigned char* dst = buf + dst_offset;
+        prefetch_tensor_map(&map);
+        mbarrier_arrive_expect_tx(&bar, expect_bytes);
+        for (int again = 0; again < (fault == 3 ? 2 : 1); ++again) switch (rank) {
+                case 2: tma_load_2d(dst, m, &bar, c0, c1); break;
+                case 3: tma_load_3d(dst, m, &bar, c0, c1, c2); break;
+                case 4: tma_load_4d(dst, m, &bar, c0, c1, c2, c3); break;
+                default: tma_load_5d(dst, m, &bar, c0, c1, c2, c3, c4); break;
+            }
+        if (fault == 1) out[0] = smem_load(dst);
+        if (fault == 2) smem_store(dst, static_cast<unsigned char>(0));
+    }
+    mbarrier_wait(&bar, 0);
+    for (unsigned i = t; i < bytes; i += blockDim.x) out[i] = buf[dst_offset + i];
+}
+
+// 64 threads. map: `rounds` rows of 32 floats, box 32 x 1. Thread 0 loads
+// row r into stage r % 3 once warp 1 has released it (empty barrier); warp 1
+// reads it once its bytes arrived (full barrier, armed by arrive.expect_tx):
+// y[l] = sum over r of (r + 1) * x[r][(l + 1) % 32]. consumer_waits false
+// leaves out warp 1's wait: a race (host sanitizer builds must report it).
+__global__ void tma_ring_probe(const __grid_constant__ TensorMap map, float* __restrict__ y, int rounds,
+                               bool consumer_waits) {
+    constexpr int kStages = 3;
+    __shared__ __align__(128) float buf[kStages][32];
+    __shared__ uint64_t full[kStages], empty[kStages];
+    const int t = threadIdx.x, lane = t % 32;
+    if (t == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            mbarrier_init(&full[s], 1);
+            mbarrier_init(&empty[s], 32);
+        }
+        fence_proxy_async();  // the initialized barriers, before the async proxy's complete_tx
+    }
+    __syncthreads();
+    float acc = 0.f;
+    for (int r = 0; r < rounds; ++r) {
+        const int s = r % kStages;
+        const unsigned k = unsigned(r / kStages) & 1u;  // the parity of this stage's phase
+        if (t == 0) {
+            mbarrier_wait(&empty[s], k ^ 1u);  // the first round of a stage: the phase before the first
+            mbarrier_arrive_expect_tx(&full[s], 32 * sizeof(float));
+            tma_load_2d(buf[s], &map, &full[s], 0, r);
+        } else if (t >= 32) {
+            if (consumer_waits) mbarrier_wait(&full[s], k);
+            acc += float(r + 1) * buf[s][(lane + 1) % 32];
+            mbarrier_arrive(&empty[s]);
+        }
+    }
+    if (t >= 32) y[lane] = acc;
 }
 
 }  // namespace fcn

@@ -13,11 +13,35 @@
 //     phase of that parity has completed, at once.
 //   mbarrier_wait(bar, parity): mbarrier.try_wait.parity until it has
 //     (acquire semantics): the way to wait; a phase starts at parity 0.
+// The Tensor Memory Accelerator (TMA), tiled mode. A kernel takes its tensor
+// map (csrc/ops/tensor_map.h encodes one) as `const __grid_constant__
+// TensorMap map` and passes &map:
+//   tma_load_2d .. tma_load_5d(dst, map, bar, c0, ..): one thread issues
+//     cp.async.bulk.tensor.Nd...tile.mbarrier::complete_tx::bytes: the box at
+//     signed coordinates c (innermost first; out-of-bounds elements read as
+//     zero) lands in shared memory at dst (128-byte aligned; with a swizzle,
+//     256/512/1024 for 32/64/128 B), and its bytes count as complete_tx on
+//     bar: arm the phase with mbarrier_arrive_expect_tx(bar, box bytes), then
+//     read the box only after mbarrier_wait on that phase.
+//   fence_proxy_async(): fence.proxy.async.shared::cta, orders this thread's
+//     ordinary shared-memory accesses with the async proxy's (TMA, wgmma).
+//   prefetch_tensor_map(map): prefetch.tensormap, a hint.
 #pragma once
 #include "common.cuh"
 #include "ptx_sm80.cuh"  // smem_address
 
+#if !defined(FCN_EMU)
+#include <cuda.h>  // CUtensorMap (a type only: nothing links against the driver)
+#endif
+
 namespace fcn {
+
+#if defined(FCN_EMU)
+using TensorMap = ::fcn_emu::TensorMap;
+#else
+using TensorMap = CUtensorMap;
+#endif
+static_assert(sizeof(TensorMap) == 128 && alignof(TensorMap) == 64, "a tensor map is 128 bytes, 64-aligned");
 
 #if !defined(FCN_EMU) && defined(__CUDA_ARCH__)
 #if __CUDA_ARCH__ >= 900
@@ -101,6 +125,76 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, unsigned parity) {
             : "r"(smem_address(bar)), "r"(parity)
             : "memory");
     } while (!done);
+#endif
+}
+
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const TensorMap* map, uint64_t* bar, int c0, int c1) {
+#if defined(FCN_EMU)
+    const int32_t c[] = {c0, c1};
+    ::fcn_emu::tma_load(smem_dst, map, bar, c, 2);
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+            "r"(smem_address(smem_dst)), "l"(map), "r"(c0), "r"(c1), "r"(smem_address(bar))
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_load_3d(void* smem_dst, const TensorMap* map, uint64_t* bar, int c0, int c1,
+                                            int c2) {
+#if defined(FCN_EMU)
+    const int32_t c[] = {c0, c1, c2};
+    ::fcn_emu::tma_load(smem_dst, map, bar, c, 3);
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];\n" ::"r"(smem_address(smem_dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_address(bar))
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_load_4d(void* smem_dst, const TensorMap* map, uint64_t* bar, int c0, int c1,
+                                            int c2, int c3) {
+#if defined(FCN_EMU)
+    const int32_t c[] = {c0, c1, c2, c3};
+    ::fcn_emu::tma_load(smem_dst, map, bar, c, 4);
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+        "%5}], [%6];\n" ::"r"(smem_address(smem_dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_address(bar))
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_load_5d(void* smem_dst, const TensorMap* map, uint64_t* bar, int c0, int c1,
+                                            int c2, int c3, int c4) {
+#if defined(FCN_EMU)
+    const int32_t c[] = {c0, c1, c2, c3, c4};
+    ::fcn_emu::tma_load(smem_dst, map, bar, c, 5);
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX(
+        "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+        "%5, %6}], [%7];\n" ::"r"(smem_address(smem_dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_address(bar))
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(FCN_EMU)
+    ::fcn_emu::fence_proxy_async();
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_tensor_map(const TensorMap* map) {
+#if defined(FCN_EMU)
+    (void)map;  // a cache hint: nothing to model
+#elif defined(__CUDA_ARCH__)
+    FCN_SM90_PTX("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 #endif
 }
 

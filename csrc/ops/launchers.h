@@ -80,6 +80,10 @@ void launch_smem_bank_probe(float* out, int stride, int width, bool store, int r
 void launch_mbarrier_trace_probe(int* out, cudaStream_t stream);
 void launch_mbarrier_pipeline_probe(const float* x, float* y, int rounds, bool consumer_waits, cudaStream_t stream);
 void launch_mbarrier_fault_probe(int kind, float* y, cudaStream_t stream);
+void launch_tma_load_probe(const void* global, bool bf16, int map_rank, const uint64_t* dims, const uint64_t* strides,
+                           const uint32_t* box, int swizzle, int rank, const int* coords, unsigned expect_bytes,
+                           int dst_offset, unsigned bytes, int fault, unsigned char* out, cudaStream_t stream);
+void launch_tma_ring_probe(const float* x, float* y, int rounds, bool consumer_waits, cudaStream_t stream);
 
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)
 // data (n ints, their partial sums within int) becomes its exclusive scan in place; *total (when non-null) =

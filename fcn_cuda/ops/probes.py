@@ -215,3 +215,42 @@ def mbarrier_fault(kind):
     y = be.empty(32)
     be.ext.mbarrier_fault_probe(MBARRIER_FAULTS[kind], be.ptr(y), be.stream())
     return y
+
+
+TMA_FAULTS = {"none": 0, "read_early": 1, "write_early": 2, "reload_early": 3, "misaligned_map": 4,
+              "unencoded_map": 5}
+
+
+def tma_load(g, dims, strides, box, coords, swizzle=0, rank=None, expect_bytes=None, dst_offset=0, nbytes=None,
+             fault="none", bf16=False):
+    """tma_load_probe: encodes the tensor map of g (dims innermost first, in
+    elements; strides in bytes of dimensions 1..; box innermost first), loads
+    the box at coords into shared memory prefilled with 0xab, awaited on an
+    mbarrier armed for expect_bytes (default: the box's bytes), and returns
+    nbytes (default: the box's) of shared memory from dst_offset (uint8).
+    rank: which tma_load_Nd issues it (default: the map's). A fault other
+    than "none" is for the host build only."""
+    if fault not in TMA_FAULTS:
+        raise ValueError(f"fault must be one of {sorted(TMA_FAULTS)}, got {fault!r}")
+    box_bytes = int(np.prod(box)) * (2 if bf16 else 4)
+    rank = len(dims) if rank is None else rank
+    expect_bytes = box_bytes if expect_bytes is None else expect_bytes
+    nbytes = box_bytes if nbytes is None else nbytes
+    be = _be()
+    out = be.xp.zeros(max(nbytes, 1), dtype=np.uint8)
+    c = list(coords) + [0] * (5 - len(coords))
+    be.ext.tma_load_probe(be.ptr(g), bool(bf16), list(dims), list(strides), list(box), swizzle, rank, c,
+                          expect_bytes, dst_offset, nbytes, TMA_FAULTS[fault], be.ptr(out), be.stream())
+    return out[:nbytes]
+
+
+def tma_ring(x, consumer_waits=True):
+    """tma_ring_probe over x (float32, rounds x 32): y[l] = sum over rounds r
+    of (r + 1) * x[r, (l + 1) % 32], through a 3-stage ring of TMA loads.
+    consumer_waits=False leaves out the consumers' wait: a data race."""
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != 32:
+        raise ValueError(f"x must be rounds x 32 floats, got shape {tuple(x.shape)}")
+    be = _be()
+    y = be.empty(32)
+    be.ext.tma_ring_probe(be.ptr(x), be.ptr(y), x.shape[0], bool(consumer_waits), be.stream())
+    return y
