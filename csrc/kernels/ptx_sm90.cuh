@@ -41,7 +41,7 @@ using TensorMap = ::fcn_emu::TensorMap;
 #else
 using TensorMap = CUtensorMap;
 #endif
-static_assert(sizeof(TensorMap) == 128 && alignof(TensorMap) == 64, "a tensor map is 128 bytes, 64-aligned");
+static_assert(sizeof(TensorMap) == 128 && alignof(TensorMap) % 64 == 0, "a tensor map is 128 bytes, 64-aligned");  // CUDA 13 aligns CUtensorMap to 128
 
 #if !defined(FCN_EMU) && defined(__CUDA_ARCH__)
 #if __CUDA_ARCH__ >= 900
