@@ -36,11 +36,14 @@
 //     - "ldmatrix": every ldmatrix, exactly (it is a warp collective here);
 //     - "cp.async": the shared-memory writes of every cp.async;
 //     - "shared": loads and stores through fcn::smem_load / smem_store
-//       (common.cuh), the accessor kernels use where conflicts matter;
+//       (common.cuh), the accessors every kernel uses for its shared memory
+//       (a probe may still make a plain access on purpose);
 //     - "wmma": wmma::load_matrix_sync / store_matrix_sync, as a lower bound
 //       (the fragment's lane layout is unspecified: the words the tile
 //       covers, served as well as its banks allow).
-//   Plain C++ shared-memory accesses are not counted. The lanes of one
+//   Plain C++ shared-memory accesses and shared atomics (a read-modify-write
+//   that serializes lanes on the same address, which is no bank conflict and
+//   which the model above does not describe) are not counted. The lanes of one
 //   non-collective access (cp.async, accessors) are matched by site: the
 //   n-th execution of one source line by each lane of a warp since the last
 //   __syncthreads is one warp-wide access. A lane that skips an access its

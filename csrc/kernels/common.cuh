@@ -106,9 +106,12 @@ __device__ __forceinline__ int4 pack_lanes(const int (&v)[4]) { return make_int4
 
 // A shared-memory load or store that the emulator sees: it refuses bytes a
 // cp.async still has in flight and, when counting, counts the warp's bank
-// conflicts (csrc/emu/smem.h). Kernels use these where conflicts matter;
-// plain C++ accesses of shared memory compile the same and are not counted.
-// Under nvcc they are the plain access.
+// conflicts (csrc/emu/smem.h). Every kernel reads and writes its shared
+// memory through these (a plain C++ access compiles the same but is not
+// counted), one accessor per access the source means: `s[i] += s[j]` is
+// smem_store(&s[i], smem_load(&s[i]) + smem_load(&s[j])). Shared atomics
+// (atomicAdd on shared memory) are not counted. Under nvcc they are the
+// plain access.
 template <typename T>
 __device__ __forceinline__ T smem_load(const T* p FCN_CALL_SITE) {
 #if defined(FCN_EMU)
@@ -153,15 +156,18 @@ __device__ __forceinline__ float warp_max(float v) {
 // it; the sum is returned to thread 0 (other threads get partial sums).
 template <int kThreads>
 __device__ __forceinline__ float block_tree_sum(float* s, float v) {
-    s[threadIdx.x] = v;
+    smem_store(&s[threadIdx.x], v);
     __syncthreads();
     // Halve the active range each step; the barrier makes the partner's
     // value of the previous step visible.
     for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        if (threadIdx.x < stride) {
+            const float sum = smem_load(&s[threadIdx.x]) + smem_load(&s[threadIdx.x + stride]);
+            smem_store(&s[threadIdx.x], sum);
+        }
         __syncthreads();
     }
-    return s[threadIdx.x];
+    return smem_load(&s[threadIdx.x]);
 }
 
 // FCN_CUDA_SYNC_LAUNCHES=1: every launch waits for its kernel and checks

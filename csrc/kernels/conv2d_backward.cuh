@@ -170,9 +170,9 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         // Buffer `stage` was last read two stages ago, before the previous
         // barrier: one barrier per stage suffices.
 #pragma unroll
-        for (int i = 0; i < kDySlots; ++i) Ds[stage][lm][lcol + i * kSlotStride] = d_next[i];
+        for (int i = 0; i < kDySlots; ++i) smem_store(&Ds[stage][lm][lcol + i * kSlotStride], d_next[i]);
 #pragma unroll
-        for (int i = 0; i < kXSlots; ++i) Xs[stage][lm][lcol + i * kSlotStride] = x_next[i];
+        for (int i = 0; i < kXSlots; ++i) smem_store(&Xs[stage][lm][lcol + i * kSlotStride], x_next[i]);
         __syncthreads();
         if (m0 + kStageM < m_end) fetch(m0 + kStageM);  // in flight during the FMAs below
         // This thread's float4 of each pixel row.
@@ -181,8 +181,8 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
         const float4* x4 = as_vector<const float4>(&Xs[stage][0][tt * 4]);
 #pragma unroll
         for (int j = group * kGroupM; j < (group + 1) * kGroupM; ++j) {
-            const float4 a = d4[j * (kLdK / 4)];
-            const float4 b = x4[j * (kGradLd / 4)];
+            const float4 a = smem_load(&d4[j * (kLdK / 4)]);
+            const float4 b = smem_load(&x4[j * (kGradLd / 4)]);
             const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
             for (int u = 0; u < 4; ++u)
@@ -200,14 +200,14 @@ conv2d_grad_weight_igemm(const float* __restrict__ x, const float* __restrict__ 
 #pragma unroll
         for (int u = 0; u < 4; ++u)
 #pragma unroll
-            for (int v = 0; v < 4; ++v) red[(group * 16 + u * 4 + v) * kGroupThreads + lane] = acc[u][v];
+            for (int v = 0; v < 4; ++v) smem_store(&red[(group * 16 + u * 4 + v) * kGroupThreads + lane], acc[u][v]);
         __syncthreads();
         if (group != 0) return;
         for (int h = 1; h < kGroups; ++h)
 #pragma unroll
             for (int u = 0; u < 4; ++u)
 #pragma unroll
-                for (int v = 0; v < 4; ++v) acc[u][v] += red[(h * 16 + u * 4 + v) * kGroupThreads + lane];
+                for (int v = 0; v < 4; ++v) acc[u][v] += smem_load(&red[(h * 16 + u * 4 + v) * kGroupThreads + lane]);
     }
 
     float* o = out + blockIdx.z * g.K * CRS;
@@ -252,13 +252,16 @@ bias_grad(const float* __restrict__ dy, const float* __restrict__ mask, float* _
             acc += (!kMasked || __ldg(mask + base + i) > 0.f) ? v : 0.f;
         }
     }
-    s[threadIdx.x] = acc;
+    smem_store(&s[threadIdx.x], acc);
     __syncthreads();
     for (int stride = kBiasGradThreads / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        if (threadIdx.x < stride) {
+            const float sum = smem_load(&s[threadIdx.x]) + smem_load(&s[threadIdx.x + stride]);
+            smem_store(&s[threadIdx.x], sum);
+        }
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[k] = s[0];
+    if (threadIdx.x == 0) db[k] = smem_load(&s[0]);
 }
 
 // grid = ceil(n / 256), block = 256; one element per thread.

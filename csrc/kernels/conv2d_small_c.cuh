@@ -60,9 +60,9 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     // threads read consecutive taps of one filter row of w (coalesced).
     for (int e = t; e < kSmallCGroup * kTaps; e += kSmallCThreads) {
         const int kl = e / kTaps, i = e % kTaps;
-        ws[kl][i] = (kl < group && i < CRS) ? __ldg(&w[(k0 + kl) * CRS + i]) : 0.f;
+        smem_store(&ws[kl][i], (kl < group && i < CRS) ? __ldg(&w[(k0 + kl) * CRS + i]) : 0.f);
     }
-    if (t < kSmallCGroup) bs[t] = (b && t < group) ? __ldg(&b[k0 + t]) : 0.f;
+    if (t < kSmallCGroup) smem_store(&bs[t], (b && t < group) ? __ldg(&b[k0 + t]) : 0.f);
     __syncthreads();  // the only barrier: every thread passes it before any may leave
 
     const int m = blockIdx.x * kSmallCThreads + t;
@@ -73,7 +73,10 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
 
     // A window wholly in the padding: no taps to load, the sum is the bias.
     if (ih0 >= g.H || ih0 + g.R <= 0 || iw0 >= g.W || iw0 + g.S <= 0) {
-        for (int kl = 0; kl < group; ++kl) yp[kl * PQ] = relu ? fmaxf(bs[kl], 0.f) : bs[kl];
+        for (int kl = 0; kl < group; ++kl) {
+            const float bias = smem_load(&bs[kl]);
+            yp[kl * PQ] = relu ? fmaxf(bias, 0.f) : bias;
+        }
         return;
     }
 
@@ -106,12 +109,12 @@ conv2d_small_c(const float* __restrict__ x, const float* __restrict__ w, const f
     for (int kl = 0; kl < group; kl += kSmallCStep, yp += kSmallCStep * PQ) {
         float acc[kSmallCStep];
 #pragma unroll
-        for (int j = 0; j < kSmallCStep; ++j) acc[j] = bs[kl + j];
+        for (int j = 0; j < kSmallCStep; ++j) acc[j] = smem_load(&bs[kl + j]);
 #pragma unroll
         for (int i = 0; i < kTaps; i += 4) {
 #pragma unroll
             for (int j = 0; j < kSmallCStep; ++j) {
-                const float4 wv = ws4[(kl + j) * (kTaps / 4) + i / 4];
+                const float4 wv = smem_load(&ws4[(kl + j) * (kTaps / 4) + i / 4]);
                 acc[j] = fmaf(wv.x, tap[i], acc[j]);
                 acc[j] = fmaf(wv.y, tap[i + 1], acc[j]);
                 acc[j] = fmaf(wv.z, tap[i + 2], acc[j]);

@@ -22,15 +22,17 @@ __global__ void __launch_bounds__(256)
 confusion_matrix(const int* __restrict__ gt, const int* __restrict__ pred, int n, int C,
                  unsigned long long* __restrict__ hist) {
     FCN_DYNAMIC_SMEM(unsigned, local);
-    for (int i = threadIdx.x; i < C * C; i += blockDim.x) local[i] = 0;
+    for (int i = threadIdx.x; i < C * C; i += blockDim.x) smem_store(&local[i], 0u);
     __syncthreads();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const int g = gt[i], p = pred[i];
         if (unsigned(g) < unsigned(C) && unsigned(p) < unsigned(C)) atomicAdd(&local[g * C + p], 1u);
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < C * C; i += blockDim.x)
-        if (local[i]) atomicAdd(&hist[i], (unsigned long long)local[i]);
+    for (int i = threadIdx.x; i < C * C; i += blockDim.x) {
+        const unsigned count = smem_load(&local[i]);
+        if (count) atomicAdd(&hist[i], (unsigned long long)count);
+    }
 }
 
 }  // namespace fcn

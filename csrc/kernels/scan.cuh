@@ -63,13 +63,14 @@ __global__ void __launch_bounds__(kScanThreads) scan_block(int* data, int n, int
         const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
         if (lane >= offset) inclusive += up;
     }
-    if (lane == kWarpSize - 1) warp_sums[warp] = inclusive;
+    if (lane == kWarpSize - 1) smem_store(&warp_sums[warp], inclusive);
     __syncthreads();
     int run = inclusive - own, sum = 0;
 #pragma unroll
     for (int w = 0; w < kScanThreads / kWarpSize; ++w) {
-        run += w < warp ? warp_sums[w] : 0;
-        sum += warp_sums[w];
+        const int warp_sum = smem_load(&warp_sums[w]);
+        run += w < warp ? warp_sum : 0;
+        sum += warp_sum;
     }
     for (int i = begin; i < end; ++i) {
         const int v = data[i];
