@@ -23,7 +23,7 @@ from fcn_cuda import ops
 from fcn_cuda.ops import gemm
 
 LAYER = (1, 64, 16, 16, 64, 3, 3)  # N, C, H, W, K, R, S; stride 1, pad 1
-CONV_VARIANTS = [v for v in ops.CONV2D_VARIANTS if v.startswith("igemm")]
+CONV_VARIANTS = [v for v in ops.CONV2D_VARIANTS if v.startswith(("igemm", "mma"))]
 GEMM_VARIANTS = [v for v in gemm.GEMM_VARIANTS if v != "naive"]  # naive reads no shared memory
 
 

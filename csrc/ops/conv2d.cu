@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/conv2d.cuh"
+#include "kernels/conv2d_mma.cuh"
 #include "kernels/conv2d_small_c.cuh"
 #include "ops/launchers.h"
 
@@ -36,6 +37,27 @@ dim3 wmma_grid(const ConvShape& g, int splits) {
     return dim3(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
 }
 
+template <bool kBf16, int BM, int BN>
+void launch_mma_tile(int splits, const float* x, const float* w, const float* b, float* y, const ConvShape& g,
+                     int mode, cudaStream_t stream) {
+    const dim3 grid(ceil_div(g.N * g.P * g.Q, BM), ceil_div(g.K, BN), splits);
+    launch(kBf16 ? "conv2d_mma_bf16" : "conv2d_mma_tf32", conv2d_mma<kBf16, BM, BN>, grid, dim3(kMmaThreads),
+           kMmaSmemBytes<BM, BN>, stream, x, w, b, y, g, mode);
+}
+
+// conv2d_mma at 128 x 128 where that still gives a wave of blocks (132, an
+// H100's SMs), else at 64 x 64. Either tile sums each output in the same
+// order, so the choice never changes a bit.
+template <bool kBf16>
+void launch_mma(int splits, const float* x, const float* w, const float* b, float* y, const ConvShape& g, int mode,
+                cudaStream_t stream) {
+    const long long big = (long long)ceil_div(g.N * g.P * g.Q, kMmaBigTile) * ceil_div(g.K, kMmaBigTile) * splits;
+    if (big >= 132)
+        launch_mma_tile<kBf16, kMmaBigTile, kMmaBigTile>(splits, x, w, b, y, g, mode, stream);
+    else
+        launch_mma_tile<kBf16, kMmaSmallTile, kMmaSmallTile>(splits, x, w, b, y, g, mode, stream);
+}
+
 // Calls f with w as the element type wt names: float, or the bf16 bit
 // patterns conv2d_to_bf16 wrote, as __nv_bfloat16 (launchers.h has no CUDA
 // types, so they cross the bindings untyped).
@@ -45,8 +67,8 @@ void with_weights(const void* w, WeightType wt, F&& f) {
     else f(static_cast<const float*>(w));
 }
 
-// Launches one of the implicit-GEMM tile kernels (the fp32 one or a wmma
-// one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
+// Launches one of the implicit-GEMM tile kernels (the fp32 one, a wmma one
+// or an mma one) with `splits` depth splits (grid.z) and epilogue `mode`; false for a
 // variant that is not one of them.
 bool launch_igemm(const char* variant, int splits, const float* x, const float* w, const float* b, float* y,
                   const ConvShape& g, int mode, cudaStream_t stream) {
@@ -58,6 +80,10 @@ bool launch_igemm(const char* variant, int splits, const float* x, const float* 
     } else if (!std::strcmp(variant, "igemm_bf16")) {
         launch("conv2d_igemm_bf16", conv2d_igemm_wmma<__nv_bfloat16>, wmma_grid(g, splits), dim3(kConvThreads), 0,
                stream, x, w, b, y, g, mode);
+    } else if (!std::strcmp(variant, "mma_tf32")) {
+        launch_mma<false>(splits, x, w, b, y, g, mode, stream);
+    } else if (!std::strcmp(variant, "mma_bf16")) {
+        launch_mma<true>(splits, x, w, b, y, g, mode, stream);
     } else {
         return false;
     }

@@ -11,13 +11,14 @@ from .. import _validate as V
 __all__ = ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "CONV2D_SPLIT_VARIANTS", "conv2d_variants", "Bf16Weights",
            "to_bf16_weights", "conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS"]
 
-CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16")
+CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
 # The math each variant does (docs/design.md gives each its tolerance).
-CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16"}
+CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16",
+                    "mma_tf32": "tf32", "mma_bf16": "bf16"}
 SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
 # The variants that can split their depth (split-K, conv2d's `splits`).
-CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
-CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16")
+CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
+CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
 
 
 def conv2d_variants(w_shape, precision=None):
@@ -45,6 +46,15 @@ def conv2d_tile_use(m, k, crs):
     padded = lambda v, tile: -(-v // tile) * tile
     tile_n = 16 if k <= 16 else 32 if k <= 32 else 64
     return m * k * crs / (padded(m, 4096 // tile_n) * padded(k, tile_n) * padded(crs, 16))
+
+
+def conv2d_mma_tile(m, k, splits=1):
+    """The block tile (pixels = channels) the mma variants' launcher picks for
+    GEMM rows m = N*P*Q, columns k = K and `splits` depth splits: 128 where
+    that still gives 132 blocks (an H100's SMs), else 64
+    (csrc/ops/conv2d.cu, launch_mma). Either tile sums each output in the
+    same order: the bits do not depend on it."""
+    return 128 if -(-m // 128) * -(-k // 128) * splits >= 132 else 64
 
 
 def conv2d_default_variant(m, k, crs, backend=None):

@@ -28,7 +28,7 @@ from torch_fcn import random_fcn, state_dict_f32
 
 pytestmark = pytest.mark.kernels
 
-TOL = {"igemm": FP32, "igemm_tf32": TF32, "igemm_bf16": HALF}
+TOL = {"igemm": FP32, "igemm_tf32": TF32, "igemm_bf16": HALF, "mma_tf32": TF32, "mma_bf16": HALF}
 VARIANTS = ops.CONV2D_RELU_MAXPOOL_VARIANTS
 
 

@@ -26,7 +26,7 @@ from test_conv2d_tensorcore import rounded_reference
 
 pytestmark = pytest.mark.kernels
 
-TOL = {"igemm": FP32, "igemm_tf32": TF32, "igemm_bf16": HALF}
+TOL = {"igemm": FP32, "igemm_tf32": TF32, "igemm_bf16": HALF, "mma_tf32": TF32, "mma_bf16": HALF}
 VARIANTS = ops.CONV2D_SPLIT_VARIANTS
 SPLITS = (1, 2, 3, 7)
 

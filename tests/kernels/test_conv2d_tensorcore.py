@@ -1,4 +1,5 @@
-"""The tensor-core conv2d variants (igemm_tf32, igemm_bf16) against
+"""The tensor-core conv2d variants (igemm_tf32, igemm_bf16 on WMMA; mma_tf32,
+mma_bf16 on cp.async, ldmatrix and mma.sync) against
 torch.nn.functional.conv2d in float64, at the contract's reduced-precision
 tolerances: TF32 2e-3, bf16 1e-2 (relative L2 error).
 
@@ -27,7 +28,7 @@ from test_conv2d import check, draw, reference
 
 pytestmark = pytest.mark.kernels
 
-TOL = {"igemm_tf32": TF32, "igemm_bf16": HALF}
+TOL = {"igemm_tf32": TF32, "igemm_bf16": HALF, "mma_tf32": TF32, "mma_bf16": HALF}
 VARIANTS = tuple(TOL)
 
 
@@ -42,7 +43,7 @@ def bf16_round(a):
     return torch.from_numpy(np.ascontiguousarray(a)).to(torch.bfloat16).float().numpy()
 
 
-ROUNDING = {"igemm_tf32": tf32_round, "igemm_bf16": bf16_round}
+ROUNDING = {"igemm_tf32": tf32_round, "igemm_bf16": bf16_round, "mma_tf32": tf32_round, "mma_bf16": bf16_round}
 
 
 def rounded_reference(variant, x, w, b, stride, padding, relu):
@@ -75,10 +76,11 @@ FCN_LAYERS = {
 
 
 # conv1_1's 203 x 203 output costs ~0.7 s per variant in the emulator (~15 s
-# under ASan), so it runs for igemm_tf32 only: the padding it exercises is
-# gathered by conv2d_igemm_stages, which both variants share.
+# under ASan), so it runs for one variant of each gather: igemm_tf32 (the
+# padding is gathered by conv2d_igemm_stages, which both igemm variants share)
+# and mma_tf32 (conv2d_mma's cp.async loader, which both mma variants share).
 FCN_CASES = [(v, layer) for v in VARIANTS for layer in FCN_LAYERS
-             if not (layer == "conv1_1_pad100" and v != "igemm_tf32")]
+             if not (layer == "conv1_1_pad100" and v not in ("igemm_tf32", "mma_tf32"))]
 
 
 @pytest.mark.model_scale
@@ -120,7 +122,7 @@ def test_quarter_ulp_is_dropped(be, variant):
     assert_close(ops.conv2d(x, w, variant="igemm"), exact, FP32)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), n=st.integers(1, 2), c=st.sampled_from([1, 2, 3, 5, 16, 21]), h=st.integers(1, 9),
        w=st.integers(1, 9), k=st.sampled_from([1, 3, 16, 21, 64, 70]),
