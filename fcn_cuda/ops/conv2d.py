@@ -57,14 +57,25 @@ def conv2d_mma_tile(m, k, splits=1):
     return 128 if -(-m // 128) * -(-k // 128) * splits >= 132 else 64
 
 
-def conv2d_default_variant(m, k, crs, backend=None):
+def conv2d_default_variant(m, k, crs, backend=None, precision="fp32"):
     """The variant conv2d runs for variant=None (GEMM rows m = N*P*Q,
     columns k = K, depth crs = C*R*S) on `backend` ('host' or 'cuda'; None:
-    the active one): small_c for shallow filters (conv1_1's 27 taps;
+    the active one) at `precision` (conv2d's precision=; CONV2D_PRECISION).
+
+    fp32: small_c for shallow filters (conv1_1's 27 taps;
     docs/performance.md, rung 2); else igemm; on the host, direct
     where most of igemm's tile work would be zero-fill: the emulator runs
     direct faster below about 20% tile use (`python -m benchmarks.op conv2d
-    --sweep`). Not yet measured on a GPU."""
+    --sweep`). Not yet measured on a GPU.
+    tf32 / bf16: on the GPU mma_tf32 / mma_bf16, which docs/performance.md
+    (rung 9) predicts ahead of the WMMA rung's igemm_tf32 / igemm_bf16 on
+    every shape (larger tiles, cp.async stages, conflict-free ldmatrix; not
+    yet measured); on the host igemm_tf32 / igemm_bf16, which the emulator
+    runs 1.5-4x faster on every shape of that sweep (each lane of an
+    emulated mma.sync or ldmatrix waits for its whole warp)."""
+    V.choice(precision, "precision", set(CONV2D_PRECISION.values()))
+    if precision != "fp32":
+        return ("igemm_" if (backend or _backend.active().name) == "host" else "mma_") + precision
     if crs <= SMALL_C_MAX_TAPS // 2:
         return "small_c"
     if (backend or _backend.active().name) == "host" and conv2d_tile_use(m, k, crs) < 0.2:
@@ -189,7 +200,19 @@ def _conv_args(x, w, b, stride, padding, op, be):
     return x, w, wt, b, be.ext.ConvShape(x.shape, w.shape, (sh, sw), (ph, pw))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None):
+def _precision(precision, variant, op):
+    """conv2d's / conv2d_relu_maxpool's precision argument, checked against
+    the variant when one is given as well."""
+    if precision is None:
+        return None
+    V.choice(precision, "precision", set(CONV2D_PRECISION.values()))
+    if variant is not None and CONV2D_PRECISION[variant] != precision:
+        raise ValueError(f"{op}: variant {variant} computes in {CONV2D_PRECISION[variant]}, "
+                         f"not the precision {precision!r} asked for")
+    return precision
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None, precision=None):
     """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
 
     x: N x C x H x W, w: K x C x R x S, b: K or None; stride (>= 1) and
@@ -198,6 +221,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     variant: one of CONV2D_VARIANTS, or None for the fastest for the backend
     and shape (igemm, but direct on the host when igemm's tiles are mostly
     padding, e.g. a handful of output pixels or channels).
+    precision: None (fp32), "fp32", "tf32" or "bf16" (CONV2D_PRECISION):
+    with variant=None, the default variant of that precision
+    (conv2d_default_variant: mma_tf32 / mma_bf16 on the GPU); with a
+    variant, it must be the variant's own.
     w may be a Bf16Weights (to_bf16_weights): filters already rounded to
     bf16, read by igemm_bf16 only (the default then; any other variant is a
     ValueError), bit for bit its result on the float32 filters, splits
@@ -216,6 +243,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         V.choice(variant, "variant", CONV2D_VARIANTS)
     if isinstance(w, Bf16Weights):
         variant = _bf16_variant(w, variant, "conv2d")
+    precision = _precision(precision, variant, "conv2d")
     if splits is not None:
         splits = V.integer(splits, "splits", minimum=1)
         if splits > 1 and variant is not None and variant not in CONV2D_SPLIT_VARIANTS:
@@ -237,7 +265,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         raise ValueError(f"splits must be at most {min(stages, 65535)} (the 16-tap stages of C*R*S = "
                          f"{c * r * s}), got {splits}")
     if variant is None:
-        variant = conv2d_default_variant(n * p * q, k, c * r * s, be.name)
+        variant = conv2d_default_variant(n * p * q, k, c * r * s, be.name, precision or "fp32")
         if splits is not None and splits > 1 and variant not in CONV2D_SPLIT_VARIANTS:
             variant = "igemm"
     if splits is None:
@@ -254,13 +282,14 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     return y
 
 
-def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
+def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None, precision=None):
     """``F.max_pool2d(F.relu(F.conv2d(x, w, b, stride, padding)), 2, 2, ceil_mode=True)``
     without storing the convolution's output (csrc/kernels/conv2d.cuh, ConvOut).
 
     Arguments as conv2d's; returns N x K x ceil(P/2) x ceil(Q/2). variant: one
     of CONV2D_RELU_MAXPOOL_VARIANTS (the igemm pipelines, with conv2d's
-    precision for the same name), default igemm. The result equals
+    precision for the same name), default igemm, or with precision "tf32" /
+    "bf16" conv2d's default variant of it. The result equals
     ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
     bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
     convolution becomes 0, where F.relu would propagate it. w may be a
@@ -270,7 +299,12 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None):
     if variant is not None:
         V.choice(variant, "variant", CONV2D_RELU_MAXPOOL_VARIANTS)
     bf16w = isinstance(w, Bf16Weights)
-    variant = _bf16_variant(w, variant, "conv2d_relu_maxpool") if bf16w else variant or "igemm"
+    if bf16w:
+        variant = _bf16_variant(w, variant, "conv2d_relu_maxpool")
+    precision = _precision(precision, variant, "conv2d_relu_maxpool")
+    if variant is None:
+        variant = ("igemm" if precision in (None, "fp32")
+                   else conv2d_default_variant(0, 0, 0, be.name, precision))  # the shape does not matter here
     x, w, wt, b, g = _conv_args(x, w, b, stride, padding, "conv2d_relu_maxpool", be)
     n, k, p, q = g.N, g.K, g.P, g.Q
     po, qo = (p + 1) // 2, (q + 1) // 2

@@ -178,3 +178,39 @@ def test_no_bank_conflicts(counting, variant, shape):
     assert set(got) == {"ldmatrix", "cp.async"}, got
     for kind, cnt in got.items():
         assert cnt["accesses"] > 0 and cnt["conflicts"] == 0 and cnt["max_way"] == 1, (kind, cnt)
+
+
+# ------------------------------------------------------------ the policy
+def test_default_variant_per_precision():
+    """tf32 / bf16: the mma variants on the GPU (the rung-9 prediction), the
+    WMMA ones on the host (faster to emulate); fp32 unchanged."""
+    from fcn_cuda.ops.conv2d import conv2d_default_variant
+    for m, k, crs in ((64 * 64, 64, 576), (4, 512, 512 * 49), (3, 64, 27)):
+        assert conv2d_default_variant(m, k, crs, "cuda", "tf32") == "mma_tf32"
+        assert conv2d_default_variant(m, k, crs, "cuda", "bf16") == "mma_bf16"
+        assert conv2d_default_variant(m, k, crs, "host", "tf32") == "igemm_tf32"
+        assert conv2d_default_variant(m, k, crs, "host", "bf16") == "igemm_bf16"
+        assert conv2d_default_variant(m, k, crs, "cuda", "fp32") == conv2d_default_variant(m, k, crs, "cuda")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        conv2d_default_variant(1, 1, 1, "cuda", "fp16")
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_precision_argument(be, rng, precision):
+    from fcn_cuda.ops.conv2d import conv2d_default_variant
+    x, wt, b = draw(be, rng, 2, 21, 9, 7, 70, 3, 3)
+    chosen = conv2d_default_variant(2 * 9 * 7, 70, 189, be.name, precision)
+    assert same_bits(ops.conv2d(x, wt, b, 1, 1, True, precision=precision),
+                     ops.conv2d(x, wt, b, 1, 1, True, chosen))
+    assert same_bits(ops.conv2d_relu_maxpool(x, wt, b, 1, 1, precision=precision),
+                     ops.conv2d_relu_maxpool(x, wt, b, 1, 1, chosen))
+    assert same_bits(ops.conv2d(x, wt, b, 1, 1, True, f"mma_{precision}", precision=precision),
+                     ops.conv2d(x, wt, b, 1, 1, True, f"mma_{precision}"))
+    with pytest.raises(ValueError, match=f"variant igemm computes in fp32, not the precision '{precision}'"):
+        ops.conv2d(x, wt, b, variant="igemm", precision=precision)
+    with pytest.raises(ValueError, match="variant igemm computes in fp32"):
+        ops.conv2d_relu_maxpool(x, wt, b, variant="igemm", precision=precision)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ops.conv2d(x, wt, b, precision="fp16")
+    with pytest.raises(ValueError, match="computes in bf16"):
+        ops.conv2d(x, ops.to_bf16_weights(wt), b, precision="tf32")
