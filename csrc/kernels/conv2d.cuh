@@ -15,7 +15,7 @@
 //   B[kk][k] = w[k][kk]                                w is K x CRS row-major, so B is w transposed
 //   C[m][k]  = y[n][k][p][q]                           column k of C is the feature map of channel k
 //
-// Variants (the ladder; what each should give on a GPU: docs/performance.md, rungs 1 and 4-8):
+// Variants (the ladder; on a GPU: docs/performance.md, rungs 1, 4-8; rung 9 is conv2d_mma.cuh):
 //   conv2d_direct: one thread per output reads its C*R*S taps from global memory. Any shape.
 //   conv2d_igemm: gemm.cuh's sgemm_tiled over the GEMM view: a 64 x 64 C tile per block of 256
 //     threads, depth in 16-deep stages through double-buffered shared memory, the next stage

@@ -6,7 +6,10 @@ for .trans, .2 / .4 for .x2 / .x4) and HMMA (mma.sync: 1688 TF32 and 16816
 BF16); and the Hopper wrappers (ptx_sm90.cuh) into SYNCS, the mbarrier
 unit (init: EXCH; arrive: ARRIVE.TRANS64, .A1T0 for a count of 1, .ART0 with
 expect_tx; expect_tx / complete_tx: ARRIVE.TRANS64.RED.A0TX; test_wait:
-PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT).
+PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT). The conv2d_mma kernels (mma_tf32, mma_bf16, both
+block tiles) hold all three: LDGSTS (4-byte gathers and
+16-byte zero-filled weight copies), LDSM.16.M88.4 and HMMA, and no spills
+(ptxas's report of the same build).
 
 Needs cuobjdump on PATH (pip install --target DIR nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm, then both DIR/nvidia/cu13/bin on PATH; .ci/run does)
@@ -41,6 +44,12 @@ EXPECTED = {
                                          "SYNCS.ARRIVE.TRANS64.ART0", "SYNCS.ARRIVE.TRANS64.RED.A0TX",
                                          "SYNCS.PHASECHK.TRANS64", "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
 }
+# The Ampere conv2d rung (conv2d_mma.cuh): conv2d_mma<bf16?, tile, tile>.
+MMA_CONV = {f"_ZN3fcn10conv2d_mmaILb{bf16}ELi{tile}ELi{tile}EEEvPKfS2_S2_PfNS_9ConvShapeEi":
+            {"LDGSTS.E", "LDGSTS.E.128.ZFILL", "LDGDEPBAR", "DEPBAR.LE", "LDSM.16.M88.4",
+             "HMMA.16816.F32.BF16" if bf16 else "HMMA.1688.F32.TF32"}
+            for bf16 in (0, 1) for tile in (64, 128)}
+EXPECTED.update(MMA_CONV)
 OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 
@@ -63,3 +72,15 @@ def test_the_opcode_pattern_reads_sass():
     assert OPCODE.findall(line) == ["LDGSTS.E.128.ZFILL"]
     assert OPCODE.findall("        /*0200*/              @!P0 HMMA.1688.F32.TF32 R4, R8, R12, R4 ;") == \
         ["HMMA.1688.F32.TF32"]
+
+
+@pytest.mark.parametrize("kernel", list(MMA_CONV))
+def test_mma_conv_kernels_do_not_spill(kernel):
+    report = Path(fcn_cuda.__file__).parent.parent / "build" / "ptxas_report.txt"
+    if not report.is_file():
+        pytest.skip("no build/ptxas_report.txt (the nvcc build writes it)")
+    blocks = report.read_text().split("Compiling entry function ")
+    mine = [b for b in blocks if b.startswith(f"'{kernel}'")]
+    assert mine, f"{kernel} is not in {report}"
+    for block in mine:
+        assert "0 bytes spill stores, 0 bytes spill loads" in block, block[:600]
