@@ -395,3 +395,4 @@ inline float __bfloat162float(__nv_bfloat16 b) { return float(b); }
 #include "wmma.h"
 #include "sm80.h"
 #include "sm90.h"
+#include "wgmma.h"

@@ -479,6 +479,7 @@ void run_block(Worker& w, Launch& L, long long b) {
         for (int i = 1; i < n; ++i) start_fiber(w, i, tid_of(i));
         w.fibers_started = true;
         run_fibers(w);
+        wgmma_block_check();
     } catch (const std::exception& e) {
         block_failed(w, L, e.what());
     } catch (...) {

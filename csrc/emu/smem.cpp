@@ -32,21 +32,20 @@ extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
 #endif
 
 namespace fcn_emu {
-namespace {
-
-// TSan ignores the memory accesses of the calling CUDA thread while one lives.
-struct Unobserved {
 #if defined(FCN_EMU_TSAN)
-    Unobserved() {
-        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
-        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
-    }
-    ~Unobserved() {
-        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
-        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
-    }
+Unobserved::Unobserved() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+}
+Unobserved::~Unobserved() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+}
 #endif
-};
+}  // namespace fcn_emu
+
+namespace fcn_emu {
+namespace {
 
 constexpr uintptr_t kGranule = 16;  // the in-flight map's unit: a cp.async never spans two
 
@@ -261,6 +260,7 @@ void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_byt
     if (src_bytes > bytes) fail("cp.async: src-size exceeds cp-size");
     check_aligned("cp.async shared-memory destination", dst, bytes);
     check_aligned("cp.async global source", src, bytes);
+    check_not_being_read(dst, bytes, "cp.async");
     shared_access(Access::kCpAsync, dst, bytes, file, line);  // also refuses a destination in flight
     const int t = this_thread();
     ThreadCopies& tc = block.copies[t];
@@ -359,10 +359,11 @@ void tma_observe(const uint64_t* bar, unsigned parity) {
     }
 }
 
-void shared_access(Access kind, const void* p, unsigned bytes, const char* file, int line) {
+void shared_access(Access kind, const void* p, unsigned bytes, const char* file, int line, bool write) {
     Unobserved unobserved;
     if (bytes & (bytes - 1)) fail("shared-memory access of a size that is not a power of two");
     check_aligned(access_name(int(kind)), p, bytes);
+    if (write) check_not_being_read(p, bytes, "a shared-memory store");
     check_settled(p, bytes, kind == Access::kCpAsync ? "cp.async" : "a shared-memory access");
     const int t = this_thread();
     if (!counting() || t >= int(block.log.size())) return;  // counting was switched on during this block
@@ -418,6 +419,7 @@ void smem_block_begin(const char* kernel, int threads) {
     if (int(block.copies.size()) < threads) block.copies.resize(threads);
     if (counting() && int(block.log.size()) < threads) block.log.resize(threads);
     drop_copies();
+    wgmma_block_begin(threads);
 }
 
 void smem_barrier() {
@@ -430,8 +432,9 @@ void smem_barrier() {
 
 void smem_block_end() {
     Unobserved unobserved;
-    // Copies never waited for die with the block's shared memory.
+    // Copies never waited for die with the block's shared memory, as do wgmma operations.
     drop_copies();
+    wgmma_block_end();
     if (!counting()) return;
     flush_log();
     std::lock_guard<std::mutex> lock(g_counter_mutex);

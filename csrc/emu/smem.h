@@ -96,10 +96,11 @@ constexpr int kAccessKinds = 4;
 const char* access_name(int kind);
 
 // One lane's part of a shared-memory access through an accessor or cp.async:
-// checks it against copies in flight and, when counting, logs it.
-void shared_access(Access kind, const void* p, unsigned bytes, const char* file, int line);
-// Whether shared_access has anything to do: copies in flight on any worker,
-// or counting on (one word, read inline, so that accessors cost one load
+// checks it against copies in flight (a store also against wgmma operands
+// being read, wgmma.h) and, when counting, logs it.
+void shared_access(Access kind, const void* p, unsigned bytes, const char* file, int line, bool write = false);
+// Whether shared_access has anything to do: copies in flight or wgmma
+// operands being read (granules) on any worker, or counting on (one word, read inline, so that accessors cost one load
 // and a branch otherwise): the count of copies in flight, plus kCountingOn.
 constexpr long kCountingOn = 1L << 40;
 extern std::atomic<long> g_shared_watch;
@@ -128,6 +129,18 @@ struct CounterRow {
 };
 std::vector<CounterRow> counter_rows();
 void reset_counters();
+
+// The emulator's bookkeeping (smem.cpp, wgmma.cpp) plays the hardware and is
+// not instrumented by TSan, yet its containers call memset, memmove and
+// malloc, which TSan intercepts whatever the caller: every entry point holds
+// one of these, so that TSan ignores the calling CUDA thread's accesses
+// meanwhile (the CUDA threads of a block would seem to race on it).
+struct Unobserved {
+#if defined(FCN_EMU_TSAN)
+    Unobserved();
+    ~Unobserved();
+#endif
+};
 
 // The runtime's hooks (runtime.cpp): the block's start and end on this
 // worker, and a __syncthreads that opened.

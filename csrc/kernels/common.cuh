@@ -125,7 +125,7 @@ template <typename T>
 __device__ __forceinline__ void smem_store(T* p, const T& v FCN_CALL_SITE) {
 #if defined(FCN_EMU)
     if (::fcn_emu::shared_watched())
-        ::fcn_emu::shared_access(::fcn_emu::Access::kShared, p, sizeof(T), site_file, site_line);
+        ::fcn_emu::shared_access(::fcn_emu::Access::kShared, p, sizeof(T), site_file, site_line, true);
 #endif
     *p = v;
 }
