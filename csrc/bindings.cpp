@@ -247,6 +247,17 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("tma_ring_probe", [](Addr x, Addr y, int rounds, bool consumer_waits, Addr s) {
         fcn::launch_tma_ring_probe(P<const float>(x), P<float>(y), rounds, consumer_waits, S(s));
     }, nogil);
+    m.def("wgmma_probe", [](int n, bool bf16, bool rs, Addr image, int image_bytes, std::array<int, 4> a,
+                            std::array<int, 4> b, Addr a_regs, Addr d_init, Addr out, Addr out2, bool accumulate,
+                            int mode, int threads, Addr s) {
+        fcn::WgmmaProbeArgs args{n, bf16, rs, P<const unsigned char>(image), image_bytes, {a[0], a[1], a[2], a[3]},
+                                 {b[0], b[1], b[2], b[3]}, P<const std::uint32_t>(a_regs), P<const float>(d_init),
+                                 P<float>(out), P<float>(out2), accumulate, mode, threads};
+        fcn::launch_wgmma_probe(args, S(s));
+    }, nogil);
+    m.def("wgmma_descriptor_probe", [](std::array<int, 4> op, Addr out, Addr s) {
+        fcn::launch_wgmma_descriptor_probe(op.data(), P<std::uint64_t>(out), S(s));
+    }, nogil);
 
     // ---- scan
     m.def("scan_workspace", &fcn::scan_workspace);

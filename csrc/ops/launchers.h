@@ -85,6 +85,23 @@ void launch_tma_load_probe(const void* global, bool bf16, int map_rank, const ui
                            int dst_offset, unsigned bytes, int fault, unsigned char* out, cudaStream_t stream);
 void launch_tma_ring_probe(const float* x, float* y, int rounds, bool consumer_waits, cudaStream_t stream);
 
+// ---- probes_wgmma.cu  (the warpgroup MMA's probes; kernels/probes_wgmma.cuh)
+// a, b: (offset past the 1024-aligned base, LBO, SBO, swizzle) of each operand's descriptor.
+struct WgmmaProbeArgs {
+    int n;
+    bool bf16, rs;
+    const unsigned char* image;
+    int image_bytes;
+    int a[4], b[4];
+    const std::uint32_t* a_regs;  // 4 per thread of the warpgroup (RS form)
+    const float* d_init;          // N / 2 per thread
+    float *out, *out2;            // N / 2 per thread
+    bool accumulate;
+    int mode, threads;
+};
+void launch_wgmma_probe(const WgmmaProbeArgs& args, cudaStream_t stream);
+void launch_wgmma_descriptor_probe(const int* op, std::uint64_t* out, cudaStream_t stream);
+
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)
 // data (n ints, their partial sums within int) becomes its exclusive scan in place; *total (when non-null) =
 // the sum of all n. workspace: scan_workspace(n) ints (none, may be null, when 0).

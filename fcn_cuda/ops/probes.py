@@ -254,3 +254,65 @@ def tma_ring(x, consumer_waits=True):
     y = be.empty(32)
     be.ext.tma_ring_probe(be.ptr(x), be.ptr(y), x.shape[0], bool(consumer_waits), be.stream())
     return y
+
+
+# ---- the warpgroup MMA (csrc/kernels/probes_wgmma.cuh)
+WGMMA_MODES = {"once": 0, "twice": 1, "stale": 2, "groups": 3, "store_early": 4, "plain_early": 5,
+               "cp_async_early": 6, "no_fence": 7, "warps_1_to_4": 8}
+WGMMA_N = (8, 16, 32, 64, 128, 256)
+WGMMA_IMAGE_BYTES = 32768
+
+
+def _wgmma_operand(op, name):
+    """(offset, lbo, sbo, swizzle) as four ints."""
+    if len(op) != 4 or not all(isinstance(v, (int, np.integer)) for v in op):
+        raise ValueError(f"{name} must be (offset, lbo, sbo, swizzle) integers, got {op!r}")
+    offset, lbo, sbo, swizzle = (int(v) for v in op)
+    if not 0 <= offset < WGMMA_IMAGE_BYTES or not 0 <= lbo < 2**18 or not 0 <= sbo < 2**18 or swizzle not in (0, 1, 2, 3):
+        raise ValueError(f"{name}: offset in [0, {WGMMA_IMAGE_BYTES}), LBO and SBO in [0, 2^18), swizzle 0 .. 3; "
+                         f"got {op!r}")
+    return [offset, lbo, sbo, swizzle]
+
+
+def wgmma(image, a, b, n, kind, rs=False, a_regs=None, d_init=None, accumulate=False, mode="once", threads=128):
+    """wgmma_probe: `image` (uint8, at most 32 KiB) copied to a 1024-byte-aligned
+    base in shared memory; a and b are (offset, LBO, SBO, swizzle) of the
+    descriptors of A and B (a is unused with rs=True, where a_regs, uint32
+    128 x 4, are the threads' A registers); d_init (float32 threads x n/2)
+    the accumulators before. Returns (out, out2), each threads x n/2: the
+    accumulators after the wait, and what `mode` reads early (zeros if none)."""
+    if n not in WGMMA_N:
+        raise ValueError(f"n must be one of {WGMMA_N}, got {n!r}")
+    if kind not in ("tf32", "bf16"):
+        raise ValueError(f"kind must be 'tf32' or 'bf16', got {kind!r}")
+    if mode not in WGMMA_MODES:
+        raise ValueError(f"mode must be one of {sorted(WGMMA_MODES)}, got {mode!r}")
+    if threads not in (96, 128, 256):
+        raise ValueError(f"threads must be 96, 128 or 256, got {threads!r}")
+    if image.dtype != np.uint8 or image.ndim != 1 or not 0 < image.size <= WGMMA_IMAGE_BYTES:
+        raise ValueError(f"image must be 1-D uint8 of at most {WGMMA_IMAGE_BYTES} bytes")
+    a, b = _wgmma_operand(a, "a"), _wgmma_operand(b, "b")
+    be = _be()
+    regs = be.xp.zeros((128, 4), dtype=np.uint32) if a_regs is None else a_regs
+    if regs.shape != (128, 4) or regs.dtype != np.uint32:
+        raise ValueError("a_regs must be uint32 of shape (128, 4)")
+    init = be.xp.zeros((threads, n // 2), dtype=np.float32) if d_init is None else d_init
+    if init.shape != (threads, n // 2) or init.dtype != np.float32:
+        raise ValueError(f"d_init must be float32 of shape ({threads}, {n // 2})")
+    out = be.xp.zeros((threads, n // 2), dtype=np.float32)
+    out2 = be.xp.zeros((threads, n // 2), dtype=np.float32)
+    be.ext.wgmma_probe(n, kind == "bf16", bool(rs), be.ptr(image), image.size, a, b, be.ptr(regs), be.ptr(init),
+                       be.ptr(out), be.ptr(out2), bool(accumulate), WGMMA_MODES[mode], threads, be.stream())
+    return out, out2
+
+
+def wgmma_descriptor(offset, lbo, sbo, swizzle):
+    """wgmma_descriptor_probe: the descriptor (as a Python int) of a shared
+    array's 1024-byte-aligned start + offset (< 2048)."""
+    op = _wgmma_operand((offset, lbo, sbo, swizzle), "descriptor")
+    if op[0] >= 2048:
+        raise ValueError("offset must be below 2048")
+    be = _be()
+    out = be.xp.zeros(1, dtype=np.uint64)
+    be.ext.wgmma_descriptor_probe(op, be.ptr(out), be.stream())
+    return int(out[0])

@@ -1,0 +1,90 @@
+// probes_wgmma.cuh: small kernels that pin down the warpgroup MMA wrappers
+// (ptx_wgmma.cuh), tested in tests/kernels/test_wgmma.py against values
+// worked out by hand from the PTX ISA's layouts.
+//   wgmma_probe<N, kBf16, kRs>: copies a shared-memory image laid out by the
+//     test (the operands in the ISA's K-major layouts, swizzled or not) to a
+//     1024-byte-aligned base, makes the descriptors of A and B from offsets
+//     into it, and runs one m64nNk8 (tf32) or m64nNk16 (bf16) wgmma, SS form
+//     or RS (A from a_regs, each thread's 4 registers), from accumulators
+//     d_init; each thread writes its N/2 accumulators to out. `mode` adds a
+//     second wgmma, a second group, an early read of the accumulators, or
+//     one of the misuses the emulator must refuse (WgmmaProbeMode).
+//   wgmma_descriptor_probe: one thread writes the descriptor of base +
+//     offset with the given offsets and swizzle.
+#pragma once
+#include "common.cuh"
+#include "ptx_wgmma.cuh"
+
+namespace fcn {
+
+struct WgmmaProbeOperand {
+    int offset;  // bytes past the probe's 1024-aligned base
+    unsigned lbo, sbo, swizzle;
+};
+
+enum WgmmaProbeMode : int {
+    kWgmmaOnce = 0,         // fence, wgmma, commit, wait 0
+    kWgmmaTwice = 1,        // a second wgmma accumulating the same product, one group
+    kWgmmaStale = 2,        // out2: the accumulators read after the commit, before the wait (host only)
+    kWgmmaGroups = 3,       // a second group into other accumulators e (from d_init, accumulating);
+                            // wait 1: out = d, out2 = e (its group pending: host only)
+    kWgmmaStoreEarly = 4,   // thread 0 stores into B (fcn::smem_store) before the wait: an error
+    kWgmmaPlainEarly = 5,   // thread 0 changes a high byte of B with a plain store before the wait: an error
+    kWgmmaCpAsyncEarly = 6, // thread 0 cp.async's into B before the wait: an error
+    kWgmmaNoFence = 7,      // no wgmma.fence before the wgmma: an error
+    kWgmmaWarps1To4 = 8,    // warps 1 .. 4 of 8 execute it, not an aligned warpgroup: an error
+};
+
+template <int N, bool kBf16, bool kRs>
+__global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_bytes, WgmmaProbeOperand a_op,
+                            WgmmaProbeOperand b_op, const uint32_t* __restrict__ a_regs,
+                            const float* __restrict__ d_init, float* __restrict__ out, float* __restrict__ out2,
+                            bool accumulate, int mode) {
+    constexpr int kD = N / 2;
+    FCN_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char* base = raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024;
+    const int t = threadIdx.x;
+    for (int i = t; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    __syncthreads();
+    if (mode == kWgmmaWarps1To4 && (t < 32 || t >= 160)) return;
+    float d[kD], e[kD];
+    for (int i = 0; i < kD; ++i) d[i] = e[i] = d_init[t * kD + i];
+    uint32_t a[4];
+    for (int i = 0; i < 4; ++i) a[i] = a_regs[(t % 128) * 4 + i];
+    const uint64_t a_desc = kRs ? 0 : wgmma_descriptor(base + a_op.offset, a_op.lbo, a_op.sbo, WgmmaSwizzle(a_op.swizzle));
+    const uint64_t b_desc = wgmma_descriptor(base + b_op.offset, b_op.lbo, b_op.sbo, WgmmaSwizzle(b_op.swizzle));
+    auto mma = [&](float (&acc)[kD], bool scale_d) {
+        if constexpr (kRs && kBf16) wgmma_bf16_rs<N>(acc, a, b_desc, scale_d);
+        else if constexpr (kRs) wgmma_tf32_rs<N>(acc, a, b_desc, scale_d);
+        else if constexpr (kBf16) wgmma_bf16<N>(acc, a_desc, b_desc, scale_d);
+        else wgmma_tf32<N>(acc, a_desc, b_desc, scale_d);
+    };
+    if (mode != kWgmmaNoFence) wgmma_fence();
+    mma(d, accumulate);
+    if (mode == kWgmmaTwice) mma(d, true);
+    wgmma_commit_group();
+    if (mode == kWgmmaGroups) {
+        mma(e, true);
+        wgmma_commit_group();
+        wgmma_wait_group<1>(d);
+        for (int i = 0; i < kD; ++i) out2[t * kD + i] = e[i];
+    }
+    if (mode == kWgmmaStale)
+        for (int i = 0; i < kD; ++i) out2[t * kD + i] = d[i];
+    if (t == 0 && mode == kWgmmaStoreEarly) smem_store(base + b_op.offset, (unsigned char)(base[b_op.offset] ^ 0x40));
+    if (t == 0 && mode == kWgmmaPlainEarly) base[b_op.offset + 3] ^= 0x40;  // a high byte of B[0][k]
+    if (t == 0 && mode == kWgmmaCpAsyncEarly) {
+        cp_async<16>(base + b_op.offset, image);
+        cp_async_wait_all();
+    }
+    wgmma_wait_group<0>(d);
+    if (mode == kWgmmaGroups) wgmma_wait_group<0>(e);
+    for (int i = 0; i < kD; ++i) out[t * kD + i] = d[i];
+}
+
+__global__ void wgmma_descriptor_probe(WgmmaProbeOperand op, uint64_t* out) {
+    __shared__ __align__(1024) unsigned char buf[2048];
+    out[0] = wgmma_descriptor(buf + op.offset, op.lbo, op.sbo, WgmmaSwizzle(op.swizzle));
+}
+
+}  // namespace fcn
