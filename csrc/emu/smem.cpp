@@ -330,6 +330,7 @@ void check_settled(const void* p, size_t bytes, const char* what) {
 void tma_issue_check(const void* dst, size_t bytes, const char* what) {
     Unobserved unobserved;
     check_cp_async(dst, bytes, what);
+    check_not_being_read(dst, bytes, what);
     const uintptr_t p = reinterpret_cast<uintptr_t>(dst);
     for (size_t i = block.tensor_loads.size(); i-- > 0;) {
         const TensorLoad& l = block.tensor_loads[i];

@@ -32,7 +32,7 @@
 //   D = A*B (+ D when scale-d) accumulates in fp32 in k order with fmaf from
 //   D, as sm80.h does for mma.sync: products of tf32 or bf16 values are exact
 //   in fp32, so only the order of the sums can differ from the hardware's.
-// Asynchrony: an issue records the operation; wgmma.commit_group closes the
+// Asynchrony: issuing a wgmma records the operation; wgmma.commit_group closes the
 //   thread's uncommitted ones into a group; wgmma.wait_group N retires all
 //   but the N newest groups, and only then are the accumulators written
 //   (read before, they hold their old values). Operand shared memory is

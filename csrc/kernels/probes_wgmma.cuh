@@ -13,6 +13,7 @@
 //     offset with the given offsets and swizzle.
 #pragma once
 #include "common.cuh"
+#include "ptx_sm90.cuh"  // fence_proxy_async
 #include "ptx_wgmma.cuh"
 
 namespace fcn {
@@ -45,6 +46,7 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
     unsigned char* base = raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024;
     const int t = threadIdx.x;
     for (int i = t; i < image_bytes; i += blockDim.x) base[i] = image[i];
+    fence_proxy_async();  // these generic-proxy writes, before the tensor core's (async proxy) reads
     __syncthreads();
     if (mode == kWgmmaWarps1To4 && (t < 32 || t >= 160)) return;
     float d[kD], e[kD];
