@@ -329,7 +329,8 @@ def test_wait_group_retires_all_but_the_newest(rng):
     ("plain_early", 128, A_PLAIN, (B_PLAIN_AT, 128, 256, 0),
      r"the shared memory of its operands changed between its issue and the wgmma.wait_group that retired it"),
     ("no_fence", 128, A_PLAIN, (B_PLAIN_AT, 128, 256, 0), r"wgmma.mma_async before any wgmma.fence"),
-])
+], ids=["incomplete_warpgroup", "warps_1_to_4", "misaligned_start", "swizzle_128_pattern", "swizzle_64_pattern",
+        "store_early", "cp_async_early", "plain_early", "no_fence"])
 def test_misuse_is_an_error(rng, mode, threads, a_op, b_op, message):
     image, _, _ = _host_operands(rng)
     from fcn_cuda import _backend
