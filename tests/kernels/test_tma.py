@@ -217,28 +217,30 @@ IN_FLIGHT = (r"touches shared memory at 0x[0-9a-f]+ that a cp.async.bulk.tensor 
 
 # Host only: on a GPU these read stale bytes, hang or fault.
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(fault="read_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT),
-    (dict(fault="write_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT),
-    (dict(fault="reload_early"), r"thread \(0,0,0\): cp.async.bulk.tensor.2d " + IN_FLIGHT),
-    (dict(fault="misaligned_map"), r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d tensor map at "
-                                   r"0x[0-9a-f]+, 16 bytes past a 64-byte boundary"),
-    (dict(fault="unencoded_map"), r"thread \(0,0,0\): cp.async.bulk.tensor.2d: the tensor map is not one "
-                                  r"cuTensorMapEncodeTiled encoded"),
-    (dict(rank=3), r"thread \(0,0,0\): cp.async.bulk.tensor.3d on a tensor map of rank 2: the coordinates must be "
-                   r"one per dimension"),
-    (dict(dst_offset=16), r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d shared-memory destination "
-                          r"at 0x[0-9a-f]+, 16 bytes past a 128-byte boundary"),
+    pytest.param(dict(fault="read_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT, id="read_early"),
+    pytest.param(dict(fault="write_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT,
+                 id="write_early"),
+    pytest.param(dict(fault="reload_early"), r"thread \(0,0,0\): cp.async.bulk.tensor.2d " + IN_FLIGHT,
+                 id="reload_early"),
+    pytest.param(dict(fault="misaligned_map"), r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d "
+                 r"tensor map at 0x[0-9a-f]+, 16 bytes past a 64-byte boundary", id="misaligned_map"),
+    pytest.param(dict(fault="unencoded_map"), r"thread \(0,0,0\): cp.async.bulk.tensor.2d: the tensor map is not "
+                 r"one cuTensorMapEncodeTiled encoded", id="unencoded_map"),
+    pytest.param(dict(rank=3), r"thread \(0,0,0\): cp.async.bulk.tensor.3d on a tensor map of rank 2: the "
+                 r"coordinates must be one per dimension", id="rank_mismatch"),
+    pytest.param(dict(dst_offset=16), r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d shared-memory "
+                 r"destination at 0x[0-9a-f]+, 16 bytes past a 128-byte boundary", id="misaligned_destination"),
     # With the 128-byte swizzle the destination must sit on its 1024-byte repeat.
-    (dict(dst_offset=512, swizzle=128, box=[32, 2], dims=[32, 5], strides=[128]),
-     r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d shared-memory destination at 0x[0-9a-f]+, "
-     r"512 bytes past a 1024-byte boundary"),
+    pytest.param(dict(dst_offset=512, swizzle=128, box=[32, 2], dims=[32, 5], strides=[128]),
+                 r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d shared-memory destination at "
+                 r"0x[0-9a-f]+, 512 bytes past a 1024-byte boundary", id="misaligned_swizzled_destination"),
     # The phase completes when pending arrivals and tx-count are both 0: 48
     # bytes expected and the box's 64 completed leave the tx-count at -16,
     # 80 expected leave it at 16: neither phase ever completes.
-    (dict(expect_bytes=48), r"deadlock: thread \(0,0,0\) waits on the mbarrier at 0x[0-9a-f]+ for its phase of "
-                            r"parity 0 to complete \(pending arrivals 0 of 1, tx-count -16\)"),
-    (dict(expect_bytes=80), r"deadlock: thread \(0,0,0\) waits on the mbarrier .* \(pending arrivals 0 of 1, "
-                            r"tx-count 16\)"),
+    pytest.param(dict(expect_bytes=48), r"deadlock: thread \(0,0,0\) waits on the mbarrier at 0x[0-9a-f]+ for its "
+                 r"phase of parity 0 to complete \(pending arrivals 0 of 1, tx-count -16\)", id="too_few_bytes_expected"),
+    pytest.param(dict(expect_bytes=80), r"deadlock: thread \(0,0,0\) waits on the mbarrier .* \(pending arrivals 0 "
+                 r"of 1, tx-count 16\)", id="too_many_bytes_expected"),
 ])
 def test_tma_faults_are_errors_naming_the_kernel(kwargs, message):
     fcn_cuda.use_backend("host")

@@ -6,8 +6,10 @@ for .trans, .2 / .4 for .x2 / .x4) and HMMA (mma.sync: 1688 TF32 and 16816
 BF16); and the Hopper wrappers (ptx_sm90.cuh) into SYNCS, the mbarrier
 unit (init: EXCH; arrive: ARRIVE.TRANS64, .A1T0 for a count of 1, .ART0 with
 expect_tx; expect_tx / complete_tx: ARRIVE.TRANS64.RED.A0TX; test_wait:
-PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT). The conv2d_mma kernels (mma_tf32, mma_bf16, both
-block tiles) hold all three: LDGSTS (4-byte gathers and
+PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT), and the TMA
+wrappers into UTMALDG (cp.async.bulk.tensor: .2D .. .5D), UTMACCTL.PF
+(prefetch.tensormap) and FENCE.VIEW.ASYNC.S (fence.proxy.async.shared::cta).
+The conv2d_mma kernels (mma_tf32, mma_bf16, both block tiles) hold all three: LDGSTS (4-byte gathers and
 16-byte zero-filled weight copies), LDSM.16.M88.4 and HMMA, and no spills
 (ptxas's report of the same build).
 
@@ -43,6 +45,12 @@ EXPECTED = {
     "_ZN3fcn20mbarrier_trace_probeEPi": {"SYNCS.EXCH.64", "SYNCS.ARRIVE.TRANS64", "SYNCS.ARRIVE.TRANS64.A1T0",
                                          "SYNCS.ARRIVE.TRANS64.ART0", "SYNCS.ARRIVE.TRANS64.RED.A0TX",
                                          "SYNCS.PHASECHK.TRANS64", "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
+    # the TMA wrappers: every rank, the prefetch and the proxy fence; the ring's loads complete on its barriers
+    "_ZN3fcn14tma_load_probeE14CUtensorMap_stiiiiiijijiPh": {"UTMALDG.2D", "UTMALDG.3D", "UTMALDG.4D", "UTMALDG.5D",
+                                                            "UTMACCTL.PF", "FENCE.VIEW.ASYNC.S", "SYNCS.EXCH.64",
+                                                            "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
+    "_ZN3fcn14tma_ring_probeE14CUtensorMap_stPfib": {"UTMALDG.2D", "FENCE.VIEW.ASYNC.S", "SYNCS.ARRIVE.TRANS64.A1T0",
+                                                    "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
 }
 # The Ampere conv2d rung (conv2d_mma.cuh): conv2d_mma<bf16?, tile, tile>.
 MMA_CONV = {f"_ZN3fcn10conv2d_mmaILb{bf16}ELi{tile}ELi{tile}EEEvPKfS2_S2_PfNS_9ConvShapeEi":
