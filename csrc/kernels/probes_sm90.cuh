@@ -113,16 +113,22 @@ __global__ void mbarrier_fault_probe(int kind, float* y) {
 // box at (c0, .., c4) (the first `rank` of them) to dst_offset; every thread
 // waits, then the block copies `bytes` bytes from dst_offset to out. fault
 // (host only): 1 reads the box before thread 0's wait, 2 writes it, 3 loads
-// into it again before the wait, 4 passes the map 16 bytes off its start.
+// into it again before the wait, 4 passes the map 16 bytes off its start,
+// 6: after the load's issue (a __syncwarp), thread 1 waits on the wrong
+// mbarrier (another stage's, whose phase before the first is complete from
+// the start) and reads the box.
 constexpr int kTmaProbeSmem = 4096;
 __global__ void tma_load_probe(const __grid_constant__ TensorMap map, int rank, int c0, int c1, int c2, int c3, int c4,
                                unsigned expect_bytes, int dst_offset, unsigned bytes, int fault, unsigned char* out) {
     __shared__ __align__(1024) unsigned char buf[kTmaProbeSmem];
-    __shared__ uint64_t bar;
+    __shared__ uint64_t bar, other;
     const int t = threadIdx.x;
     for (int i = t; i < kTmaProbeSmem; i += blockDim.x) buf[i] = 0xab;
     fence_proxy_async();  // these writes, before the async proxy's (the load) to the same bytes
-    if (t == 0) mbarrier_init(&bar, 1);
+    if (t == 0) {
+        mbarrier_init(&bar, 1);
+        mbarrier_init(&other, 1);
+    }
     __syncthreads();
     if (t == 0) {
         const TensorMap* m = fault == 4 ? reinterpret_cast<const TensorMap*>(reinterpret_cast<const char*>(&map) + 16)
@@ -138,6 +144,13 @@ __global__ void tma_load_probe(const __grid_constant__ TensorMap map, int rank, 
             }
         if (fault == 1) out[0] = smem_load(dst);
         if (fault == 2) smem_store(dst, static_cast<unsigned char>(0));
+    }
+    if (fault == 6 && t < 32) {
+        __syncwarp();
+        if (t == 1) {
+            mbarrier_wait(&other, 1);
+            out[0] = smem_load(buf + dst_offset);
+        }
     }
     mbarrier_wait(&bar, 0);
     for (unsigned i = t; i < bytes; i += blockDim.x) out[i] = buf[dst_offset + i];

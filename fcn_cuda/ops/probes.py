@@ -218,7 +218,7 @@ def mbarrier_fault(kind):
 
 
 TMA_FAULTS = {"none": 0, "read_early": 1, "write_early": 2, "reload_early": 3, "misaligned_map": 4,
-              "unencoded_map": 5}
+              "unencoded_map": 5, "wrong_barrier": 6}
 
 
 def tma_load(g, dims, strides, box, coords, swizzle=0, rank=None, expect_bytes=None, dst_offset=0, nbytes=None,

@@ -220,6 +220,12 @@ IN_FLIGHT = (r"touches shared memory at 0x[0-9a-f]+ that a cp.async.bulk.tensor 
     pytest.param(dict(fault="read_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT, id="read_early"),
     pytest.param(dict(fault="write_early"), r"thread \(0,0,0\): a shared-memory access " + IN_FLIGHT,
                  id="write_early"),
+    # Thread 1 waits on another mbarrier (whose phase of parity 1 counts as
+    # complete from its init), then reads: whether or not thread 0 has
+    # waited by then, no wait of thread 1 observed the load's phase.
+    pytest.param(dict(fault="wrong_barrier"), r"thread \(1,0,0\): a shared-memory access touches shared memory at "
+                 r"0x[0-9a-f]+ that a cp.async.bulk.tensor of thread 0 \(linear threadIdx\) still has in flight: no "
+                 r"wait (has yet|of this thread has) observed the phase of parity 0", id="wrong_barrier"),
     pytest.param(dict(fault="reload_early"), r"thread \(0,0,0\): cp.async.bulk.tensor.2d " + IN_FLIGHT,
                  id="reload_early"),
     pytest.param(dict(fault="misaligned_map"), r"thread \(0,0,0\): misaligned address: cp.async.bulk.tensor.2d "
