@@ -86,6 +86,8 @@ void check_settled(const void* p, size_t bytes, const char* what);
 // __syncthreads follows some thread's such wait; ASan's poison is lifted at
 // the first such wait. A later tensor load into the same bytes, once the
 // phase was observed, replaces the record (the ring's reuse of a stage).
+// Stricter than a GPU: a thread ordered after another's wait only through
+// __syncwarp or a second mbarrier (transitively, on a GPU) is refused.
 void tma_issue_check(const void* dst, size_t bytes, const char* what);
 void tma_register(void* dst, size_t bytes, const uint64_t* bar, unsigned parity);
 // This thread's wait (try_wait / test_wait) saw the phase of parity `parity` of bar complete.
