@@ -10,8 +10,8 @@
 //
 // Tiles: a block of 256 threads (8 warps, 2 along the pixels x 4 along the
 // channels) computes BM pixels x BN channels of C: 128 x 128 (warp tiles
-// 64 x 32: 4 x 4 m16n8 accumulators) or, for layers with few such tiles,
-// 64 x 64 (warp tiles 32 x 16). The depth goes in 32-tap stages,
+// 64 x 32: 4 x 4 m16n8 accumulators) or, for layers with few such tiles
+// or K = 64, 64 x 64 (warp tiles 32 x 16). The depth goes in 32-tap stages,
 // kMmaStages = 3 of them in flight: while the warps multiply one stage,
 // cp.async fills the next two.
 //

@@ -46,13 +46,15 @@ void launch_mma_tile(int splits, const float* x, const float* w, const float* b,
 }
 
 // conv2d_mma at 128 x 128 where that still gives a wave of blocks (132, an
-// H100's SMs), else at 64 x 64. Either tile sums each output in the same
-// order, so the choice never changes a bit.
+// H100's SMs) and pads K no further than 64 x 64 does (K = 64, conv1's,
+// would leave half of each warp's channels empty), else at 64 x 64. Either
+// tile sums each output in the same order, so the choice never changes a bit.
 template <bool kBf16>
 void launch_mma(int splits, const float* x, const float* w, const float* b, float* y, const ConvShape& g, int mode,
                 cudaStream_t stream) {
-    const long long big = (long long)ceil_div(g.N * g.P * g.Q, kMmaBigTile) * ceil_div(g.K, kMmaBigTile) * splits;
-    if (big >= 132)
+    const int channel_tiles = ceil_div(g.K, kMmaBigTile);
+    const long long big = (long long)ceil_div(g.N * g.P * g.Q, kMmaBigTile) * channel_tiles * splits;
+    if (big >= 132 && 2 * channel_tiles == ceil_div(g.K, kMmaSmallTile))
         launch_mma_tile<kBf16, kMmaBigTile, kMmaBigTile>(splits, x, w, b, y, g, mode, stream);
     else
         launch_mma_tile<kBf16, kMmaSmallTile, kMmaSmallTile>(splits, x, w, b, y, g, mode, stream);

@@ -51,10 +51,11 @@ def conv2d_tile_use(m, k, crs):
 def conv2d_mma_tile(m, k, splits=1):
     """The block tile (pixels = channels) the mma variants' launcher picks for
     GEMM rows m = N*P*Q, columns k = K and `splits` depth splits: 128 where
-    that still gives 132 blocks (an H100's SMs), else 64
-    (csrc/ops/conv2d.cu, launch_mma). Either tile sums each output in the
-    same order: the bits do not depend on it."""
-    return 128 if -(-m // 128) * -(-k // 128) * splits >= 132 else 64
+    that still gives 132 blocks (an H100's SMs) and pads k no further than
+    64 does, else 64 (csrc/ops/conv2d.cu, launch_mma). Either tile sums
+    each output in the same order: the bits do not depend on it."""
+    k_tiles = -(-k // 128)
+    return 128 if -(-m // 128) * k_tiles * splits >= 132 and 2 * k_tiles == -(-k // 64) else 64
 
 
 def conv2d_default_variant(m, k, crs, backend=None, precision="fp32"):

@@ -164,7 +164,7 @@ def _conv(k, variant, crs_c=4, bf16_weights=False):
 
 def _conv_mma(variant, splits):
     """splits 1: the 64 x 64 tile; 132: the 128 x 128 one (conv2d_mma_tile), one block per split."""
-    x, w = rand(1, 240, 3, 3), rand(8, 240, 3, 3, seed=1)
+    x, w = rand(1, 240, 3, 3), rand(72, 240, 3, 3, seed=1)
     return lambda: ops.conv2d(x, w, None, 1, 1, True, variant, splits)
 
 

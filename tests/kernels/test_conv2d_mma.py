@@ -40,7 +40,8 @@ def test_registered():
 
 def test_tile_rule():
     assert conv2d_mma_tile(128 * 132, 128) == 128 and conv2d_mma_tile(128 * 131, 128) == 64
-    assert conv2d_mma_tile(128 * 65, 129) == 64 and conv2d_mma_tile(128 * 66, 129) == 128  # 66 x 2 tiles
+    assert conv2d_mma_tile(128 * 65, 250) == 64 and conv2d_mma_tile(128 * 66, 250) == 128  # 66 x 2 tiles
+    assert conv2d_mma_tile(128 * 1000, 64) == 64 and conv2d_mma_tile(128 * 1000, 129) == 64  # K padded further
     assert conv2d_mma_tile(100, 100, splits=132) == 128
 
 
@@ -58,7 +59,7 @@ def check(be, rng, variant, n, c, h, w, k, r, s, stride, padding, relu=True, bia
 
 
 # (N, C, H, W, K, R, S, stride, padding): odd sizes, FCN's kernels (1x1,
-# 3x3, 7x7) and paddings (0, 1, 100); all at the 64 x 64 tile but conv1_1's.
+# 3x3, 7x7) and paddings (0, 1, 100); all at the 64 x 64 tile.
 SHAPES = {
     "1x1_depth1": (2, 1, 3, 5, 3, 1, 1, 1, 0),
     "3x3_depth27_pad1": (2, 3, 7, 5, 5, 3, 3, 1, 1),             # depth 27: one partial stage; w by 4 bytes
@@ -66,7 +67,7 @@ SHAPES = {
     "3x3_depth36": (2, 4, 9, 7, 70, 3, 3, 1, 1),                 # depth 36: w by 16 bytes, the last chunk partly zero-filled
     "7x7_pad0": (2, 5, 9, 8, 21, 7, 7, 1, 0),                    # fc6's kernel; depth 245
     "1x1_depth100": (2, 100, 3, 4, 67, 1, 1, 1, 0),              # fc7-like; 3 partial channel tiles
-    "conv1_1_pad100": (1, 3, 3, 2, 9, 3, 3, 1, 100),             # 201 x 200 pixels, nearly all padding: 128 x 128
+    "conv1_1_pad100": (1, 3, 3, 2, 9, 3, 3, 1, 100),             # 201 x 200 pixels, nearly all padding
     "pixels_65": (1, 13, 5, 13, 64, 3, 3, 1, 1),                 # 65 pixels: a second, 1-pixel tile
 }
 
@@ -74,23 +75,23 @@ SHAPES = {
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shapes(be, rng, variant, shape):
-    check(be, rng, variant, *SHAPES[shape], tile=128 if shape == "conv1_1_pad100" else 64)
+    check(be, rng, variant, *SHAPES[shape], tile=64)
 
 
 # At the 128 x 128 tile: 132+ blocks, either by pixels x channels (model
 # scale in the emulator) or by splits of a small one.
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_big_tile_split(be, rng, variant):
-    # 162 pixels x 140 channels: 2 x 2 tiles, both partial; depth 540 in 33 splits of one or two 16-tap
+    # 578 pixels x 120 channels: 5 x 1 tiles, both partial; depth 540 in 33 splits of one or two 16-tap
     # stages, so every split ends inside a 32-tap stage of the kernel.
-    check(be, rng, variant, 2, 60, 9, 9, 140, 3, 3, 1, 1, splits=33, tile=128)
+    check(be, rng, variant, 2, 60, 17, 17, 120, 3, 3, 1, 1, splits=33, tile=128)
 
 
 @pytest.mark.model_scale
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_big_tile(be, rng, variant):
-    # 2 x 57 x 61 = 6954 pixels (55 tiles, the last partial) x 300 channels (3 tiles): 165 blocks.
-    check(be, rng, variant, 2, 19, 57, 61, 300, 3, 3, 1, 1, tile=128)
+    # 2 x 65 x 71 = 9230 pixels (73 tiles, the last partial) x 250 channels (2 tiles, one partial): 146 blocks.
+    check(be, rng, variant, 2, 19, 65, 71, 250, 3, 3, 1, 1, tile=128)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -127,7 +128,7 @@ def test_relu_maxpool(be, rng, variant, shape):
 @pytest.mark.model_scale
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_relu_maxpool_big_tile(be, rng, variant):
-    n, c, h, w, k, r, s = 2, 3, 57, 61, 300, 3, 3
+    n, c, h, w, k, r, s = 2, 3, 65, 71, 250, 3, 3
     assert conv2d_mma_tile(n * h * w, k) == 128
     x, wt, b = draw(be, rng, n, c, h, w, k, r, s)
     assert same_bits(ops.conv2d_relu_maxpool(x, wt, b, 1, 1, variant), unfused(x, wt, b, 1, 1, variant))
@@ -163,7 +164,7 @@ def counting():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("shape", [(1, 64, 16, 16, 64, 3, 3, 1), (2, 60, 9, 9, 140, 3, 3, 33),
+@pytest.mark.parametrize("shape", [(1, 64, 16, 16, 64, 3, 3, 1), (2, 60, 17, 17, 120, 3, 3, 33),
                                    (2, 5, 9, 8, 21, 7, 7, 1)], ids=["vgg_64tile", "split_128tile", "depth245"])
 def test_no_bank_conflicts(counting, variant, shape):
     """Every ldmatrix and every cp.async write of the kernel is served in the
