@@ -255,6 +255,9 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                                  P<float>(out), P<float>(out2), accumulate, mode, threads};
         fcn::launch_wgmma_probe(args, S(s));
     }, nogil);
+    m.def("wgmma_tma_probe", [](Addr a, Addr b, Addr out, bool tma_early, Addr s) {
+        fcn::launch_wgmma_tma_probe(P<const float>(a), P<const float>(b), P<float>(out), tma_early, S(s));
+    }, nogil);
     m.def("wgmma_descriptor_probe", [](std::array<int, 4> op, Addr out, Addr s) {
         fcn::launch_wgmma_descriptor_probe(op.data(), P<std::uint64_t>(out), S(s));
     }, nogil);

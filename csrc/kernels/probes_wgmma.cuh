@@ -9,6 +9,11 @@
 //     d_init; each thread writes its N/2 accumulators to out. `mode` adds a
 //     second wgmma, a second group, an early read of the accumulators, or
 //     one of the misuses the emulator must refuse (WgmmaProbeMode).
+//   wgmma_tma_probe: the Hopper mainloop's step: TMA loads A (64 x 32
+//     floats) and B (64 x 32, K-major) with the 128-byte swizzle, an mbarrier
+//     wait, then four m64n64k8 tf32 wgmmas along K (the start address 32
+//     bytes on each time) into one group. tma_early (host only): thread 0
+//     loads B again before the wait that retires them: an error.
 //   wgmma_descriptor_probe: one thread writes the descriptor of base +
 //     offset with the given offsets and swizzle.
 #pragma once
@@ -82,6 +87,37 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
     wgmma_wait_group<0>(d);
     if (mode == kWgmmaGroups) wgmma_wait_group<0>(e);
     for (int i = 0; i < kD; ++i) out[t * kD + i] = d[i];
+}
+
+__global__ void wgmma_tma_probe(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,
+                                float* __restrict__ out, bool tma_early) {
+    __shared__ __align__(1024) float sa[64 * 32];
+    __shared__ __align__(1024) float sb[64 * 32];
+    __shared__ uint64_t bar;
+    const int t = threadIdx.x;
+    if (t == 0) {
+        mbarrier_init(&bar, 1);
+        fence_proxy_async();  // the initialized barrier, before the loads' complete_tx
+    }
+    __syncthreads();
+    if (t == 0) {
+        mbarrier_arrive_expect_tx(&bar, 2 * sizeof sa);
+        tma_load_2d(sa, &map_a, &bar, 0, 0);
+        tma_load_2d(sb, &map_b, &bar, 0, 0);
+    }
+    mbarrier_wait(&bar, 0);
+    float d[32];
+    wgmma_fence();
+    for (int kk = 0; kk < 4; ++kk)  // 8 floats of K = 32 bytes per step inside the 128-byte swizzle's rows
+        wgmma_tf32<64>(d, wgmma_descriptor(sa + 8 * kk, 16, 1024, WgmmaSwizzle::b128),
+                       wgmma_descriptor(sb + 8 * kk, 16, 1024, WgmmaSwizzle::b128), kk > 0);
+    wgmma_commit_group();
+    if (tma_early && t == 0) {
+        mbarrier_arrive_expect_tx(&bar, sizeof sb);
+        tma_load_2d(sb, &map_b, &bar, 0, 0);
+    }
+    wgmma_wait_group<0>(d);
+    for (int i = 0; i < 32; ++i) out[t * 32 + i] = d[i];
 }
 
 __global__ void wgmma_descriptor_probe(WgmmaProbeOperand op, uint64_t* out) {

@@ -100,6 +100,8 @@ struct WgmmaProbeArgs {
     int mode, threads;
 };
 void launch_wgmma_probe(const WgmmaProbeArgs& args, cudaStream_t stream);
+// a, b: 64 x 32 floats each (B as its K-major rows); out: 128 x 32.
+void launch_wgmma_tma_probe(const float* a, const float* b, float* out, bool tma_early, cudaStream_t stream);
 void launch_wgmma_descriptor_probe(const int* op, std::uint64_t* out, cudaStream_t stream);
 
 // ---- scan.cu  (exclusive prefix sum of ints; kernels/scan.cuh)

@@ -2,6 +2,7 @@
 
 #include "kernels/probes_wgmma.cuh"
 #include "ops/launchers.h"
+#include "ops/tensor_map.h"
 
 namespace fcn {
 
@@ -31,6 +32,14 @@ void launch_n(const WgmmaProbeArgs& p, cudaStream_t stream) {
 void launch_wgmma_probe(const WgmmaProbeArgs& p, cudaStream_t stream) {
     if (p.bf16) p.rs ? launch_n<true, true>(p, stream) : launch_n<true, false>(p, stream);
     else p.rs ? launch_n<false, true>(p, stream) : launch_n<false, false>(p, stream);
+}
+
+void launch_wgmma_tma_probe(const float* a, const float* b, float* out, bool tma_early, cudaStream_t stream) {
+    const uint64_t dims[2] = {32, 64}, strides[1] = {32 * sizeof(float)};
+    const uint32_t box[2] = {32, 64};
+    const TensorMap map_a = encode_tensor_map(TmaElement::f32, 2, a, dims, strides, box, 128);
+    const TensorMap map_b = encode_tensor_map(TmaElement::f32, 2, b, dims, strides, box, 128);
+    launch("wgmma_tma_probe", wgmma_tma_probe, dim3(1), dim3(128), 0, stream, map_a, map_b, out, tma_early);
 }
 
 void launch_wgmma_descriptor_probe(const int* op, std::uint64_t* out, cudaStream_t stream) {

@@ -306,6 +306,19 @@ def wgmma(image, a, b, n, kind, rs=False, a_regs=None, d_init=None, accumulate=F
     return out, out2
 
 
+def wgmma_tma(a, b, tma_early=False):
+    """wgmma_tma_probe: A and B (float32 64 x 32 each, B as its K-major rows,
+    D = A B^T) loaded by TMA with the 128-byte swizzle, then four m64n64k8
+    wgmmas along K. Returns the accumulators (128 x 32). tma_early: host only."""
+    for name, x in (("a", a), ("b", b)):
+        if x.shape != (64, 32) or x.dtype != np.float32:
+            raise ValueError(f"{name} must be float32 of shape (64, 32)")
+    be = _be()
+    out = be.xp.zeros((128, 32), dtype=np.float32)
+    be.ext.wgmma_tma_probe(be.ptr(a), be.ptr(b), be.ptr(out), bool(tma_early), be.stream())
+    return out
+
+
 def wgmma_descriptor(offset, lbo, sbo, swizzle):
     """wgmma_descriptor_probe: the descriptor (as a Python int) of a shared
     array's 1024-byte-aligned start + offset (< 2048)."""

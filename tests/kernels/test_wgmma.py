@@ -339,6 +339,25 @@ def test_misuse_is_an_error(rng, mode, threads, a_op, b_op, message):
         run(be, image, a_op, b_op, 16, "tf32", threads=threads, mode=mode)
 
 
+def test_tma_loads_feed_a_swizzled_wgmma(be, rng):
+    # The Hopper mainloop's step: TMA stores A and B with the 128-byte swizzle
+    # (the tensor map's definition), wgmma reads them through 128-byte-swizzle
+    # descriptors, SBO 1024, the start 32 bytes on per k-step of 8 floats.
+    # Four steps, the first with scale-d 0: D = A B^T over all 32 of K.
+    A, Bt = small_ints(rng, (64, 32)), small_ints(rng, (64, 32))
+    out = to_numpy(probes.wgmma_tma(be.xp.asarray(A), be.xp.asarray(Bt)))
+    np.testing.assert_array_equal(out, accumulators(A @ Bt.T))
+
+
+def test_tma_into_operands_before_the_wait_is_an_error(rng):
+    fcn_cuda.use_backend("host")
+    A = small_ints(rng, (64, 32))
+    with pytest.raises(RuntimeError, match=r"kernel wgmma_tma_probe, block \(0,0,0\): thread \(0,0,0\): "
+                                           r"cp.async.bulk.tensor.2d writes shared memory at 0x[0-9a-f]+ that a "
+                                           r"wgmma.mma_async of warp [0-3] still reads"):
+        probes.wgmma_tma(A, A, tma_early=True)
+
+
 def test_probe_validates():
     img = np.zeros(64, np.uint8)
     with pytest.raises(ValueError, match="n must be one of"):
