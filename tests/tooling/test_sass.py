@@ -6,9 +6,12 @@ for .trans, .2 / .4 for .x2 / .x4) and HMMA (mma.sync: 1688 TF32 and 16816
 BF16); and the Hopper wrappers (ptx_sm90.cuh) into SYNCS, the mbarrier
 unit (init: EXCH; arrive: ARRIVE.TRANS64, .A1T0 for a count of 1, .ART0 with
 expect_tx; expect_tx / complete_tx: ARRIVE.TRANS64.RED.A0TX; test_wait:
-PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT), and the TMA
+PHASECHK.TRANS64; try_wait: PHASECHK.TRANS64.TRYWAIT), the TMA
 wrappers into UTMALDG (cp.async.bulk.tensor: .2D .. .5D), UTMACCTL.PF
-(prefetch.tensormap) and FENCE.VIEW.ASYNC.S (fence.proxy.async.shared::cta).
+(prefetch.tensormap) and FENCE.VIEW.ASYNC.S (fence.proxy.async.shared::cta),
+and the wgmma wrappers (ptx_wgmma.cuh) of an sm_90a build into
+HGMMA.64xNx8.F32.TF32 and HGMMA.64xNx16.F32.BF16 for every N and both forms,
+WARPGROUP.ARRIVE (the fence) and WARPGROUP.DEPBAR.LE (the wait).
 The conv2d_mma kernels (mma_tf32, mma_bf16, both block tiles) hold all three: LDGSTS (4-byte gathers and
 16-byte zero-filled weight copies), LDSM.16.M88.4 and HMMA, and no spills
 (ptxas's report of the same build).
@@ -18,6 +21,7 @@ nvidia-cuda-nvdisasm, then both DIR/nvidia/cu13/bin on PATH; .ci/run does)
 and the nvcc build; skips only where either is absent.
 """
 
+import functools
 import re
 import shutil
 import subprocess
@@ -58,7 +62,7 @@ MMA_CONV = {f"_ZN3fcn10conv2d_mmaILb{bf16}ELi{tile}ELi{tile}EEEvPKfS2_S2_PfNS_9C
              "HMMA.16816.F32.BF16" if bf16 else "HMMA.1688.F32.TF32"}
             for bf16 in (0, 1) for tile in (64, 128)}
 EXPECTED.update(MMA_CONV)
-OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
+OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.x]+)")  # x: HGMMA's 64xNxK
 
 
 def sass_opcodes(kernel):
@@ -80,6 +84,28 @@ def test_the_opcode_pattern_reads_sass():
     assert OPCODE.findall(line) == ["LDGSTS.E.128.ZFILL"]
     assert OPCODE.findall("        /*0200*/              @!P0 HMMA.1688.F32.TF32 R4, R8, R12, R4 ;") == \
         ["HMMA.1688.F32.TF32"]
+    assert OPCODE.findall("        /*1490*/         HGMMA.64x256x8.F32.TF32 R24, gdesc[UR4], R24, UP0, gsb0 ;") == \
+        ["HGMMA.64x256x8.F32.TF32"]
+
+
+WGMMA_PROBES = {
+    f"_ZN3fcn11wgmma_probeILi{n}ELb{bf16}ELb{rs}EEEvPKhiNS_17WgmmaProbeOperandES3_PKjPKfPfS8_bi":
+    {f"HGMMA.64x{n}x16.F32.BF16" if bf16 else f"HGMMA.64x{n}x8.F32.TF32", "WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR.LE"}
+    for n in (8, 16, 32, 64, 128, 256) for bf16 in (0, 1) for rs in (0, 1)}
+
+
+@functools.lru_cache(maxsize=None)
+def has_sm90a_cubin():
+    proc = subprocess.run(["cuobjdump", "-lelf", str(CUDA_SO[0])], capture_output=True, text=True, timeout=300)
+    return "sm_90a" in proc.stdout
+
+
+@pytest.mark.parametrize("kernel", list(WGMMA_PROBES))
+def test_wgmma_wrappers_compile_to_hgmma(kernel):
+    if not has_sm90a_cubin():
+        pytest.skip("the nvcc build has no sm_90a cubin (wgmma needs it: FCN_CUDA_ARCH naming 90a)")
+    missing = WGMMA_PROBES[kernel] - sass_opcodes(kernel)
+    assert not missing, f"{kernel}: no {sorted(missing)} in its SASS"
 
 
 @pytest.mark.parametrize("kernel", list(MMA_CONV))
