@@ -4,7 +4,7 @@ ISA's definitions (the rule each follows is in a comment beside it), never
 from the emulator. On a GPU the same probes check the hardware, and so compare
 the two. The tensor map's model (csrc/emu/tma.h) is host code, tested on the
 host: its GPU counterpart is the driver's cuTensorMapEncodeTiled and a TMA
-load, which no kernel here issues yet.
+load, which tests/kernels/test_tma.py issues.
 """
 
 import numpy as np
