@@ -47,11 +47,14 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
     m.def("reset_counters", &fcn_emu::reset_counters);
     m.def("counters", [] {
         py::list rows;
-        for (const fcn_emu::CounterRow& r : fcn_emu::counter_rows())
+        for (const fcn_emu::CounterRow& r : fcn_emu::counter_rows()) {
+            py::object file = r.counter.worst_file ? py::object(py::str(r.counter.worst_file)) : py::object(py::none());
             rows.append(py::make_tuple(r.kernel, fcn_emu::access_name(r.kind), r.counter.accesses,
-                                       r.counter.wavefronts, r.counter.ideal, r.counter.max_way));
+                                       r.counter.wavefronts, r.counter.ideal, r.counter.max_way, file,
+                                       r.counter.worst_line));
+        }
         return rows;
-    }, "(kernel, kind, accesses, wavefronts, ideal, max_way) per kernel and kind of access");
+    }, "(kernel, kind, accesses, wavefronts, ideal, max_way, worst_file, worst_line) per kernel and kind of access");
     m.def("tensor_map_box", [](Addr global, unsigned elem_bytes, std::vector<uint64_t> dim, std::vector<uint64_t> stride,
                                std::vector<uint32_t> box, std::vector<uint32_t> estride, unsigned swizzle, bool nan_fill,
                                std::vector<int32_t> coords, Addr out) {

@@ -215,16 +215,23 @@ def count_bank_conflicts(on):
 
 def emulator_counters():
     """The emulator's bank-conflict counts since the last reset, as
-    {kernel: {kind: {"accesses", "wavefronts", "ideal", "conflicts", "max_way"}}}:
+    {kernel: {kind: {"accesses", "wavefronts", "ideal", "conflicts", "max_way", "worst_at"}}}:
     per kernel (its launch name) and kind of access ("shared" for
     fcn::smem_load/smem_store, "ldmatrix", "cp.async", "wmma" a lower bound),
     the warp-wide accesses counted, the shared-memory wavefronts they took,
-    the wavefronts they would take without conflicts, the difference, and
-    the worst n-way conflict of any one access."""
+    the wavefronts they would take without conflicts, the difference, the
+    worst n-way conflict of any one access, and where it was made: "file:line"
+    (file from csrc/ on) of the first such access by file and line, or None
+    where there is no conflict or the instruction carries no call site
+    (ldmatrix, wmma)."""
     out = {}
-    for kernel, kind, accesses, wavefronts, ideal, max_way in _host_backend().ext.counters():
+    for kernel, kind, accesses, wavefronts, ideal, max_way, file, line in _host_backend().ext.counters():
+        where = None
+        if file is not None and max_way > 1:
+            where = f"{file[file.rfind('csrc/'):] if 'csrc/' in file else file.rsplit('/', 1)[-1]}:{line}"
         out.setdefault(kernel, {})[kind] = {"accesses": accesses, "wavefronts": wavefronts, "ideal": ideal,
-                                            "conflicts": wavefronts - ideal, "max_way": max_way}
+                                            "conflicts": wavefronts - ideal, "max_way": max_way,
+                                            "worst_at": where}
     return out
 
 

@@ -9,6 +9,7 @@
 // caller; every entry point therefore runs Unobserved, or TSan would see
 // the CUDA threads of a block race on this bookkeeping.
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <deque>
 #include <map>
@@ -156,8 +157,8 @@ void add_words(std::vector<uintptr_t>& words, uintptr_t p, unsigned bytes) {
 }
 
 // One warp-wide access from its lanes' segments, in lane order, split into
-// `phases` equal runs of consecutive segments.
-void count_access(Access kind, const Segment* segs, int n, int phases) {
+// `phases` equal runs of consecutive segments, made at file:line (null: a collective).
+void count_access(Access kind, const Segment* segs, int n, int phases, const char* file, int line) {
     Counter& c = block.local[int(kind)];
     std::vector<uintptr_t> words;
     ++c.accesses;
@@ -170,7 +171,7 @@ void count_access(Access kind, const Segment* segs, int n, int phases) {
         if (!cost) continue;
         c.wavefronts += cost;
         c.ideal += 1;
-        c.max_way = std::max(c.max_way, cost);
+        c.note_way(cost, file, line);
     }
 }
 
@@ -208,7 +209,7 @@ void flush_log() {
         }
         for (auto& [key, g] : groups) {
             const int phases = g.bytes <= 4 ? 1 : g.bytes == 8 ? 2 : 4;
-            count_access(g.kind, g.lanes, 32, phases);
+            count_access(g.kind, g.lanes, 32, phases, key.file, key.line);
         }
     }
 }
@@ -248,6 +249,20 @@ void drop_tensor_load(size_t i) {
 }  // namespace
 
 std::atomic<long> g_shared_watch{0};
+
+void Counter::note_way(unsigned way, const char* file, int line) {
+    auto before = [](const char* f1, int l1, const char* f2, int l2) {  // a site before another; null last
+        if (!f1 || !f2) return f1 && !f2;
+        const int c = std::strcmp(f1, f2);
+        return c < 0 || (c == 0 && l1 < l2);
+    };
+    if (way > max_way) {
+        max_way = way;
+        worst_file = file, worst_line = line;
+    } else if (way == max_way && before(file, line, worst_file, worst_line)) {
+        worst_file = file, worst_line = line;
+    }
+}
 
 const char* access_name(int kind) {
     static const char* names[kAccessKinds] = {"shared", "ldmatrix", "cp.async", "wmma"};
@@ -373,7 +388,7 @@ void shared_access(Access kind, const void* p, unsigned bytes, const char* file,
 
 void count_collective(Access kind, const Segment* segs, int n, int phases) {
     Unobserved unobserved;
-    if (counting()) count_access(kind, segs, n, phases);
+    if (counting()) count_access(kind, segs, n, phases, nullptr, 0);
 }
 
 void count_tile(const void* p, int rows, int cols, unsigned ldm, unsigned elem_bytes, bool row_major) {
@@ -390,7 +405,7 @@ void count_tile(const void* p, int rows, int cols, unsigned ldm, unsigned elem_b
     ++c.accesses;
     c.wavefronts += cost;
     c.ideal += ideal;
-    c.max_way = std::max(c.max_way, (cost + ideal - 1) / ideal);
+    c.note_way((cost + ideal - 1) / ideal, nullptr, 0);
 }
 
 bool counting() { return g_shared_watch.load() >= kCountingOn; }
@@ -447,7 +462,7 @@ void smem_block_end() {
         total.accesses += local.accesses;
         total.wavefronts += local.wavefronts;
         total.ideal += local.ideal;
-        total.max_way = std::max(total.max_way, local.max_way);
+        total.note_way(local.max_way, local.worst_file, local.worst_line);
         local = Counter();
     }
 }

@@ -32,7 +32,7 @@
 //   of distinct words any one bank holds. Per kernel and kind of access the
 //   counters sum accesses (warp-wide instructions), wavefronts, the ideal
 //   (one per non-empty phase) and keep the worst phase (max_way: the n of
-//   "n-way"). What is counted:
+//   "n-way") and the call site of an access that bad. What is counted:
 //     - "ldmatrix": every ldmatrix, exactly (it is a warp collective here);
 //     - "cp.async": the shared-memory writes of every cp.async;
 //     - "shared": loads and stores through fcn::smem_load / smem_store
@@ -123,6 +123,13 @@ void set_counting(bool on);
 struct Counter {
     unsigned long long accesses = 0, wavefronts = 0, ideal = 0;
     unsigned max_way = 0;
+    // Where an access max_way-way conflicted was made (an accessor's or
+    // cp.async's call site; null for collectives, which carry none): of
+    // several, the first by file name and line, so the same every run.
+    const char* worst_file = nullptr;
+    int worst_line = 0;
+    // Takes a phase of `way` wavefronts made at file:line into max_way and the site.
+    void note_way(unsigned way, const char* file, int line);
 };
 struct CounterRow {
     const char* kernel;  // a launch's name: string literals, alive for the process

@@ -13,6 +13,7 @@ so a kernel left uncounted fails.
 A new kernel with shared memory gets a row in SHARED_MEMORY_KERNELS.
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -36,13 +37,18 @@ def counting():
     fcn_cuda.reset_emulator_counters()
 
 
-def shared(kernel):
-    return fcn_cuda.emulator_counters()[kernel]["shared"]
-
-
-def expect(accesses, wavefronts, ideal, max_way):
-    return {"accesses": accesses, "wavefronts": wavefronts, "ideal": ideal, "conflicts": wavefronts - ideal,
-            "max_way": max_way}
+def check(kernel, accesses, wavefronts, ideal, max_way, at=None):
+    """kernel's "shared" counts are these; its worst access was made on a
+    source line that contains `at` (None: there is no conflict to place)."""
+    got = dict(fcn_cuda.emulator_counters()[kernel]["shared"])
+    where = got.pop("worst_at")
+    assert got == {"accesses": accesses, "wavefronts": wavefronts, "ideal": ideal, "conflicts": wavefronts - ideal,
+                   "max_way": max_way}
+    if at is None:
+        assert where is None
+    else:
+        path, line = where.rsplit(":", 1)
+        assert at in (ROOT / path).read_text().splitlines()[int(line) - 1], where
 
 
 def rand(*shape, seed=0):
@@ -66,7 +72,7 @@ def test_sgemm_tiled_transposed_a_store_is_16_way(counting):
     """
     a, b = rand(64, 16), rand(16, 64, seed=1)
     np.testing.assert_allclose(gemm.gemm(a, b, "tiled"), a @ b, rtol=1e-5, atol=1e-5)
-    assert shared("sgemm_tiled") == expect(32 + 32 + 512 + 512, 32 * 16 + 32 + 512 + 512 * 2, 1088, 16)
+    check("sgemm_tiled", 32 + 32 + 512 + 512, 32 * 16 + 32 + 512 + 512 * 2, 1088, 16, at="smem_store(&As[k][r]")
 
 
 # block_tree_sum over 256 threads, per block: the store s[t] (8 warps), the
@@ -82,7 +88,7 @@ def test_block_sum_tree_is_conflict_free(counting):
     x = np.arange(256, dtype=np.float32)
     assert np.asarray(reduce.block_sum(x)).item() == float(x.sum())
     per_block = 8 + TREE_STEPS + 8
-    assert shared("block_sum") == expect(2 * per_block, 2 * per_block, 2 * per_block, 1)
+    check("block_sum", 2 * per_block, 2 * per_block, 2 * per_block, 1)
 
 
 def test_bias_grad_tree_is_conflict_free(counting):
@@ -90,7 +96,7 @@ def test_bias_grad_tree_is_conflict_free(counting):
     dy = rand(2, 3, 5, 7)
     np.testing.assert_allclose(ops.bias_grad(dy), dy.sum((0, 2, 3)), rtol=1e-5)
     per_block = 8 + TREE_STEPS + 1
-    assert shared("bias_grad") == expect(3 * per_block, 3 * per_block, 3 * per_block, 1)
+    check("bias_grad", 3 * per_block, 3 * per_block, 3 * per_block, 1)
 
 
 def test_scan_block_warp_sums_are_broadcasts(counting):
@@ -101,7 +107,7 @@ def test_scan_block_warp_sums_are_broadcasts(counting):
     got, total = scan.exclusive_scan(counts)
     np.testing.assert_array_equal(got, np.concatenate([[0], np.cumsum(counts)[:-1]]))
     assert int(total[0]) == int(counts.sum())
-    assert shared("scan_block") == expect(8 + 64, 8 + 64, 8 + 64, 1)
+    check("scan_block", 8 + 64, 8 + 64, 8 + 64, 1)
 
 
 def test_conv2d_small_c_weights_are_broadcast(counting):
@@ -116,7 +122,7 @@ def test_conv2d_small_c_weights_are_broadcast(counting):
     2 warps x 2 rounds x (4 + 32) = 144 accesses, 2 x 2 x (4 + 32 x 4) = 528 wavefronts."""
     x, w = rand(1, 3, 8, 8), rand(8, 3, 3, 3, seed=1)
     ops.conv2d(x, w, None, 1, 1, False, "small_c")
-    assert shared("conv2d_small_c") == expect(64 + 2 + 144, 64 + 2 + 528, 64 + 2 + 528, 1)
+    check("conv2d_small_c", 64 + 2 + 144, 64 + 2 + 528, 64 + 2 + 528, 1)
 
 
 def test_conv2d_grad_weight_stage_stores_are_4_way(counting):
@@ -139,7 +145,7 @@ def test_conv2d_grad_weight_stage_stores_are_4_way(counting):
     accesses = 16 + 128 + 128 + 128 + 112
     wavefronts = 16 * 4 + 128 * 4 + 128 * 4 + 128 + 112
     ideal = 16 + 128 + 128 * 4 + 128 + 112
-    assert shared("conv2d_grad_weight_igemm<8>") == expect(accesses, wavefronts, ideal, 4)
+    check("conv2d_grad_weight_igemm<8>", accesses, wavefronts, ideal, 4, at="smem_store(&Ds[stage][lm]")
 
 
 def test_confusion_matrix_counts_its_plain_accesses(counting):
@@ -149,7 +155,7 @@ def test_confusion_matrix_counts_its_plain_accesses(counting):
     gt = np.arange(200, dtype=np.int32) % 4
     hist = metrics.confusion_matrix(gt, gt[::-1].copy(), 4)
     assert int(np.asarray(hist).sum()) == 200
-    assert shared("confusion_matrix") == expect(2, 2, 2, 1)
+    check("confusion_matrix", 2, 2, 2, 1)
 
 
 # ------------------------------------------------------- every kernel is counted
@@ -258,3 +264,17 @@ def test_every_kernel_with_shared_memory_is_counted(counting, function, name, ru
         return
     # The plain loads and stores are there too, not only wmma's or an instruction's.
     assert counters[name].get("shared", {}).get("accesses", 0) > 0, (name, counters[name])
+
+
+def test_the_benchmark_reports_every_kernel(counting):
+    """benchmarks/emu_bank_conflicts.py has a row for some launch of every
+    function listed above, each with its counts."""
+    spec = importlib.util.spec_from_file_location("emu_bank_conflicts", ROOT / "benchmarks" / "emu_bank_conflicts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.table()
+    kernels = {row["kernel"] for row in rows}
+    for function, launches in SHARED_MEMORY_KERNELS.items():
+        assert kernels & {name for name, _ in launches}, f"benchmarks/emu_bank_conflicts.py runs no {function}"
+    assert len(rows) == len({(row["kernel"], row["kind"]) for row in rows})  # one row per kernel and kind
+    assert all(row["accesses"] > 0 and row["wavefronts"] >= row["ideal"] > 0 for row in rows)
