@@ -68,9 +68,9 @@ __global__ void __launch_bounds__(kScanThreads) scan_block(int* data, int n, int
     int run = inclusive - own, sum = 0;
 #pragma unroll
     for (int w = 0; w < kScanThreads / kWarpSize; ++w) {
-        const int warp_sum = smem_load(&warp_sums[w]);
-        run += w < warp ? warp_sum : 0;
-        sum += warp_sum;
+        const int sum_w = smem_load(&warp_sums[w]);
+        run += w < warp ? sum_w : 0;
+        sum += sum_w;
     }
     for (int i = begin; i < end; ++i) {
         const int v = data[i];

@@ -24,6 +24,8 @@ import fcn_cuda
 from fcn_cuda import ops
 from fcn_cuda.ops import gemm, metrics, reduce, scan
 
+pytestmark = pytest.mark.kernels
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -161,8 +163,8 @@ def test_confusion_matrix_counts_its_plain_accesses(counting):
 # ------------------------------------------------------- every kernel is counted
 
 
-def _conv(k, variant, crs_c=4, bf16_weights=False):
-    x, w = rand(1, crs_c, 9, 9), rand(k, crs_c, 3, 3, seed=1)
+def _conv(k, variant, bf16_weights=False):
+    x, w = rand(1, 4, 9, 9), rand(k, 4, 3, 3, seed=1)
     if bf16_weights:
         w = ops.to_bf16_weights(w)
     return lambda: ops.conv2d(x, w, rand(k, seed=2), 1, 1, True, variant)
@@ -248,6 +250,42 @@ def test_every_kernel_with_shared_memory_is_listed():
         f"missing {sorted(found - set(SHARED_MEMORY_KERNELS))}, stale {sorted(set(SHARED_MEMORY_KERNELS) - found)}")
 
 
+def shared_names(text):
+    """The names a kernel file gives its shared memory: __shared__ arrays,
+    FCN_DYNAMIC_SMEM pointers, and pointers made from them (`auto Ds =
+    reinterpret_cast<...>(smem)`, `const float4* a4 = as_vector<...>(&As[..])`)."""
+    names = set(re.findall(r"__shared__[^;]*?\b(\w+)\s*\[", text))
+    names |= set(re.findall(r"FCN_DYNAMIC_SMEM\(\s*\w+\s*,\s*(\w+)\s*\)", text))
+    pointers = re.findall(r"(?:\bauto\*?|\*)\s*(\w+)\s*=\s*([^;]*);", text)
+    while True:
+        more = {p for p, rhs in pointers if p not in names and any(re.search(rf"\b{n}\b", rhs) for n in names)}
+        if not more:
+            return names
+        names |= more
+
+
+def test_no_plain_shared_memory_access():
+    """No kernel indexes its shared memory directly (`As[k][r] = v`), which
+    the counter would not see: an index follows `&`, inside smem_load /
+    smem_store or an instruction wrapper."""
+    plain, seen = [], set()
+    for path in sorted((ROOT / "csrc" / "kernels").glob("*.cuh")):
+        if NOT_KERNELS.match(path.name):
+            continue
+        text = path.read_text()
+        names = shared_names(text)
+        seen |= names
+        for no, line in enumerate(text.splitlines(), 1):
+            code = line.split("//")[0]
+            if "__shared__" in code:
+                continue
+            for n in names:
+                if re.search(rf"(?<![&\w.]){n}\s*\[", code):
+                    plain.append(f"{path.name}:{no}: {line.strip()}")
+    assert {"As", "Bs", "Cs", "Ds", "Xs", "red", "ws4", "a4", "local", "warp_sums"} <= seen  # the scan finds them
+    assert not plain, "plain shared-memory accesses, invisible to the counter:\n" + "\n".join(plain)
+
+
 CASES = [(fn, name, run) for fn, runs in SHARED_MEMORY_KERNELS.items() for name, run in runs]
 
 
@@ -266,6 +304,7 @@ def test_every_kernel_with_shared_memory_is_counted(counting, function, name, ru
     assert counters[name].get("shared", {}).get("accesses", 0) > 0, (name, counters[name])
 
 
+@pytest.mark.model_scale  # a VGG layer per conv variant; the cases above launch every kernel small
 def test_the_benchmark_reports_every_kernel(counting):
     """benchmarks/emu_bank_conflicts.py has a row for some launch of every
     function listed above, each with its counts."""
