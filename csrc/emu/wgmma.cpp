@@ -61,7 +61,8 @@ const char* kind_name(uint64_t kind) {
         case 1: return "wgmma.fence";
         case 2: return "wgmma.mma_async";
         case 3: return "wgmma.commit_group";
-        default: return "wgmma.wait_group";
+        case 4: return "wgmma.wait_group";
+        default: return "setmaxnreg";
     }
 }
 
@@ -144,6 +145,11 @@ wg::Op* wgmma_issue(const uint64_t (&sig)[3], const uintptr_t* granules, size_t 
     }
     mine.issued.emplace_back();
     return &mine.issued.back();
+}
+
+void setmaxnreg_executed(bool inc, unsigned count) {
+    Unobserved unobserved;
+    if (lane_id() == 0) record(this_thread() / 32, 5, uint64_t(count) << 1 | uint64_t(inc), 0);
 }
 
 void wgmma_commit_executed(bool lane0) {

@@ -43,8 +43,8 @@
 //   precede a thread's first wgmma (the ISA's other fence rule, after
 //   register writes, cannot be seen here and is left to the GPU). Every
 //   instruction is warp-collective (all 32 lanes, same operands) and all
-//   four warps must execute the same sequence (checked as they go and at
-//   the block's end).
+//   four warps must execute the same sequence, setmaxnreg included (checked
+//   as they go and at the block's end).
 #pragma once
 
 #include <string>
@@ -84,6 +84,7 @@ void wgmma_fence_executed(int warp);
 // thread's new pending operation, to fill.
 wg::Op* wgmma_issue(const uint64_t (&sig)[3], const uintptr_t* granules, size_t count, bool lane0);
 void wgmma_commit_executed(bool lane0);
+void setmaxnreg_executed(bool inc, unsigned count);
 // Retires this thread's oldest groups until at most `allowed` remain; the
 // operations to compute now.
 const wg::Op* wgmma_retire(int allowed, bool lane0, size_t* count);
@@ -246,6 +247,13 @@ inline void wgmma_mma(float* d, int n, bool bf16, bool rs, const uint32_t* a, ui
 inline void wgmma_commit_group() {
     warp_exchange(0xffffffffu, 0);
     wgmma_commit_executed(lane_id() == 0);
+}
+
+// setmaxnreg: the register budget is the hardware's business; the emulator
+// checks only that it is a warpgroup collective.
+inline void setmaxnreg(bool inc, unsigned count) {
+    warp_exchange(0xffffffffu, 0);
+    setmaxnreg_executed(inc, count);
 }
 
 inline void wgmma_wait_group(int allowed) {

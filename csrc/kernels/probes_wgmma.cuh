@@ -39,6 +39,8 @@ enum WgmmaProbeMode : int {
     kWgmmaCpAsyncEarly = 6, // thread 0 cp.async's into B before the wait: an error
     kWgmmaNoFence = 7,      // no wgmma.fence before the wgmma: an error
     kWgmmaWarps1To4 = 8,    // warps 1 .. 4 of 8 execute it, not an aligned warpgroup: an error
+    kWgmmaSetmaxnreg = 9,   // the warpgroup gives registers back, then takes more (host only)
+    kWgmmaSetmaxnreg3 = 10, // only warps 0 .. 2 give registers back: an error
 };
 
 template <int N, bool kBf16, bool kRs>
@@ -54,6 +56,8 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
     fence_proxy_async();  // these generic-proxy writes, before the tensor core's (async proxy) reads
     __syncthreads();
     if (mode == kWgmmaWarps1To4 && (t < 32 || t >= 160)) return;
+    if (mode == kWgmmaSetmaxnreg || (mode == kWgmmaSetmaxnreg3 && t < 96)) setmaxnreg_dec<40>();
+    if (mode == kWgmmaSetmaxnreg) setmaxnreg_inc<232>();
     float d[kD], e[kD];
     for (int i = 0; i < kD; ++i) d[i] = e[i] = d_init[t * kD + i];
     uint32_t a[4];

@@ -23,7 +23,8 @@
 //     overload wgmma_wait_group<N>(d) also stops the compiler from moving
 //     accesses of d across the wait (as must be, the asm sees no dependence).
 //   setmaxnreg_inc<R> / setmaxnreg_dec<R>(): the warpgroup's register budget
-//     per thread, R in 24 .. 256, a multiple of 8 (a no-op in the emulator).
+//     per thread, R in 24 .. 256, a multiple of 8 (the emulator checks only
+//     that all four warps execute it).
 // Shared memory written by ordinary stores and read by wgmma needs
 // fence_proxy_async (ptx_sm90.cuh) before the barrier that publishes it.
 #pragma once
@@ -192,7 +193,9 @@ __device__ __forceinline__ void wgmma_bf16_rs(float (&d)[N / 2], const uint32_t 
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
     static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: a register count in 24 .. 256, a multiple of 8");
-#if !defined(FCN_EMU) && defined(__CUDA_ARCH__)
+#if defined(FCN_EMU)
+    ::fcn_emu::setmaxnreg(true, R);
+#elif defined(__CUDA_ARCH__)
     FCN_WGMMA_PTX("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
 #endif
 }
@@ -200,7 +203,9 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R>
 __device__ __forceinline__ void setmaxnreg_dec() {
     static_assert(R >= 24 && R <= 256 && R % 8 == 0, "setmaxnreg: a register count in 24 .. 256, a multiple of 8");
-#if !defined(FCN_EMU) && defined(__CUDA_ARCH__)
+#if defined(FCN_EMU)
+    ::fcn_emu::setmaxnreg(false, R);
+#elif defined(__CUDA_ARCH__)
     FCN_WGMMA_PTX("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
 #endif
 }

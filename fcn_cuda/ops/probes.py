@@ -258,7 +258,7 @@ def tma_ring(x, consumer_waits=True):
 
 # ---- the warpgroup MMA (csrc/kernels/probes_wgmma.cuh)
 WGMMA_MODES = {"once": 0, "twice": 1, "stale": 2, "groups": 3, "store_early": 4, "plain_early": 5,
-               "cp_async_early": 6, "no_fence": 7, "warps_1_to_4": 8}
+               "cp_async_early": 6, "no_fence": 7, "warps_1_to_4": 8, "setmaxnreg": 9, "setmaxnreg_3_warps": 10}
 WGMMA_N = (8, 16, 32, 64, 128, 256)
 WGMMA_IMAGE_BYTES = 32768
 

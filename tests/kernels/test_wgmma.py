@@ -329,8 +329,11 @@ def test_wait_group_retires_all_but_the_newest(rng):
     ("plain_early", 128, A_PLAIN, (B_PLAIN_AT, 128, 256, 0),
      r"the shared memory of its operands changed between its issue and the wgmma.wait_group that retired it"),
     ("no_fence", 128, A_PLAIN, (B_PLAIN_AT, 128, 256, 0), r"wgmma.mma_async before any wgmma.fence"),
+    ("setmaxnreg_3_warps", 128, A_PLAIN, (B_PLAIN_AT, 128, 256, 0),
+     r"warp 3 executes wgmma.fence as its warpgroup instruction 1 where another warp of its warpgroup executed "
+     r"setmaxnreg"),
 ], ids=["incomplete_warpgroup", "warps_1_to_4", "misaligned_start", "swizzle_128_pattern", "swizzle_64_pattern",
-        "store_early", "cp_async_early", "plain_early", "no_fence"])
+        "store_early", "cp_async_early", "plain_early", "no_fence", "setmaxnreg_3_warps"])
 def test_misuse_is_an_error(rng, mode, threads, a_op, b_op, message):
     image, _, _ = _host_operands(rng)
     from fcn_cuda import _backend
@@ -356,6 +359,15 @@ def test_tma_into_operands_before_the_wait_is_an_error(rng):
                                            r"cp.async.bulk.tensor.2d writes shared memory at 0x[0-9a-f]+ that a "
                                            r"wgmma.mma_async of warp [0-3] still reads"):
         probes.wgmma_tma(A, A, tma_early=True)
+
+
+def test_setmaxnreg_is_a_warpgroup_collective(rng):
+    # setmaxnreg.{dec,inc}.sync.aligned by all four warps, then the wgmma as
+    # usual (host only: the register counts are the GPU's business).
+    image, A, Bt = _host_operands(rng)
+    from fcn_cuda import _backend
+    out, _ = run(_backend.active(), image, A_PLAIN, (B_PLAIN_AT, 128, 256, 0), 16, "tf32", mode="setmaxnreg")
+    np.testing.assert_array_equal(out, accumulators(A @ Bt.T))
 
 
 def test_probe_validates():
