@@ -1,16 +1,17 @@
 """The `fcn-cuda` command line.
 
     fcn-cuda infer IMAGE_OR_DIR... [--weights W] [--out DIR] [--backend host|cuda] [--crf [--crf-PARAMETER V ...]]
-                   [--tile N]
+                   [--tile N] [--tile-batch B]
         writes <name>_labels.png (paletted, VOC colors) and <name>_overlay.png
         for each image (a folder: its images; the output folder: its images
         less those two kinds of file) and prints how many pixels each class
         got; two images of one name are refused; --crf refines the labels
         with the dense CRF; --tile N runs exact tiles (fcn_cuda.tiling) in
         memory bounded by the tile, reading .npy and TIFF images a window at
-        a time and writing <name>_labels.npy (a memory map) and
-        <name>_labels.png, no overlay; an image too large for the free
-        memory runs in tiles without --tile too, and says so;
+        a time and writing <name>_labels.npy (a memory map) beside the two
+        PNGs (the overlay subsampled to at most OVERLAY_MAX_PIXELS), B tiles
+        at a time; an image too large for the free memory runs in tiles
+        without --tile too, and says so;
     fcn-cuda train --data DATA --variant 8s [--init W] --out DIR ...
         trains (the reference recipe by default), resumable;
     fcn-cuda eval --data DATA [--split S] --weights W
@@ -49,11 +50,20 @@ def _class_names(num_classes):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".npy")
 OUTPUT_KINDS = ("labels", "overlay")  # infer writes NAME_labels.png and NAME_overlay.png for image NAME.*
 TILED_LABELS = "_labels.npy"  # and with tiles NAME_labels.npy, the labels as a memory map
+# The largest overlay drawn in tiles at full size: 8192 x 8192 pixels, under
+# Pillow's decompression-bomb limit (89 Mpx), so any viewer built on Pillow
+# opens it, and about 7 bytes a pixel in memory while it is drawn and
+# encoded (the array, Pillow's RGBX copy). A larger image's overlay keeps
+# every s-th pixel of every s-th row, s the least that fits.
+OVERLAY_MAX_PIXELS = 1 << 26
 
 
-def _outputs(path, out_dir):
-    """The files infer writes for one image: out_dir / f"{stem}_{kind}.png" per kind."""
-    return [out_dir / f"{Path(path).stem}_{kind}.png" for kind in OUTPUT_KINDS]
+def _outputs(path, out_dir, tiled=False):
+    """The files infer writes for one image: out_dir / f"{stem}_{kind}.png"
+    per kind, and with tiles out_dir / f"{stem}_labels.npy"."""
+    stem = Path(path).stem
+    pngs = [out_dir / f"{stem}_{kind}.png" for kind in OUTPUT_KINDS]
+    return pngs + [out_dir / f"{stem}{TILED_LABELS}"] if tiled else pngs
 
 
 def _is_output(path):
@@ -79,11 +89,12 @@ def _image_paths(items, out_dir):
     return paths
 
 
-def _check_outputs(paths, out_dir):
+def _check_outputs(paths, out_dir, tiled=False):
     """ValueError, before any image is read, when two images would write the
     same output files (the same name, other suffix or folder) or an output
-    would replace an image being segmented. Every torchrun rank checks the
-    whole list, so all ranks refuse alike before any writes."""
+    would replace an image being segmented (tiled: when tiles may run, the
+    labels' .npy too). Every torchrun rank checks the whole list, so all
+    ranks refuse alike before any writes."""
     by_stem = {}
     for path in paths:
         by_stem.setdefault(Path(path).stem, []).append(str(path))
@@ -92,7 +103,7 @@ def _check_outputs(paths, out_dir):
         raise ValueError(f"images with the same name would write the same files in {out_dir}: "
                          f"{'; '.join(clashes)} (rename them, or segment them in runs with different --out)")
     inputs = {Path(p).resolve() for p in paths}
-    replaced = [str(o) for p in paths for o in _outputs(p, out_dir) if o.resolve() in inputs]
+    replaced = [str(o) for p in paths for o in _outputs(p, out_dir, tiled) if o.resolve() in inputs]
     if replaced:
         raise ValueError(f"infer would write over images it segments: {', '.join(replaced)} (choose another --out)")
 
@@ -116,9 +127,15 @@ def cmd_infer(args):
         if crf:
             raise ValueError("--crf cannot run with --tile: the dense CRF is fully connected, so a CRF over tiles is "
                              "not the image's CRF")
+    if args.tile_batch is not None:
+        if args.tile_batch < 1:
+            raise ValueError(f"--tile-batch must be >= 1 (tiles run at once), got {args.tile_batch}")
+        if crf:
+            raise ValueError("--tile-batch cannot run with --crf: the dense CRF needs the whole image, so it runs no "
+                             "tiles")
     out_dir = Path(args.out)
     paths = _image_paths(args.images, out_dir)
-    _check_outputs(paths, out_dir)
+    _check_outputs(paths, out_dir, tiled=not crf)  # without the CRF, an image too large whole runs in tiles
     if args.tile is not None:  # under torchrun every rank takes a share of each image's tiles
         mine, ranks = paths, (Ranks() if launched() else None)
     else:  # under torchrun: this rank's share of the images
@@ -138,7 +155,8 @@ def cmd_infer(args):
                 print(f"{path}: {width}x{height} needs more than half the free memory whole: exact "
                       f"tiles of {tile}", file=sys.stderr)
         if tile is not None:
-            total += _infer_tiled(path, model, tile, out_dir, ranks if args.tile is not None else None, shows)
+            total += _infer_tiled(path, model, tile, out_dir, ranks if args.tile is not None else None, shows,
+                                  args.tile_batch)
             if progress:
                 progress.update(1, Path(path).stem)
             continue
@@ -165,10 +183,11 @@ def cmd_infer(args):
     return 0
 
 
-def _infer_tiled(path, model, tile, out_dir, ranks, shows):
-    """One image in exact tiles (dealt over `ranks` when given) into
-    OUT/<stem>_labels.npy, a memory map each rank writes its tiles into, then
-    <stem>_labels.png; the class counts (rank 0's: zeros on the others)."""
+def _infer_tiled(path, model, tile, out_dir, ranks, shows, batch=None):
+    """One image in exact tiles (dealt over `ranks` when given; `batch` at a
+    time, default tiling.auto_batch) into OUT/<stem>_labels.npy, a memory map
+    each rank writes its tiles into, then <stem>_labels.png and
+    <stem>_overlay.png; the class counts (rank 0's: zeros on the others)."""
     from . import tiling
     from ._progress import Progress
     from .colors import palette_image
@@ -188,7 +207,7 @@ def _infer_tiled(path, model, tile, out_dir, ranks, shows):
     every = tiling.plan(height, width, tile, model.variant, model.conv1_pad)
     tiles = every[rank::size]
     bar = Progress(len(tiles), f"{Path(path).name}: tiles of {tile}") if shows else None
-    tiling.infer_tiles(src, model, tile, out, tiles=tiles, progress=bar.update if bar else None)
+    tiling.infer_tiles(src, model, tile, out, tiles=tiles, progress=bar.update if bar else None, batch=batch)
     out.flush()
     del out
     if ranks:
@@ -201,10 +220,45 @@ def _infer_tiled(path, model, tile, out_dir, ranks, shows):
         labels = np.load(final, mmap_mode="r")
         for y in range(0, height, 1024):  # counted a band at a time
             counts += np.bincount(labels[y:y + 1024].reshape(-1), minlength=model.num_classes)
-        png = final.with_suffix(".png")
-        save_png(png, palette_image(labels))  # the label image, one byte a pixel, in memory once
-        print(f"{path}: {width}x{height} in {len(every)} tiles of {tile} -> {png}, {final}")
+        pngs = dict(zip(OUTPUT_KINDS, _outputs(path, out_dir)))
+        save_png(pngs["labels"], palette_image(labels))  # the label image, one byte a pixel, in memory once
+        picture, step = _overlay_picture(src, labels)
+        save_png(pngs["overlay"], picture)
+        del picture
+        shrunk = f"{_picture_size(width, step)}x{_picture_size(height, step)}"
+        note = "" if step == 1 else f" ({shrunk}: one pixel in {step} along each axis)"
+        print(f"{path}: {width}x{height} in {len(every)} tiles of {tile} -> {pngs['labels']}, {final}, "
+              f"{pngs['overlay']}{note}")
     return counts
+
+
+def _picture_size(n, step):
+    """Pixels along an axis of n pixels that keeps every step-th one (the first included)."""
+    return -(-n // step)
+
+
+def _overlay_picture(src, labels, max_pixels=None):
+    """The overlay of `labels` (H x W) on the image source `src` as a PIL
+    image, and its step: 1 (the untiled path's overlay, pixel for pixel)
+    where H x W fits OVERLAY_MAX_PIXELS, else the least s that fits, keeping
+    every s-th pixel of every s-th row of both. Drawn a band of rows at a
+    time, so only the picture is held whole."""
+    from PIL import Image
+
+    from . import tiling
+    from .colors import overlay
+
+    max_pixels = OVERLAY_MAX_PIXELS if max_pixels is None else max_pixels
+    height, width = labels.shape
+    step = 1
+    while _picture_size(height, step) * _picture_size(width, step) > max_pixels:
+        step += 1
+    picture = np.empty((_picture_size(height, step), _picture_size(width, step), 3), np.uint8)
+    band = step * max(1, (32 << 20) // (3 * width * step))  # source rows a band: about 32 MiB of them
+    for y in range(0, height, band):
+        rgb = tiling.read_window(src, y, min(y + band, height), 0, width)[::step, ::step]
+        picture[y // step:y // step + rgb.shape[0]] = overlay(rgb, np.asarray(labels[y:y + band:step, ::step]))
+    return Image.fromarray(picture), step
 
 
 def _crf_settings(args):
@@ -385,10 +439,17 @@ def build_parser():
                        metavar="N" if name == "iterations" else "V", help=f"default {value}")
     p.add_argument("--tile", type=int, metavar="N",
                    help="exact tiles of N x N output pixels (a multiple of 32), the whole image's labels in memory "
-                        "bounded by the tile: writes NAME_labels.npy (memory-mapped) and NAME_labels.png, no overlay; "
-                        "under torchrun the ranks share each image's tiles. PNG and JPEG files are decoded whole, "
-                        f"with Pillow's decompression-bomb limit raised to {TILED_MAX_IMAGE_PIXELS} pixels; .npy and "
-                        "uncompressed TIFF files are read a window at a time")
+                        "bounded by the tile: writes NAME_labels.npy (memory-mapped), NAME_labels.png and "
+                        f"NAME_overlay.png (above {OVERLAY_MAX_PIXELS} pixels the overlay keeps every s-th pixel of "
+                        "every s-th row, s the least that fits); under torchrun the ranks share each image's tiles. "
+                        "PNG and JPEG files are decoded whole, with Pillow's decompression-bomb limit raised to "
+                        f"{TILED_MAX_IMAGE_PIXELS} pixels; .npy and uncompressed TIFF files are read a window at a "
+                        "time")
+    p.add_argument("--tile-batch", type=int, metavar="B",
+                   help="tiles of one window shape run at once as one batch (an int >= 1), with --tile or the "
+                        "automatic tiles of an image too large whole: 1 keeps the least memory (one window), more "
+                        "keep the emulator's or the GPU's workers busier for B windows' memory (default: as many as "
+                        "fit half the free memory, on the host at most 4); the labels are the same bits")
     p.set_defaults(func=cmd_infer)
 
     t = sub.add_parser("train", help="train an FCN (reference recipe by default), resumable")
