@@ -254,7 +254,8 @@ def _overlay_picture(src, labels, max_pixels=None):
     while _picture_size(height, step) * _picture_size(width, step) > max_pixels:
         step += 1
     picture = np.empty((_picture_size(height, step), _picture_size(width, step), 3), np.uint8)
-    band = step * max(1, (32 << 20) // (3 * width * step))  # source rows a band: about 32 MiB of them
+    # source rows a band: about 2^20 pixels, as overlay() holds some 30 bytes a pixel of temporaries
+    band = step * max(1, (1 << 20) // (width * step))
     for y in range(0, height, band):
         rgb = tiling.read_window(src, y, min(y + band, height), 0, width)[::step, ::step]
         picture[y // step:y // step + rgb.shape[0]] = overlay(rgb, np.asarray(labels[y:y + band:step, ::step]))
