@@ -146,16 +146,22 @@ inline uintptr_t wgmma_address(const wg::Operand& o, int r, int kbyte) {
     return a ^ (((a >> 7) & (width / 16 - 1)) << 4);
 }
 
-// Element (r, k) as the tensor core reads it, in fp32 bits.
-inline uint32_t wgmma_element(const wg::Operand& o, int r, int k, bool bf16) {
-    if (bf16) {
-        uint16_t h;
-        std::memcpy(&h, reinterpret_cast<const void*>(wgmma_address(o, r, 2 * k)), 2);
-        return uint32_t(h) << 16;
+// Row r's 32 bytes of K as the tensor core reads them, in fp32 bits (k
+// elements: 8 tf32 or 16 bf16). A swizzle moves whole 16-byte chunks, so
+// each half of the row is contiguous wherever it lies.
+inline void wgmma_row(const wg::Operand& o, int r, bool bf16, uint32_t (&out)[16]) {
+    for (int c = 0; c < 2; ++c) {
+        const void* p = reinterpret_cast<const void*>(wgmma_address(o, r, 16 * c));
+        if (bf16) {
+            uint16_t h[8];
+            std::memcpy(h, p, 16);
+            for (int i = 0; i < 8; ++i) out[8 * c + i] = uint32_t(h[i]) << 16;
+        } else {
+            uint32_t w[4];
+            std::memcpy(w, p, 16);
+            for (int i = 0; i < 4; ++i) out[4 * c + i] = w[i] & 0xffffe000u;  // the top 19 bits
+        }
     }
-    uint32_t w;
-    std::memcpy(&w, reinterpret_cast<const void*>(wgmma_address(o, r, 4 * k)), 4);
-    return w & 0xffffe000u;  // the top 19 bits
 }
 
 // This thread's operand bits, in a fixed order, hashed: its two rows of A
@@ -169,8 +175,7 @@ inline uint64_t wgmma_operands(const wg::Op& op, bool compute) {
         std::memcpy(a, op.a_bits, sizeof a);
     } else {
         const wg::Operand ad = wgmma_decode(op.a_desc, "A");
-        for (int h = 0; h < 2; ++h)
-            for (int k = 0; k < op.k; ++k) a[h][k] = wgmma_element(ad, 16 * warp + g + 8 * h, k, op.bf16);
+        for (int h = 0; h < 2; ++h) wgmma_row(ad, 16 * warp + g + 8 * h, op.bf16, a[h]);
     }
     uint64_t hash = wg::kFnvBasis;
     for (int h = 0; h < 2; ++h)
@@ -179,7 +184,8 @@ inline uint64_t wgmma_operands(const wg::Op& op, bool compute) {
         for (int e = 0; e < 2; ++e) {
             const int col = 8 * j + 2 * t + e;
             uint32_t bcol[16];
-            for (int k = 0; k < op.k; ++k) wg::hash_in(hash, bcol[k] = wgmma_element(b, col, k, op.bf16));
+            wgmma_row(b, col, op.bf16, bcol);
+            for (int k = 0; k < op.k; ++k) wg::hash_in(hash, bcol[k]);
             if (!compute) continue;
             for (int h = 0; h < 2; ++h) {
                 float& d = op.d[4 * j + 2 * h + e];
