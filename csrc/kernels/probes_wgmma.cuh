@@ -41,6 +41,9 @@ enum WgmmaProbeMode : int {
     kWgmmaWarps1To4 = 8,    // warps 1 .. 4 of 8 execute it, not an aligned warpgroup: an error
     kWgmmaSetmaxnreg = 9,   // the warpgroup gives registers back, then takes more (host only)
     kWgmmaSetmaxnreg3 = 10, // only warps 0 .. 2 give registers back: an error
+    kWgmmaProducerRaces = 11,   // 160 threads: warp 4 rewrites B after a barrier that follows the commit,
+                                // before the wait (a race the TSan build reports; an error in the others)
+    kWgmmaProducerOrdered = 12, // the same with the barrier after the wait: correct
 };
 
 template <int N, bool kBf16, bool kRs>
@@ -56,6 +59,12 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
     fence_proxy_async();  // these generic-proxy writes, before the tensor core's (async proxy) reads
     __syncthreads();
     if (mode == kWgmmaWarps1To4 && (t < 32 || t >= 160)) return;
+    auto handoff = [] { __syncthreads(); };  // one barrier site for the warpgroup and the producer warp
+    if (t >= 128 && (mode == kWgmmaProducerRaces || mode == kWgmmaProducerOrdered)) {
+        handoff();
+        if (t == 128) base[b_op.offset + 3] ^= 0x40;
+        return;
+    }
     if (mode == kWgmmaSetmaxnreg || (mode == kWgmmaSetmaxnreg3 && t < 96)) setmaxnreg_dec<40>();
     if (mode == kWgmmaSetmaxnreg) setmaxnreg_inc<232>();
     float d[kD], e[kD];
@@ -74,6 +83,7 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
     mma(d, accumulate);
     if (mode == kWgmmaTwice) mma(d, true);
     wgmma_commit_group();
+    if (mode == kWgmmaProducerRaces) handoff();
     if (mode == kWgmmaGroups) {
         mma(e, true);
         wgmma_commit_group();
@@ -89,6 +99,7 @@ __global__ void wgmma_probe(const unsigned char* __restrict__ image, int image_b
         cp_async_wait_all();
     }
     wgmma_wait_group<0>(d);
+    if (mode == kWgmmaProducerOrdered) handoff();
     if (mode == kWgmmaGroups) wgmma_wait_group<0>(e);
     for (int i = 0; i < kD; ++i) out[t * kD + i] = d[i];
 }

@@ -258,7 +258,8 @@ def tma_ring(x, consumer_waits=True):
 
 # ---- the warpgroup MMA (csrc/kernels/probes_wgmma.cuh)
 WGMMA_MODES = {"once": 0, "twice": 1, "stale": 2, "groups": 3, "store_early": 4, "plain_early": 5,
-               "cp_async_early": 6, "no_fence": 7, "warps_1_to_4": 8, "setmaxnreg": 9, "setmaxnreg_3_warps": 10}
+               "cp_async_early": 6, "no_fence": 7, "warps_1_to_4": 8, "setmaxnreg": 9, "setmaxnreg_3_warps": 10,
+               "producer_races": 11, "producer_ordered": 12}
 WGMMA_N = (8, 16, 32, 64, 128, 256)
 WGMMA_IMAGE_BYTES = 32768
 
@@ -287,8 +288,8 @@ def wgmma(image, a, b, n, kind, rs=False, a_regs=None, d_init=None, accumulate=F
         raise ValueError(f"kind must be 'tf32' or 'bf16', got {kind!r}")
     if mode not in WGMMA_MODES:
         raise ValueError(f"mode must be one of {sorted(WGMMA_MODES)}, got {mode!r}")
-    if threads not in (96, 128, 256):
-        raise ValueError(f"threads must be 96, 128 or 256, got {threads!r}")
+    if threads not in (96, 128, 160, 256):
+        raise ValueError(f"threads must be 96, 128, 160 or 256, got {threads!r}")
     if image.dtype != np.uint8 or image.ndim != 1 or not 0 < image.size <= WGMMA_IMAGE_BYTES:
         raise ValueError(f"image must be 1-D uint8 of at most {WGMMA_IMAGE_BYTES} bytes")
     a, b = _wgmma_operand(a, "a"), _wgmma_operand(b, "b")

@@ -13,6 +13,8 @@ import pytest
 import fcn_cuda
 from fcn_cuda.ops import probes
 
+from _sanitizers import run_sanitized
+
 from _util import to_numpy
 from test_emulator import _on, needs_gpu
 
@@ -338,6 +340,9 @@ def test_misuse_is_an_error(rng, mode, threads, a_op, b_op, message):
     image, _, _ = _host_operands(rng)
     from fcn_cuda import _backend
     be = _backend.active()
+    if mode == "plain_early" and be.ext.SANITIZE == "thread":
+        pytest.skip("the TSan build reports this write as a data race, which ends the process: "
+                    "test_tsan_build_sees_the_tensor_core_read_until_the_wait[plain_early] checks that report")
     with pytest.raises(RuntimeError, match=r"kernel wgmma_probe, block \(0,0,0\): .*" + message):
         run(be, image, a_op, b_op, 16, "tf32", threads=threads, mode=mode)
 
@@ -359,6 +364,48 @@ def test_tma_into_operands_before_the_wait_is_an_error(rng):
                                            r"cp.async.bulk.tensor.2d writes shared memory at 0x[0-9a-f]+ that a "
                                            r"wgmma.mma_async of warp [0-3] still reads"):
         probes.wgmma_tma(A, A, tma_early=True)
+
+
+def test_a_producer_after_the_wait_is_ordered_and_before_it_is_not(rng):
+    # Warp 4 rewrites B after a barrier. Placed after the warpgroup's wait,
+    # the tensor core is done with B: the product is the one of the old B.
+    # Placed between commit and wait, the write lands while the tensor core
+    # may still read: the emulator's reads at retirement see B changed.
+    image, A, Bt = _host_operands(rng)
+    from fcn_cuda import _backend
+    be = _backend.active()
+    out, _ = run(be, image, A_PLAIN, (B_PLAIN_AT, 128, 256, 0), 16, "tf32", threads=160, mode="producer_ordered")
+    np.testing.assert_array_equal(out[:128], accumulators(A @ Bt.T))
+    if be.ext.SANITIZE == "thread":  # there the race ends the process: the next test checks that report
+        return
+    with pytest.raises(RuntimeError, match="the shared memory of its operands changed between its issue and the "
+                                           "wgmma.wait_group that retired it"):
+        run(be, image, A_PLAIN, (B_PLAIN_AT, 128, 256, 0), 16, "tf32", threads=160, mode="producer_races")
+
+
+@pytest.mark.parametrize("racy, threads", [("producer_races", 160), ("plain_early", 128)])
+def test_tsan_build_sees_the_tensor_core_read_until_the_wait(racy, threads):
+    # The threads of the warpgroup read their operands at issue and again
+    # when their wait retires them, so a write ordered after issuing (a
+    # barrier; or none: thread 0 writes B between its commit and wait while
+    # the other warps' reads are pending) but not after the wait races with
+    # those reads: TSan reports it. The write after a barrier that follows
+    # the wait is clean.
+    proc = run_sanitized("thread", f"""
+        import numpy as np
+        from fcn_cuda.ops import probes
+        image = np.zeros(4096, np.uint8)
+        image[2048:2048 + 512] = 0x3f
+        args = (image, (0, 128, 256, 0), (2048, 128, 256, 0), 16, "tf32")
+        probes.wgmma(*args, threads=160, mode="producer_ordered")
+        print("ordered: no report")
+        probes.wgmma(*args, threads={threads}, mode="{racy}")
+        print("unordered: no report")
+    """)
+    assert "ordered: no report" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 66, "the TSan build did not report the race\n" + proc.stderr[-3000:]
+    assert "WARNING: ThreadSanitizer: data race" in proc.stderr and "wgmma_probe" in proc.stderr
+    assert "unordered: no report" not in proc.stdout
 
 
 def test_setmaxnreg_is_a_warpgroup_collective(rng):
