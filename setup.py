@@ -9,7 +9,8 @@
 
 Environment:
   FCN_CUDA_ARCH      compute capabilities, e.g. "90", "90a", "80;90"
-                     (default: the visible GPU's, else 90)
+                     (default: the visible GPU's, else 90; 90 brings 90a with it,
+                     the target of the wgmma kernels: see default_archs)
   FCN_CUDA_SANITIZE  1: build only fcn_cuda._host_asan, the emulator with
                      ASan + UBSan; thread: build only fcn_cuda._host_tsan,
                      the emulator with ThreadSanitizer (docs/emulator.md
@@ -65,6 +66,16 @@ def cuda_home(nvcc):
     sys.exit(f"cannot find the CUDA toolkit of {nvcc}; set CUDA_HOME")
 
 
+def default_archs(visible):
+    """The arch list when FCN_CUDA_ARCH is unset: the visible GPUs' compute
+    capabilities (else 90), with 90a beside every 90. wgmma and setmaxnreg
+    exist only in the arch-specific sm_90a target (a plain sm_90 pass
+    rejects them, so the wgmma kernels' sm_90 code is a trap); the plain 90
+    stays, so that every other kernel keeps its sm_90 code and its PTX."""
+    archs = sorted(set(visible)) or ["90"]
+    return ";".join(a for arch in archs for a in ([arch, "90a"] if arch == "90" else [arch]))
+
+
 def cuda_archs():
     spec = os.environ.get("FCN_CUDA_ARCH", "").strip()
     if not spec:
@@ -73,10 +84,10 @@ def cuda_archs():
                 ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                 capture_output=True, text=True, timeout=30, check=True,
             ).stdout.split()
-            spec = ";".join(sorted({cap.replace(".", "") for cap in out}))
+            visible = [cap.replace(".", "") for cap in out]
         except (OSError, subprocess.SubprocessError):
-            spec = ""
-    spec = spec or "90"
+            visible = []
+        spec = default_archs(visible)
     archs = [a.strip().lower().removeprefix("sm_").removeprefix("compute_") for a in spec.replace(",", ";").split(";")]
     archs = [a for a in archs if a]
     for a in archs:
@@ -206,7 +217,11 @@ def cuda_extension(nvcc):
     gencode = []
     for a in archs:
         gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    newest = archs[-1]  # PTX for the newest arch lets a later GPU JIT the kernels
+    # PTX for the newest arch lets a later GPU JIT the kernels; an
+    # arch-specific target (90a) runs on its own compute capability only, so
+    # the PTX is that of the newest plain one where there is one.
+    plain = [a for a in archs if not a.endswith("a")]
+    newest = (plain or archs)[-1]
     gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
     import pybind11
 

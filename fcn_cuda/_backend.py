@@ -55,6 +55,15 @@ class Backend:
     def to_numpy(self, a):
         return a if self.name == "host" else self.xp.asnumpy(a)
 
+    def compute_capability(self):
+        """The current device's compute capability as an int (90 for an
+        H100, 80 for an A100), or None on the host: the emulator has no
+        device and runs every kernel, sm_90a's included. Variant policies
+        read it (ops.conv2d's wgmma variants need 90)."""
+        if self.name == "host":
+            return None
+        return int(self.xp.cuda.Device().compute_capability)
+
 
 _host = None
 _cuda = None
