@@ -297,6 +297,12 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
         fcn::launch_conv2d_split(variant.c_str(), g, splits, P<const float>(x), P<const void>(w), wt, P<const float>(b),
                                  P<float>(y), P<float>(workspace), relu, S(s));
     }, nogil);
+    m.def("conv2d_wgmma_channels", &fcn::conv2d_wgmma_channels, "C rounded up to the wgmma variants' 32-channel stages");
+    m.def("conv2d_wgmma", [](const std::string& variant, const fcn::ConvShape& g, int splits, int mode, Addr x, Addr w,
+                             Addr b, Addr y, Addr w_reordered, Addr workspace, Addr s) {
+        fcn::launch_conv2d_wgmma(variant.c_str(), g, splits, mode, P<const float>(x), P<const float>(w),
+                                 P<const float>(b), P<float>(y), P<void>(w_reordered), P<float>(workspace), S(s));
+    }, nogil);
     m.def("conv2d_to_bf16", [](Addr w, Addr w_bf16, int n, Addr s) {
         fcn::launch_conv2d_to_bf16(P<const float>(w), P<std::uint16_t>(w_bf16), n, S(s));
     }, nogil);

@@ -5,6 +5,7 @@ import numpy as np
 
 from fcn_cuda import ops
 from fcn_cuda.model import BF16_WEIGHT_LAYERS
+from fcn_cuda.ops.conv2d import wgmma_refusal
 
 from . import Case, fmt, row_name
 
@@ -26,7 +27,11 @@ BF16_WEIGHTS_ROW = "igemm_bf16+bf16w"
 
 def conv_cases(ctx, tag, L):
     F = ctx.torch.nn.functional
-    variants = {v: conv_refs(ctx, ops.CONV2D_PRECISION[v]) for v in ops.conv2d_variants(L["w"])}
+    # FCN's convolutions are stride 1; the wgmma variants run on an sm_90 GPU
+    # (the emulator's wgmma is there for correctness, not for timing).
+    wgmma = ctx.gpu and wgmma_refusal(L["x"], 1) is None
+    variants = {v: conv_refs(ctx, ops.CONV2D_PRECISION[v]) for v in ops.conv2d_variants(L["w"], stride=1)
+                if v not in ops.WGMMA_VARIANTS or wgmma}
     if L["name"] in BF16_WEIGHT_LAYERS:
         variants[BF16_WEIGHTS_ROW] = conv_refs(ctx, "bf16")
     names = [row_name(tag, L["name"], v, r) for v, refs in variants.items() for r, _ in refs]

@@ -6,7 +6,9 @@
 #include "kernels/conv2d.cuh"
 #include "kernels/conv2d_mma.cuh"
 #include "kernels/conv2d_small_c.cuh"
+#include "kernels/conv2d_wgmma.cuh"
 #include "ops/launchers.h"
+#include "ops/tensor_map.h"
 
 namespace fcn {
 
@@ -125,7 +127,61 @@ void split(const char* variant, const float* x, const Wt* w, const float* b, flo
            (const float*)workspace, b, y, total, splits, g.K, g.P * g.Q, int(relu));
 }
 
+// conv2d_wgmma<T> into y with epilogue `mode` over `splits` depth ranges
+// (grid.z), after reordering w into wr (conv2d_wgmma_weights: R*S x K x Cp).
+template <typename T>
+void launch_wgmma(const char* name, const ConvShape& g, int splits, int mode, const float* x, const float* w,
+                  const float* b, float* y, void* wr, cudaStream_t stream) {
+    using S = typename WgmmaConv<T>::Stored;
+    const int rs = g.R * g.S, cp = conv2d_wgmma_channels(g);
+    S* wr_typed = static_cast<S*>(wr);
+    launch("conv2d_wgmma_weights", conv2d_wgmma_weights<T>, dim3(ceil_div(rs * g.K * cp, 256)), dim3(256), 0, stream,
+           w, wr_typed, g.K, g.C, rs, cp);
+    // x as (W, C, H, N): the box is 8 columns x 32 channels x 16 rows of one image.
+    const uint64_t f = sizeof(float), xd[4] = {uint64_t(g.W), uint64_t(g.C), uint64_t(g.H), uint64_t(g.N)};
+    const uint64_t xs[3] = {uint64_t(g.H) * g.W * f, uint64_t(g.W) * f, uint64_t(g.C) * g.H * g.W * f};
+    const uint32_t xb[4] = {kWgTileQ, kWgChunk, kWgTileP, 1};
+    const TensorMap map_x = encode_tensor_map(TmaElement::f32, 4, x, xd, xs, xb, 0);
+    // wr as (Cp, K, R*S): the box is 32 input channels x 128 output channels of one tap.
+    const uint64_t wd[3] = {uint64_t(cp), uint64_t(g.K), uint64_t(rs)};
+    const uint64_t ws[2] = {uint64_t(cp) * sizeof(S), uint64_t(g.K) * cp * sizeof(S)};
+    const uint32_t wb[3] = {kWgChunk, kWgTileN, 1};
+    const TensorMap map_w = encode_tensor_map(std::is_same_v<S, float> ? TmaElement::f32 : TmaElement::bf16, 3,
+                                              wr_typed, wd, ws, wb, WgmmaConv<T>::kSwizzle);
+    const dim3 grid(g.N * ceil_div(g.P, kWgTileP) * ceil_div(g.Q, kWgTileQ), ceil_div(g.K, kWgTileN), splits);
+    launch(name, conv2d_wgmma<T>, grid, dim3(kWgThreads), kWgSmemBytes<T>, stream, map_x, map_w, b, y, g, mode);
+}
+
 }  // namespace
+
+int conv2d_wgmma_channels(const ConvShape& g) { return ceil_div(g.C, kWgChunk) * kWgChunk; }
+
+void launch_conv2d_wgmma(const char* variant, const ConvShape& g, int splits, int mode, const float* x,
+                         const float* w, const float* b, float* y, void* w_reordered, float* workspace,
+                         cudaStream_t stream) {
+    const bool bf16 = !std::strcmp(variant, "wgmma_bf16");
+    if (!bf16 && std::strcmp(variant, "wgmma_tf32"))
+        throw std::invalid_argument(std::string("conv2d: no wgmma variant ") + variant);
+    auto run = [&](float* out, const float* bias, int m) {
+        if (bf16)
+            launch_wgmma<__nv_bfloat16>("conv2d_wgmma_bf16", g, splits, m, x, w, bias, out, w_reordered, stream);
+        else
+            launch_wgmma<nvcuda::wmma::precision::tf32>("conv2d_wgmma_tf32", g, splits, m, x, w, bias, out,
+                                                        w_reordered, stream);
+    };
+    if (mode == kConvReluMaxPool) {
+        const int pooled = g.N * g.K * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
+        launch("conv2d_zero", conv2d_zero, dim3(ceil_div(pooled, 256)), dim3(256), 0, stream, y, pooled);
+        run(y, b, mode);
+    } else if (splits == 1) {
+        run(y, b, mode);
+    } else {
+        run(workspace, nullptr, kConvPlain);
+        const int total = g.N * g.K * g.P * g.Q;
+        launch("conv2d_split_sum", conv2d_split_sum, dim3(ceil_div(total, 256)), dim3(256), 0, stream,
+               (const float*)workspace, b, y, total, splits, g.K, g.P * g.Q, int(mode == kConvRelu));
+    }
+}
 
 void launch_conv2d(const char* variant, const ConvShape& g, const float* x, const void* w, WeightType wt,
                    const float* b, float* y, bool relu, cudaStream_t stream) {

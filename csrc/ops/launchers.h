@@ -133,6 +133,15 @@ void launch_conv2d_relu_maxpool(const char* variant, const ConvShape& g, const f
 // outputs in workspace (splits x N x K x P x Q floats), summed in split order into y with bias and ReLU.
 void launch_conv2d_split(const char* variant, const ConvShape& g, int splits, const float* x, const void* w,
                          WeightType wt, const float* b, float* y, float* workspace, bool relu, cudaStream_t stream);
+// The wgmma variants ("wgmma_tf32", "wgmma_bf16"; sm_90a, any host): mode 0 plain, 1 ReLU, 2 ReLU + the
+// 2 x 2 max pool (y N x K x ceil(P/2) x ceil(Q/2), splits 1). w_reordered holds R*S x K x
+// conv2d_wgmma_channels(g) elements (floats for tf32, bf16 for bf16), rewritten on every call; with
+// splits > 1 the partials go to workspace (splits x N x K x P x Q floats) and are summed in split order.
+// Stride 1, W a multiple of 4, x 16-byte aligned (checked in Python).
+int conv2d_wgmma_channels(const ConvShape& g);
+void launch_conv2d_wgmma(const char* variant, const ConvShape& g, int splits, int mode, const float* x,
+                         const float* w, const float* b, float* y, void* w_reordered, float* workspace,
+                         cudaStream_t stream);
 // w_bf16[i] = w[i] rounded to bf16 (nearest even), the rounding igemm_bf16 applies to fp32 weights; n elements.
 void launch_conv2d_to_bf16(const float* w, std::uint16_t* w_bf16, int n, cudaStream_t stream);
 // y = conv2d(x * (x_mask > 0), w) with the fp32 igemm, no bias or ReLU (x_mask: x's shape; where

@@ -21,7 +21,8 @@ such a from-import.)
 """
 
 from .conv2d import (CONV2D_PRECISION, CONV2D_RELU_MAXPOOL_VARIANTS, CONV2D_SPLIT_VARIANTS, CONV2D_VARIANTS,
-                     SMALL_C_MAX_TAPS, Bf16Weights, conv2d, conv2d_relu_maxpool, conv2d_variants, to_bf16_weights)
+                     SMALL_C_MAX_TAPS, WGMMA_VARIANTS, Bf16Weights, conv2d, conv2d_relu_maxpool, conv2d_variants,
+                     to_bf16_weights)
 from .head import upsample_argmax
 from .pool import max_pool2d
 from .upsample import CONV_TRANSPOSE2D_VARIANTS, conv_transpose2d, conv_transpose2d_window
@@ -38,7 +39,7 @@ from .sgd import sgd_step
 
 __all__ = ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "CONV2D_SPLIT_VARIANTS", "conv2d_variants",
            "Bf16Weights", "to_bf16_weights", "conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS",
-           "upsample_argmax", "max_pool2d", "conv_transpose2d", "conv_transpose2d_window",
+           "WGMMA_VARIANTS", "upsample_argmax", "max_pool2d", "conv_transpose2d", "conv_transpose2d_window",
            "CONV_TRANSPOSE2D_VARIANTS", "crop_add", "score_crop_add", "softmax", "argmax", "softmax_argmax",
            "SOFTMAX_VARIANTS", "preprocess", "MEAN_BGR", "relu_backward", "conv2d_grad_input", "conv2d_grad_weight",
            "bias_grad", "conv_transpose2d_grad_input", "conv_transpose2d_grad_weight", "max_pool2d_backward",

@@ -1,5 +1,5 @@
-"""Convolution forward (csrc/kernels/conv2d.cuh, conv2d_small_c.cuh): conv2d and its
-variants, the fused conv2d_relu_maxpool, bf16 weights, and the policy that
+"""Convolution forward (csrc/kernels/conv2d.cuh, conv2d_small_c.cuh, conv2d_mma.cuh,
+conv2d_wgmma.cuh): conv2d and its variants, the fused conv2d_relu_maxpool, bf16 weights, and the policy that
 picks a variant and a depth split when the caller does not.
 """
 
@@ -9,25 +9,66 @@ from .. import _backend
 from .. import _validate as V
 
 __all__ = ["conv2d", "CONV2D_VARIANTS", "CONV2D_PRECISION", "CONV2D_SPLIT_VARIANTS", "conv2d_variants", "Bf16Weights",
-           "to_bf16_weights", "conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS"]
+           "to_bf16_weights", "conv2d_relu_maxpool", "CONV2D_RELU_MAXPOOL_VARIANTS", "WGMMA_VARIANTS"]
 
-CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
+CONV2D_VARIANTS = ("direct", "igemm", "small_c", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16", "wgmma_tf32",
+                   "wgmma_bf16")
 # The math each variant does (docs/design.md gives each its tolerance).
 CONV2D_PRECISION = {"direct": "fp32", "igemm": "fp32", "small_c": "fp32", "igemm_tf32": "tf32", "igemm_bf16": "bf16",
-                    "mma_tf32": "tf32", "mma_bf16": "bf16"}
+                    "mma_tf32": "tf32", "mma_bf16": "bf16", "wgmma_tf32": "tf32", "wgmma_bf16": "bf16"}
 SMALL_C_MAX_TAPS = 64  # small_c keeps a pixel's C*R*S taps in registers
 # The variants that can split their depth (split-K, conv2d's `splits`).
-CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
-CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16")
+CONV2D_SPLIT_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16", "wgmma_tf32", "wgmma_bf16")
+CONV2D_RELU_MAXPOOL_VARIANTS = ("igemm", "igemm_tf32", "igemm_bf16", "mma_tf32", "mma_bf16", "wgmma_tf32",
+                                "wgmma_bf16")
+# The Hopper rung (csrc/kernels/conv2d_wgmma.cuh): sm_90a's wgmma fed by TMA,
+# stride 1 only (FCN's convolutions), x's width a multiple of 4 (TMA's
+# 16-byte row strides); on the cuda backend an sm_90 GPU.
+WGMMA_VARIANTS = ("wgmma_tf32", "wgmma_bf16")
+WGMMA_CHANNELS = 32  # input channels per pipeline stage: C is padded up to it
 
 
-def conv2d_variants(w_shape, precision=None):
-    """The variants that take filters of shape K x C x R x S (of one precision, if given)."""
+def conv2d_variants(w_shape, precision=None, stride=None):
+    """The variants that take filters of shape K x C x R x S (of one
+    precision, if given) at `stride`; None: at every stride, which leaves
+    out the stride-1 wgmma variants."""
     _, c, r, s = V.shape4(w_shape, "w_shape", "(K, C, R, S)")
     if precision is not None:
         V.choice(precision, "precision", set(CONV2D_PRECISION.values()))
+    unit = stride is not None and V.pair(stride, "stride", minimum=1) == (1, 1)
     return tuple(v for v in CONV2D_VARIANTS if (v != "small_c" or c * r * s <= SMALL_C_MAX_TAPS)
-                 and precision in (None, CONV2D_PRECISION[v]))
+                 and (v not in WGMMA_VARIANTS or unit) and precision in (None, CONV2D_PRECISION[v]))
+
+
+def wgmma_refusal(x_shape, stride, backend=None):
+    """Why the wgmma variants cannot run this convolution (input N x C x H x W,
+    `stride`) on `backend` (None: the active one), or None when they can."""
+    be = backend or _backend.active()
+    if V.pair(stride, "stride", minimum=1) != (1, 1):
+        return f"they compute stride 1 only (FCN's convolutions), got stride {stride}"
+    if x_shape[3] % 4:
+        return (f"TMA needs x's rows to be a multiple of 16 bytes, i.e. its width a multiple of 4, got "
+                f"{x_shape[3]}")
+    cc = be.compute_capability()
+    if cc is not None and cc != 90:
+        return (f"they need an sm_90 GPU (wgmma and TMA, compiled for sm_90a); this device has compute "
+                f"capability {cc // 10}.{cc % 10}")
+    return None
+
+
+def conv2d_wgmma_wins(x_shape, w_shape, stride, padding, backend=None):
+    """Whether conv2d's default at precision tf32 / bf16 is wgmma_* rather
+    than the Ampere rung's mma_*: on an sm_90 GPU, where wgmma applies
+    (wgmma_refusal) and its 128 x 128 tiles fill the GPU (at least 132, an
+    H100's SMs: fewer would idle SMs, and its split is not automatic). Why:
+    docs/performance.md, rung 10; a prediction, not yet measured."""
+    be = backend or _backend.active()
+    n, _, h, wd = x_shape
+    k, _, r, s = w_shape
+    ph, pw = V.pair(padding, "padding", minimum=0)
+    p, q = h + 2 * ph - r + 1, wd + 2 * pw - s + 1
+    tiles = n * -(-p // 16) * -(-q // 8) * -(-k // 128)
+    return be.name == "cuda" and wgmma_refusal(x_shape, stride, be) is None and tiles >= 132
 
 
 def conv_out(size, k, s, p):
@@ -213,6 +254,29 @@ def _precision(precision, variant, op):
     return precision
 
 
+def _wgmma(variant, x, w, b, y, g, splits, mode, be, op):
+    """Runs a wgmma variant (after its own checks) into y: mode 0 plain, 1
+    ReLU, 2 ReLU + max pool; splits > 1 through a workspace."""
+    why = wgmma_refusal(tuple(x.shape), (g.sh, g.sw), be)
+    if why is not None:
+        raise ValueError(f"{op}: variant {variant} cannot run this convolution: {why}")
+    if be.ptr(x) % 16:
+        raise ValueError(f"{op}: variant {variant} reads x through TMA, which needs a 16-byte aligned address; "
+                         f"x starts at {be.ptr(x):#x} (pass a copy)")
+    stages = g.R * g.S * -(-g.C // WGMMA_CHANNELS)
+    if splits > min(stages, 65535):
+        raise ValueError(f"splits must be at most {min(stages, 65535)} for {variant} (its stages: R*S = "
+                         f"{g.R * g.S} taps x {-(-g.C // WGMMA_CHANNELS)} chunks of {WGMMA_CHANNELS} channels), "
+                         f"got {splits}")
+    cp = be.ext.conv2d_wgmma_channels(g)
+    V.fits_int32(g.R * g.S * g.K * cp + 255, f"{variant}'s reordered filters (R*S x K x C padded to {cp})")
+    wr = be.empty((g.R * g.S * g.K * cp,), np.float32 if variant == "wgmma_tf32" else np.uint16)
+    ws = be.empty((splits * g.N * g.K * g.P * g.Q,)) if splits > 1 else None
+    be.ext.conv2d_wgmma(variant, g, splits, mode, be.ptr(x), be.ptr(w), be.ptr(b) if b is not None else 0,
+                        be.ptr(y), be.ptr(wr), be.ptr(ws) if ws is not None else 0, be.stream())
+    return y
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=None, precision=None):
     """``F.relu?(F.conv2d(x, w, b, stride, padding))`` (csrc/kernels/conv2d.cuh).
 
@@ -224,8 +288,14 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     padding, e.g. a handful of output pixels or channels).
     precision: None (fp32), "fp32", "tf32" or "bf16" (CONV2D_PRECISION):
     with variant=None, the default variant of that precision
-    (conv2d_default_variant: mma_tf32 / mma_bf16 on the GPU); with a
+    (conv2d_default_variant: mma_tf32 / mma_bf16 on the GPU, wgmma_tf32 /
+    wgmma_bf16 instead on an sm_90 GPU where conv2d_wgmma_wins); with a
     variant, it must be the variant's own.
+    The wgmma variants (WGMMA_VARIANTS) take stride 1 and a width that is a
+    multiple of 4 only, and on the cuda backend an sm_90 GPU; elsewhere they
+    raise ValueError saying why (wgmma_refusal). They split in whole stages
+    of one tap x 32 channels (at most R*S*ceil(C/32) splits), never
+    automatically.
     w may be a Bf16Weights (to_bf16_weights): filters already rounded to
     bf16, read by igemm_bf16 only (the default then; any other variant is a
     ValueError), bit for bit its result on the float32 filters, splits
@@ -262,17 +332,23 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
         raise ValueError(f"the output (N x K x P x Q = {n} x {k} x {p} x {q}) would have {n * k * p * q} "
                          f"elements; the kernels index with 32-bit ints (at most {limit} here)")
     stages = -(-(c * r * s) // 16)
-    if splits is not None and splits > min(stages, 65535):  # grid.z holds the splits
+    if splits is not None and variant not in WGMMA_VARIANTS and splits > min(stages, 65535):  # grid.z holds them
         raise ValueError(f"splits must be at most {min(stages, 65535)} (the 16-tap stages of C*R*S = "
                          f"{c * r * s}), got {splits}")
     if variant is None:
         variant = conv2d_default_variant(n * p * q, k, c * r * s, be.name, precision or "fp32")
+        if variant.startswith("mma_") and splits in (None, 1) and conv2d_wgmma_wins(
+                tuple(x.shape), tuple(w.shape), (g.sh, g.sw), (g.ph, g.pw), be):
+            variant = "w" + variant  # a forced split stays with mma, which splits in 16-tap stages
         if splits is not None and splits > 1 and variant not in CONV2D_SPLIT_VARIANTS:
             variant = "igemm"
     if splits is None:
-        splits = conv2d_auto_splits(n * p * q, k, c * r * s) if variant in CONV2D_SPLIT_VARIANTS else 1
+        auto = variant in CONV2D_SPLIT_VARIANTS and variant not in WGMMA_VARIANTS
+        splits = conv2d_auto_splits(n * p * q, k, c * r * s) if auto else 1
     V.fits_int32(splits * n * k * p * q + 255, f"the workspace of splits = {splits} partial outputs")
     y = be.empty((n, k, p, q))
+    if variant in WGMMA_VARIANTS:
+        return _wgmma(variant, x, w, b, y, g, splits, int(relu), be, "conv2d")
     b_ptr = be.ptr(b) if b is not None else 0
     if splits == 1:
         be.ext.conv2d(variant, g, be.ptr(x), be.ptr(w), wt, b_ptr, be.ptr(y), relu, be.stream())
@@ -303,16 +379,21 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None, precisi
     if bf16w:
         variant = _bf16_variant(w, variant, "conv2d_relu_maxpool")
     precision = _precision(precision, variant, "conv2d_relu_maxpool")
+    x, w, wt, b, g = _conv_args(x, w, b, stride, padding, "conv2d_relu_maxpool", be)
     if variant is None:
         variant = ("igemm" if precision in (None, "fp32")
                    else conv2d_default_variant(0, 0, 0, be.name, precision))  # the shape does not matter here
-    x, w, wt, b, g = _conv_args(x, w, b, stride, padding, "conv2d_relu_maxpool", be)
+        if variant.startswith("mma_") and conv2d_wgmma_wins(tuple(x.shape), tuple(w.shape), (g.sh, g.sw),
+                                                            (g.ph, g.pw), be):
+            variant = "w" + variant
     n, k, p, q = g.N, g.K, g.P, g.Q
     po, qo = (p + 1) // 2, (q + 1) // 2
     # The kernels round pixels and outputs up to whole blocks in int arithmetic.
     V.fits_int32(n * p * q + 255, "the convolution's pixels (N x P x Q, plus a block)")
     V.fits_int32(n * k * po * qo + 255, "the output (N x K x ceil(P/2) x ceil(Q/2), plus a block)")
     y = be.empty((n, k, po, qo))
+    if variant in WGMMA_VARIANTS:
+        return _wgmma(variant, x, w, b, y, g, 1, 2, be, "conv2d_relu_maxpool")
     be.ext.conv2d_relu_maxpool(variant, g, be.ptr(x), be.ptr(w), wt, be.ptr(b) if b is not None else 0, be.ptr(y),
                                be.stream())
     return y

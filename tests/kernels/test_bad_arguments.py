@@ -32,10 +32,10 @@ def valid_calls(be):
     labels = xp.asarray(rng.integers(0, 4, (2, 5, 5)).astype(np.int32))
     _, indices = ops.max_pool2d(x, return_indices=True)
     return {
-        "conv2d": dict(x=x, w=w, b=b, stride=1, padding=1, relu=False, variant="igemm", splits=1),
-        "conv2d_variants": dict(w_shape=(4, 3, 3, 3), precision="fp32"),
+        "conv2d": dict(x=x, w=w, b=b, stride=1, padding=1, relu=False, variant="igemm", splits=1, precision="fp32"),
+        "conv2d_variants": dict(w_shape=(4, 3, 3, 3), precision="fp32", stride=1),
         "to_bf16_weights": dict(w=w),
-        "conv2d_relu_maxpool": dict(x=x, w=w, b=b, stride=1, padding=1, variant="igemm"),
+        "conv2d_relu_maxpool": dict(x=x, w=w, b=b, stride=1, padding=1, variant="igemm", precision="fp32"),
         "upsample_argmax": dict(x=t_x, w=up_w, stride=2, out_h=6, out_w=6, offset=(1, 1), probs=False,
                                 trusted=False),
         "max_pool2d": dict(x=x, kernel_size=2, stride=2, ceil_mode=True, return_indices=False),

@@ -176,6 +176,11 @@ def _conv_mma(variant, splits):
     return lambda: ops.conv2d(x, w, None, 1, 1, True, variant, splits)
 
 
+def _conv_wgmma(variant):
+    x, w = rand(1, 8, 9, 8), rand(16, 8, 3, 3, seed=1)  # a width of 8: TMA reads rows of 16-byte multiples
+    return lambda: ops.conv2d(x, w, rand(16, seed=2), 1, 1, True, variant)
+
+
 def _conv_small_c(c, r):
     x, w = rand(1, c, 6, 6), rand(5, c, r, r, seed=1)
     return lambda: ops.conv2d(x, w, None, 1, r // 2, False, "small_c")
@@ -205,6 +210,7 @@ SHARED_MEMORY_KERNELS = {
                           ("conv2d_igemm_bf16", _conv(16, "igemm_bf16")),
                           ("conv2d_igemm_bf16w", _conv(16, "igemm_bf16", bf16_weights=True))],
     "conv2d_mma": [(f"conv2d_{v}", _conv_mma(v, splits)) for v in ("mma_tf32", "mma_bf16") for splits in (1, 132)],
+    "conv2d_wgmma": [(f"conv2d_{v}", _conv_wgmma(v)) for v in ("wgmma_tf32", "wgmma_bf16")],
     "conv2d_small_c": [("conv2d_small_c", _conv_small_c(c, r)) for c, r in ((1, 1), (1, 3), (3, 3), (6, 3))],
     "conv2d_grad_weight_igemm": [(f"conv2d_grad_weight_igemm<{k}{',masked' if m else ''}>", _grad_weight(k, m))
                                  for k in (8, 16, 32, 64) for m in (False, True)],
