@@ -14,7 +14,9 @@ HGMMA.64xNx8.F32.TF32 and HGMMA.64xNx16.F32.BF16 for every N and both forms,
 WARPGROUP.ARRIVE (the fence) and WARPGROUP.DEPBAR.LE (the wait).
 The conv2d_mma kernels (mma_tf32, mma_bf16, both block tiles) hold all three: LDGSTS (4-byte gathers and
 16-byte zero-filled weight copies), LDSM.16.M88.4 and HMMA, and no spills
-(ptxas's report of the same build).
+(ptxas's report of the same build). The conv2d_wgmma kernels (wgmma_tf32,
+wgmma_bf16) hold HGMMA with WARPGROUP.ARRIVE / DEPBAR, UTMALDG (4-D boxes
+of x, 3-D of the filters) and SYNCS in their sm_90a code, and no spills.
 
 Needs cuobjdump on PATH (pip install --target DIR nvidia-cuda-cuobjdump and
 nvidia-cuda-nvdisasm, then both DIR/nvidia/cu13/bin on PATH; .ci/run does)
@@ -108,7 +110,24 @@ def test_wgmma_wrappers_compile_to_hgmma(kernel):
     assert not missing, f"{kernel}: no {sorted(missing)} in its SASS"
 
 
-@pytest.mark.parametrize("kernel", list(MMA_CONV))
+# The Hopper conv2d rung (conv2d_wgmma.cuh), in its sm_90a code: wgmma with A from registers (its
+# fence and wait), TMA loads of x (4-D) and of the reordered filters (3-D), the mbarrier ring.
+WGMMA_CONV = {f"_ZN3fcn12conv2d_wgmmaI{t}EEv14CUtensorMap_stS{s}_PKfPfNS_9ConvShapeEi":
+              {mma, "UTMALDG.4D", "UTMALDG.3D", "SYNCS.EXCH.64", "SYNCS.ARRIVE.TRANS64", "SYNCS.ARRIVE.TRANS64.A1T0",
+               "SYNCS.PHASECHK.TRANS64.TRYWAIT", "WARPGROUP.ARRIVE", "WARPGROUP.DEPBAR.LE"}
+              for t, s, mma in (("N6nvcuda4wmma9precision4tf32E", "5", "HGMMA.64x128x8.F32.TF32"),
+                                ("13__nv_bfloat16", "2", "HGMMA.64x128x16.F32.BF16"))}
+
+
+@pytest.mark.parametrize("kernel", list(WGMMA_CONV))
+def test_wgmma_conv_compiles_to_hgmma_utmaldg_syncs(kernel):
+    if not has_sm90a_cubin():
+        pytest.skip("the nvcc build has no sm_90a cubin (wgmma needs it: FCN_CUDA_ARCH naming 90a)")
+    missing = WGMMA_CONV[kernel] - sass_opcodes(kernel)
+    assert not missing, f"{kernel}: no {sorted(missing)} in its SASS"
+
+
+@pytest.mark.parametrize("kernel", [*MMA_CONV, *WGMMA_CONV])
 def test_mma_conv_kernels_do_not_spill(kernel):
     report = Path(fcn_cuda.__file__).parent.parent / "build" / "ptxas_report.txt"
     if not report.is_file():
