@@ -9,7 +9,7 @@
 
 Environment:
   FCN_CUDA_ARCH      compute capabilities, e.g. "90", "90a", "80;90"
-                     (default: the visible GPU's, else 90; 90 brings 90a with it,
+                     (default: the visible GPUs', else 90; 90 is built as 90a,
                      the target of the wgmma kernels: see default_archs)
   FCN_CUDA_SANITIZE  1: build only fcn_cuda._host_asan, the emulator with
                      ASan + UBSan; thread: build only fcn_cuda._host_tsan,
@@ -68,12 +68,14 @@ def cuda_home(nvcc):
 
 def default_archs(visible):
     """The arch list when FCN_CUDA_ARCH is unset: the visible GPUs' compute
-    capabilities (else 90), with 90a beside every 90. wgmma and setmaxnreg
-    exist only in the arch-specific sm_90a target (a plain sm_90 pass
-    rejects them, so the wgmma kernels' sm_90 code is a trap); the plain 90
-    stays, so that every other kernel keeps its sm_90 code and its PTX."""
-    archs = sorted(set(visible)) or ["90"]
-    return ";".join(a for arch in archs for a in ([arch, "90a"] if arch == "90" else [arch]))
+    capabilities (else 90), with 90 built as 90a. wgmma and setmaxnreg exist
+    only in the arch-specific sm_90a target (a plain sm_90 pass rejects
+    them, so the wgmma kernels' sm_90 code is a trap), and sm_90a code runs
+    every kernel on the one compute capability 9.0 that sm_90 code runs on:
+    one cubin for it, so the driver has no choice to make between them. The
+    PTX stays plain compute_90 (cuda_extension), for later GPUs to JIT."""
+    archs = sorted(set(visible), key=lambda a: int(a.rstrip("a"))) or ["90"]
+    return ";".join("90a" if arch == "90" else arch for arch in archs)
 
 
 def cuda_archs():
@@ -219,9 +221,8 @@ def cuda_extension(nvcc):
         gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     # PTX for the newest arch lets a later GPU JIT the kernels; an
     # arch-specific target (90a) runs on its own compute capability only, so
-    # the PTX is that of the newest plain one where there is one.
-    plain = [a for a in archs if not a.endswith("a")]
-    newest = (plain or archs)[-1]
+    # the PTX is always the plain one (compute_90 for 90a).
+    newest = max((a.removesuffix("a") for a in archs), key=int)
     gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
     import pybind11
 

@@ -298,6 +298,8 @@ PYBIND11_MODULE(FCN_MODULE_NAME, m) {
                                  P<float>(y), P<float>(workspace), relu, S(s));
     }, nogil);
     m.def("conv2d_wgmma_channels", &fcn::conv2d_wgmma_channels, "C rounded up to the wgmma variants' 32-channel stages");
+    m.def("conv2d_wgmma_code_loaded", &fcn::conv2d_wgmma_code_loaded,
+          "whether the code loaded for the current GPU is sm_90a's (the wgmma kernels'; always on the host)");
     m.def("conv2d_wgmma", [](const std::string& variant, const fcn::ConvShape& g, int splits, int mode, Addr x, Addr w,
                              Addr b, Addr y, Addr w_reordered, Addr workspace, Addr s) {
         fcn::launch_conv2d_wgmma(variant.c_str(), g, splits, mode, P<const float>(x), P<const float>(w),

@@ -25,6 +25,7 @@ class Backend:
         self.name = name
         self.ext = ext
         self.xp = xp
+        self._wgmma_code = {}  # device -> wgmma_code_loaded()
 
     def __repr__(self):
         return f"<fcn_cuda backend {self.name!r}>"
@@ -63,6 +64,18 @@ class Backend:
         if self.name == "host":
             return None
         return int(self.xp.cuda.Device().compute_capability)
+
+    def wgmma_code_loaded(self):
+        """Whether the code the driver loaded for the current device is
+        sm_90a's, the only code in which the wgmma kernels are not traps (a
+        build for FCN_CUDA_ARCH=90 without 90a has plain sm_90 code): a
+        one-thread probe, run once per device. Always True on the host."""
+        if self.name == "host":
+            return True
+        device = self.xp.cuda.Device().id
+        if device not in self._wgmma_code:
+            self._wgmma_code[device] = bool(self.ext.conv2d_wgmma_code_loaded())
+        return self._wgmma_code[device]
 
 
 _host = None

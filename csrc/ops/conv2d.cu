@@ -156,6 +156,42 @@ void launch_wgmma(const char* name, const ConvShape& g, int splits, int mode, co
 
 int conv2d_wgmma_channels(const ConvShape& g) { return ceil_div(g.C, kWgChunk) * kWgChunk; }
 
+namespace {
+// 1 where the code the driver loaded for this GPU is sm_90a's: a fatbinary
+// may hold plain sm_90 code instead (FCN_CUDA_ARCH naming 90 without 90a),
+// in which the wgmma kernels are traps.
+__global__ void conv2d_wgmma_code_probe(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+}  // namespace
+
+bool conv2d_wgmma_code_loaded() {
+#if defined(FCN_EMU)
+    return true;  // the emulator runs the wgmma kernels on any host
+#else
+    auto check = [](cudaError_t e, const char* what) {
+        if (e != cudaSuccess)
+            throw std::runtime_error(std::string("conv2d_wgmma_code_loaded: ") + what + ": " + cudaGetErrorString(e));
+    };
+    int* d = nullptr;
+    int loaded = 0;
+    check(cudaMalloc(&d, sizeof(int)), "cudaMalloc");
+    try {
+        launch("conv2d_wgmma_code_probe", conv2d_wgmma_code_probe, dim3(1), dim3(1), 0, cudaStream_t(0), d);
+        check(cudaMemcpy(&loaded, d, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    } catch (...) {
+        cudaFree(d);
+        throw;
+    }
+    cudaFree(d);
+    return loaded == 1;
+#endif
+}
+
 void launch_conv2d_wgmma(const char* variant, const ConvShape& g, int splits, int mode, const float* x,
                          const float* w, const float* b, float* y, void* w_reordered, float* workspace,
                          cudaStream_t stream) {

@@ -139,6 +139,8 @@ void launch_conv2d_split(const char* variant, const ConvShape& g, int splits, co
 // splits > 1 the partials go to workspace (splits x N x K x P x Q floats) and are summed in split order.
 // Stride 1, W a multiple of 4, x 16-byte aligned (checked in Python).
 int conv2d_wgmma_channels(const ConvShape& g);
+// Whether the wgmma kernels' code for the current GPU is sm_90a's (a one-thread probe; always on the host).
+bool conv2d_wgmma_code_loaded();
 void launch_conv2d_wgmma(const char* variant, const ConvShape& g, int splits, int mode, const float* x,
                          const float* w, const float* b, float* y, void* w_reordered, float* workspace,
                          cudaStream_t stream);

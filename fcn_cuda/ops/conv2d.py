@@ -53,6 +53,9 @@ def wgmma_refusal(x_shape, stride, backend=None):
     if cc is not None and cc != 90:
         return (f"they need an sm_90 GPU (wgmma and TMA, compiled for sm_90a); this device has compute "
                 f"capability {cc // 10}.{cc % 10}")
+    if cc is not None and not be.wgmma_code_loaded():
+        return ("this build's code for the GPU is plain sm_90, where the wgmma kernels are traps: rebuild with "
+                "FCN_CUDA_ARCH naming 90a (the default does)")
     return None
 
 

@@ -35,7 +35,7 @@ ROUNDING = {"wgmma_tf32": tf32_round, "wgmma_bf16": bf16_round}
 def runs_here(be):
     """Whether the wgmma variants run on this backend: the emulator runs them
     anywhere, a GPU only at compute capability 9.0 (test_other_gpus_refuse)."""
-    return be.compute_capability() in (None, 90)
+    return be.compute_capability() in (None, 90) and be.wgmma_code_loaded()
 
 
 @pytest.fixture(autouse=True)
@@ -271,13 +271,17 @@ def test_other_gpus_refuse(be, rng):
 
 
 class _FakeDevice:
-    """A cuda backend's policy inputs without a GPU: its name and compute capability."""
+    """A cuda backend's policy inputs without a GPU: its name, compute
+    capability and whether the code loaded for it is sm_90a's."""
 
-    def __init__(self, cc):
-        self.name, self.cc = "cuda", cc
+    def __init__(self, cc, sm90a_code=True):
+        self.name, self.cc, self.sm90a_code = "cuda", cc, sm90a_code
 
     def compute_capability(self):
         return self.cc
+
+    def wgmma_code_loaded(self):
+        return self.sm90a_code
 
 
 def test_needs_sm90():
@@ -285,6 +289,9 @@ def test_needs_sm90():
     assert wgmma_refusal((1, 3, 8, 8), 1, _FakeDevice(90)) is None
     assert "compute capability 8.0" in wgmma_refusal((1, 3, 8, 8), 1, _FakeDevice(80))
     assert "sm_90" in wgmma_refusal((1, 3, 8, 8), 1, _FakeDevice(100))
+    # An sm_90 GPU running a build's plain sm_90 code (FCN_CUDA_ARCH=90): the kernels there are traps.
+    assert "FCN_CUDA_ARCH naming 90a" in wgmma_refusal((1, 3, 8, 8), 1, _FakeDevice(90, sm90a_code=False))
+    assert _backend.by_name("host").wgmma_code_loaded()
     assert wgmma_refusal((1, 3, 8, 8), 1, _backend.by_name("host")) is None
     assert _backend.by_name("host").compute_capability() is None
 
@@ -296,6 +303,7 @@ def test_precision_policy(be, rng):
     big = ((1, 64, 256, 256), (64, 64, 3, 3), 1, 1)        # 16 x 32 = 512 tiles
     assert conv2d_wgmma_wins(*big, _FakeDevice(90))
     assert not conv2d_wgmma_wins(*big, _FakeDevice(80))
+    assert not conv2d_wgmma_wins(*big, _FakeDevice(90, sm90a_code=False))
     assert not conv2d_wgmma_wins(*big, _backend.by_name("host"))
     odd = ((1, 64, 256, 255), (64, 64, 3, 3), 1, 1)        # width 255: TMA cannot read its rows
     small = ((1, 512, 16, 16), (4096, 512, 7, 7), 1, 0)    # fc6's input at 500 x 500 (width 22, made 16): 64 tiles
