@@ -220,7 +220,9 @@ conv2d_wgmma(const __grid_constant__ TensorMap map_x, const __grid_constant__ Te
             }
         }
         wgmma_commit_group();
-        wgmma_wait_group<0>();
+        // The overload pins every accumulator read after the wait (the epilogue's included).
+        wgmma_wait_group<0>(acc[0]);
+        wgmma_wait_group<0>(acc[1]);
         mbarrier_arrive(&empty[slot]);
     }
 
