@@ -4,8 +4,9 @@
 // conv2d_wgmma<T> (wgmma_tf32, wgmma_bf16): warp-specialized. A block owns 128 pixels (a 16 x 8
 // spatial tile of one image) x 128 channels: warpgroup 0 consumes (two m64n128 wgmmas per step,
 // 128 fp32 accumulators per thread in registers), warp 4 produces (one thread issues TMA loads).
-// One stage = one filter tap (r, s) x 32 input channels, in a ring (tf32 3 stages, bf16 4: 97 KB,
-// so two blocks share an SM and overlap each other's waits) guarded by full / empty mbarriers.
+// One stage = one filter tap (r, s) x 32 input channels, in a ring (tf32 3 stages, bf16 4: 97 KB)
+// guarded by full / empty mbarriers. Two blocks per SM would need <= 168 registers a thread (ptxas's
+// cap under __launch_bounds__(160, 2), where it spills): at 186 / 175, one block per SM.
 // 160 threads, not two consumer warpgroups and setmaxnreg: the TSan build follows at most 256.
 // Data path, and why:
 //   A (x) needs no im2col: x viewed by a 4-D tensor map as (W, C, H, N) (dims reordered through
