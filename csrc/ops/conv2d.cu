@@ -2,6 +2,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/conv2d.cuh"
 #include "kernels/conv2d_mma.cuh"
@@ -39,20 +40,21 @@ dim3 wmma_grid(const ConvShape& g, int splits) {
     return dim3(ceil_div(g.N * g.P * g.Q, kConvTileM), ceil_div(g.K, kConvTileN), splits);
 }
 
-template <bool kBf16, int BM, int BN>
-void launch_mma_tile(int splits, const float* x, const float* w, const float* b, float* y, const ConvShape& g,
+template <bool kBf16, int BM, int BN, typename Wt>
+void launch_mma_tile(int splits, const float* x, const Wt* w, const float* b, float* y, const ConvShape& g,
                      int mode, cudaStream_t stream) {
     const dim3 grid(ceil_div(g.N * g.P * g.Q, BM), ceil_div(g.K, BN), splits);
-    launch(kBf16 ? "conv2d_mma_bf16" : "conv2d_mma_tf32", conv2d_mma<kBf16, BM, BN>, grid, dim3(kMmaThreads),
-           kMmaSmemBytes<BM, BN>, stream, x, w, b, y, g, mode);
+    const char* name = !kBf16 ? "conv2d_mma_tf32" : std::is_same_v<Wt, float> ? "conv2d_mma_bf16" : "conv2d_mma_bf16w";
+    launch(name, conv2d_mma<kBf16, BM, BN, Wt>, grid, dim3(kMmaThreads), kMmaSmemBytes<BM, BN>, stream, x, w, b, y, g,
+           mode);
 }
 
 // conv2d_mma at 128 x 128 where that still gives a wave of blocks (132, an
 // H100's SMs) and pads K no further than 64 x 64 does (K = 64, conv1's,
 // would leave half of each warp's channels empty), else at 64 x 64. Either
 // tile sums each output in the same order, so the choice never changes a bit.
-template <bool kBf16>
-void launch_mma(int splits, const float* x, const float* w, const float* b, float* y, const ConvShape& g, int mode,
+template <bool kBf16, typename Wt>
+void launch_mma(int splits, const float* x, const Wt* w, const float* b, float* y, const ConvShape& g, int mode,
                 cudaStream_t stream) {
     const int channel_tiles = ceil_div(g.K, kMmaBigTile);
     const long long big = (long long)ceil_div(g.N * g.P * g.Q, kMmaBigTile) * channel_tiles * splits;
@@ -94,12 +96,16 @@ bool launch_igemm(const char* variant, int splits, const float* x, const float* 
     return true;
 }
 
-// The same for weights already rounded to bf16: only igemm_bf16 reads them.
+// The same for weights already rounded to bf16: igemm_bf16 and mma_bf16 read them.
 bool launch_igemm(const char* variant, int splits, const float* x, const __nv_bfloat16* w, const float* b, float* y,
                   const ConvShape& g, int mode, cudaStream_t stream) {
-    if (std::strcmp(variant, "igemm_bf16")) return false;
-    launch("conv2d_igemm_bf16w", conv2d_igemm_wmma<__nv_bfloat16, __nv_bfloat16>, wmma_grid(g, splits),
-           dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
+    if (!std::strcmp(variant, "igemm_bf16"))
+        launch("conv2d_igemm_bf16w", conv2d_igemm_wmma<__nv_bfloat16, __nv_bfloat16>, wmma_grid(g, splits),
+               dim3(kConvThreads), 0, stream, x, w, b, y, g, mode);
+    else if (!std::strcmp(variant, "mma_bf16"))
+        launch_mma<true>(splits, x, w, b, y, g, mode, stream);
+    else
+        return false;
     return true;
 }
 
@@ -224,7 +230,8 @@ void launch_conv2d(const char* variant, const ConvShape& g, const float* x, cons
     const int mode = relu ? kConvRelu : kConvPlain;
     if (wt == WeightType::bf16) {
         if (!launch_igemm(variant, 1, x, static_cast<const __nv_bfloat16*>(w), b, y, g, mode, stream))
-            throw std::invalid_argument(std::string("conv2d: bf16 weights need variant igemm_bf16, got ") + variant);
+            throw std::invalid_argument(std::string("conv2d: bf16 weights need variant igemm_bf16 or mma_bf16, got ") +
+                                        variant);
         return;
     }
     const float* wf = static_cast<const float*>(w);

@@ -163,14 +163,14 @@ def conv2d_relu_maxpool_variant(x_shape, w_shape, padding):
 
 class Bf16Weights:
     """Convolution filters stored in bfloat16, half the bytes of float32, for
-    conv2d / conv2d_relu_maxpool's igemm_bf16 (its bf16-weights mode).
+    conv2d / conv2d_relu_maxpool's igemm_bf16 and mma_bf16 (their bf16-weights mode).
 
     NumPy and CuPy have no bfloat16 dtype, so ``bits`` holds each weight's
     bf16 bit pattern (the upper 16 bits of the float32 it stands for) as a
     K x C x R x S uint16 array of the active backend; ``shape`` is the
     filters' logical shape. Made by to_bf16_weights(w). The values are w
-    rounded to nearest even, the rounding igemm_bf16 applies to float32
-    weights as it loads them, so igemm_bf16 gives the same bits on either.
+    rounded to nearest even, the rounding igemm_bf16 and mma_bf16 apply to
+    float32 weights as they load them, so each gives the same bits on either.
     """
 
     def __init__(self, bits):
@@ -200,12 +200,15 @@ def to_bf16_weights(w):
 # ---- the convolutions
 
 
+BF16_WEIGHT_VARIANTS = ("igemm_bf16", "mma_bf16")  # the variants that read Bf16Weights
+
+
 def _bf16_variant(w, variant, op):
-    """The variant for bf16 weights: igemm_bf16, the only one that reads them."""
-    if variant not in (None, "igemm_bf16"):
-        raise ValueError(f"w holds bf16 weights ({w!r}), which only variant igemm_bf16 of {op} reads; "
-                         f"got variant {variant!r} (pass float32 weights for it)")
-    return "igemm_bf16"
+    """The variant for bf16 weights: igemm_bf16 or mma_bf16 (default igemm_bf16)."""
+    if variant not in (None, *BF16_WEIGHT_VARIANTS):
+        raise ValueError(f"w holds bf16 weights ({w!r}), which only variants {list(BF16_WEIGHT_VARIANTS)} of {op} "
+                         f"read; got variant {variant!r} (pass float32 weights for it)")
+    return variant or "igemm_bf16"
 
 
 def _conv_args(x, w, b, stride, padding, op, be):
@@ -300,9 +303,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     of one tap x 32 channels (at most R*S*ceil(C/32) splits), never
     automatically.
     w may be a Bf16Weights (to_bf16_weights): filters already rounded to
-    bf16, read by igemm_bf16 only (the default then; any other variant is a
-    ValueError), bit for bit its result on the float32 filters, splits
-    included, for half the weight bytes.
+    bf16, read by igemm_bf16 (the default then) and mma_bf16 (any other
+    variant is a ValueError), bit for bit the variant's result on the
+    float32 filters, splits included, for half the weight bytes.
     splits: split-K for the igemm variants (CONV2D_SPLIT_VARIANTS): the
     depth C*R*S is cut into `splits` ranges of whole 16-tap stages, computed
     by separate blocks into a workspace (splits x N x K x P x Q floats) and
@@ -373,7 +376,7 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None, precisi
     ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
     bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
     convolution becomes 0, where F.relu would propagate it. w may be a
-    Bf16Weights, as in conv2d (igemm_bf16 only, the default then).
+    Bf16Weights, as in conv2d (igemm_bf16, the default then, or mma_bf16).
     """
     be = _backend.active()
     if variant is not None:

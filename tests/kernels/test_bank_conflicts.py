@@ -170,9 +170,11 @@ def _conv(k, variant, bf16_weights=False):
     return lambda: ops.conv2d(x, w, rand(k, seed=2), 1, 1, True, variant)
 
 
-def _conv_mma(variant, splits):
+def _conv_mma(variant, splits, bf16_weights=False):
     """splits 1: the 64 x 64 tile; 132: the 128 x 128 one (conv2d_mma_tile), one block per split."""
     x, w = rand(1, 240, 3, 3), rand(72, 240, 3, 3, seed=1)
+    if bf16_weights:
+        w = ops.to_bf16_weights(w)
     return lambda: ops.conv2d(x, w, None, 1, 1, True, variant, splits)
 
 
@@ -209,7 +211,8 @@ SHARED_MEMORY_KERNELS = {
     "conv2d_igemm_wmma": [("conv2d_igemm_tf32", _conv(16, "igemm_tf32")),
                           ("conv2d_igemm_bf16", _conv(16, "igemm_bf16")),
                           ("conv2d_igemm_bf16w", _conv(16, "igemm_bf16", bf16_weights=True))],
-    "conv2d_mma": [(f"conv2d_{v}", _conv_mma(v, splits)) for v in ("mma_tf32", "mma_bf16") for splits in (1, 132)],
+    "conv2d_mma": [(f"conv2d_{v}", _conv_mma(v, splits)) for v in ("mma_tf32", "mma_bf16") for splits in (1, 132)]
+                  + [("conv2d_mma_bf16w", _conv_mma("mma_bf16", splits, True)) for splits in (1, 132)],
     "conv2d_wgmma": [(f"conv2d_{v}", _conv_wgmma(v)) for v in ("wgmma_tf32", "wgmma_bf16")],
     "conv2d_small_c": [("conv2d_small_c", _conv_small_c(c, r)) for c, r in ((1, 1), (1, 3), (3, 3), (6, 3))],
     "conv2d_grad_weight_igemm": [(f"conv2d_grad_weight_igemm<{k}{',masked' if m else ''}>", _grad_weight(k, m))
@@ -226,8 +229,11 @@ SHARED_MEMORY_KERNELS = {
 # The instruction probes test the emulator itself (some make plain accesses on purpose), and
 # the PTX wrappers are not kernels.
 NOT_KERNELS = re.compile(r"^(probes|ptx_).*\.cuh$")
-# Kernels whose shared memory only instructions touch (cp.async writes, ldmatrix reads): no plain access.
-INSTRUCTIONS_ONLY = {"conv2d_mma"}
+# The conv2d_mma launches and the kinds of access each makes: mma_tf32's shared memory only
+# instructions touch (cp.async writes, ldmatrix reads); mma_bf16 stores x (and fp32 w) from
+# registers, and with bf16 weights copies w by cp.async.
+MMA_KINDS = {"conv2d_mma_tf32": {"cp.async", "ldmatrix"}, "conv2d_mma_bf16": {"shared", "ldmatrix"},
+             "conv2d_mma_bf16w": {"shared", "ldmatrix", "cp.async"}}
 
 
 def kernels_with_shared_memory():
@@ -303,8 +309,8 @@ def test_every_kernel_with_shared_memory_is_counted(counting, function, name, ru
     for kind, c in counters[name].items():
         assert c["accesses"] > 0 and c["ideal"] > 0 and c["wavefronts"] >= c["ideal"], (name, kind, c)
         assert 1 <= c["max_way"] <= 32, (name, kind, c)
-    if function in INSTRUCTIONS_ONLY:
-        assert set(counters[name]) == {"cp.async", "ldmatrix"}, (name, counters[name])
+    if name in MMA_KINDS:
+        assert set(counters[name]) == MMA_KINDS[name], (name, counters[name])
         return
     # The plain loads and stores are there too, not only wmma's or an instruction's.
     assert counters[name].get("shared", {}).get("accesses", 0) > 0, (name, counters[name])

@@ -1,9 +1,11 @@
 """conv2d's bf16-weights mode (ops.to_bf16_weights, ops.Bf16Weights): the
-filters rounded to bf16 once, ahead of time, and read as bf16 by igemm_bf16.
+filters rounded to bf16 once, ahead of time, and read as bf16 by igemm_bf16
+and mma_bf16.
 
 fp32 -> bf16 rounding is one function of the value, so the mode must give
-igemm_bf16's result on the fp32 filters bit for bit, split-K and the pooled
-epilogue included; and through it, torch's float64 convolution at the bf16
+each variant's result on the fp32 filters bit for bit, split-K and the pooled
+epilogue included (mma_bf16 on both of its paths for w: cp.async where
+C*R*S % 8 == 0 and w is 16-byte aligned, else loads through registers); and through it, torch's float64 convolution at the bf16
 tolerance (1e-2). The conversion is checked against a NumPy
 round-to-nearest-even reference, ties, NaN / inf and the bf16 maximum
 included; the FCN opt-in (FCN.use_bf16_weights) against the fp32 model.
@@ -114,18 +116,21 @@ SHAPES = [
     (2, 256, 2, 3, 70, 1, 1, 1, 0, 4),          # fc7-like: 1x1, depth 256
 ]
 CASES = [(shape, sp) for shape in SHAPES for sp in (1, shape[-1]) if sp is not None]
+BF16_VARIANTS = ("igemm_bf16", "mma_bf16")
 
 
+@pytest.mark.parametrize("variant", BF16_VARIANTS)
 @pytest.mark.parametrize("shape, splits", CASES, ids=lambda a: str(a).replace(" ", ""))
-def test_bit_equal_to_igemm_bf16(be, rng, shape, splits):
+def test_bit_equal_to_fp32_weights(be, rng, shape, splits, variant):
     n, c, h, w, k, r, s, stride, padding, _ = shape
     relu = splits == 1  # split-K adds bias and ReLU in its sum: both paths see both
     x, wt, b = draw(be, rng, n, c, h, w, k, r, s)
-    ref = ops.conv2d(x, wt, b, stride, padding, relu, variant="igemm_bf16", splits=splits)
-    y = ops.conv2d(x, ops.to_bf16_weights(wt), b, stride, padding, relu, splits=splits)
+    ref = ops.conv2d(x, wt, b, stride, padding, relu, variant=variant, splits=splits)
+    y = ops.conv2d(x, ops.to_bf16_weights(wt), b, stride, padding, relu,
+                   variant=None if variant == "igemm_bf16" else variant, splits=splits)
     assert isinstance(y, be.xp.ndarray) and y.dtype == np.float32
     assert np.isfinite(to_numpy(ref)).all()
-    assert same_bits(y, ref), f"differs from igemm_bf16 by {errors(y, ref)}"
+    assert same_bits(y, ref), f"differs from {variant} by {errors(y, ref)}"
     assert_close(y, reference(x, wt, b, stride, padding, relu), HALF, what=f"bf16 weights {shape} splits {splits}")
 
 
@@ -141,16 +146,32 @@ def test_default_splits_and_variant(be, rng):
     assert same_bits(ops.conv2d(x, wb), ops.conv2d(x, wt, variant="igemm_bf16"))  # no bias
 
 
-@pytest.mark.parametrize("shape", [(2, 21, 9, 7, 70, 3, 3, 1, 1), (1, 3, 11, 13, 5, 3, 3, 1, 0)], ids=str)
-def test_relu_maxpool_bit_equal(be, rng, shape):
+@pytest.mark.parametrize("variant", BF16_VARIANTS)
+@pytest.mark.parametrize("shape", [(2, 21, 9, 7, 70, 3, 3, 1, 1), (1, 3, 11, 13, 5, 3, 3, 1, 0),
+                                   (2, 16, 9, 7, 70, 3, 3, 1, 1)], ids=str)
+def test_relu_maxpool_bit_equal(be, rng, shape, variant):
     n, c, h, w, k, r, s, stride, padding = shape
     x, wt, b = draw(be, rng, n, c, h, w, k, r, s)
     wb = ops.to_bf16_weights(wt)
-    y = ops.conv2d_relu_maxpool(x, wb, b, stride, padding)
-    assert same_bits(y, ops.conv2d_relu_maxpool(x, wt, b, stride, padding, variant="igemm_bf16"))
+    y = ops.conv2d_relu_maxpool(x, wb, b, stride, padding, None if variant == "igemm_bf16" else variant)
+    assert same_bits(y, ops.conv2d_relu_maxpool(x, wt, b, stride, padding, variant=variant))
     pooled = torch.nn.functional.max_pool2d(torch.from_numpy(reference(x, wt, b, stride, padding, True)), 2, 2,
                                             ceil_mode=True)
     assert_close(y, pooled.numpy(), HALF)
+
+
+def test_mma_bf16_misaligned_weights(be, rng):
+    """bf16 weights one value past a 16-byte boundary (a view) cannot go by
+    cp.async: mma_bf16 loads them through registers, to the same bits."""
+    x, wt, b = draw(be, rng, 2, 16, 9, 7, 21, 1, 1)  # depth 16: the cp.async path when aligned
+    wb = ops.to_bf16_weights(wt)
+    flat = be.xp.zeros(wb.bits.size + 1, dtype=np.uint16)
+    flat[1:] = wb.bits.ravel()
+    shifted = ops.Bf16Weights(flat[1:].reshape(wb.bits.shape))
+    assert be.ptr(shifted.bits) % 16 == 2
+    ref = ops.conv2d(x, wt, b, 1, 0, True, "mma_bf16")
+    assert same_bits(ops.conv2d(x, shifted, b, 1, 0, True, "mma_bf16"), ref)
+    assert same_bits(ops.conv2d(x, wb, b, 1, 0, True, "mma_bf16"), ref)
 
 
 def test_weights_beyond_bf16_range(be, rng):
@@ -173,17 +194,17 @@ def test_weights_beyond_bf16_range(be, rng):
 @given(n=st.integers(1, 2), c=st.integers(1, 12), h=st.integers(1, 8), w=st.integers(1, 8),
        k=st.integers(1, 70), r=st.integers(1, 4), s=st.integers(1, 4), stride=st.integers(1, 2),
        padding=st.integers(0, 2), relu=st.booleans(), bias=st.booleans(),
-       variant=st.sampled_from([None, "igemm_bf16", "igemm", "direct"]),
+       variant=st.sampled_from([None, "igemm_bf16", "mma_bf16", "igemm", "direct"]),
        splits=st.one_of(st.none(), st.integers(-1, 6)), seed=st.integers(0, 2**16))
 def test_fuzz(be, n, c, h, w, k, r, s, stride, padding, relu, bias, variant, splits, seed):
-    """Each random call either equals igemm_bf16 on the fp32 filters or
-    raises ValueError. Against torch: the float64 conv of the bf16-rounded x
+    """Each random call either equals its variant (igemm_bf16 for None) on
+    the fp32 filters or raises ValueError. Against torch: the float64 conv of the bf16-rounded x
     and w to fp32 accuracy (igemm_bf16's products are exact, its sums fp32),
     the check that holds at any size; the 1e-2 bound on the exact conv is for
     outputs of some depth (test_bit_equal_to_igemm_bf16), since a handful of
     bf16 products can cancel to far less than their rounding errors."""
     stages = -(-(c * r * s) // 16)
-    valid = (h + 2 * padding >= r and w + 2 * padding >= s and variant in (None, "igemm_bf16")
+    valid = (h + 2 * padding >= r and w + 2 * padding >= s and variant in (None, *BF16_VARIANTS)
              and (splits is None or 1 <= splits <= stages))
     x, wt, b = draw(be, np.random.default_rng(seed), n, c, h, w, k, r, s, bias)
     wb = ops.to_bf16_weights(wt)
@@ -192,7 +213,7 @@ def test_fuzz(be, n, c, h, w, k, r, s, stride, padding, relu, bias, variant, spl
             ops.conv2d(x, wb, b, stride, padding, relu, variant, splits)
         return
     y = ops.conv2d(x, wb, b, stride, padding, relu, variant, splits)
-    assert same_bits(y, ops.conv2d(x, wt, b, stride, padding, relu, "igemm_bf16", splits))
+    assert same_bits(y, ops.conv2d(x, wt, b, stride, padding, relu, variant or "igemm_bf16", splits))
     xr, wr = as_floats(bf16_bits(to_numpy(x))), as_floats(to_numpy(wb.bits))
     assert_close(y, reference(xr, wr, b, stride, padding, relu), FP32)
 
@@ -225,14 +246,15 @@ def test_bad_input(be, rng):
     if be.name == "host":
         with pytest.raises(TypeError, match="bits: got an array in GPU memory"):
             ops.Bf16Weights(FakeDeviceArray())
-    # conv2d with bf16 weights: igemm_bf16 only
-    for variant in ("igemm", "igemm_tf32", "direct", "small_c"):
-        with pytest.raises(ValueError, match="only variant igemm_bf16 of conv2d"):
+    # conv2d with bf16 weights: igemm_bf16 and mma_bf16 only
+    for variant in ("igemm", "igemm_tf32", "mma_tf32", "direct", "small_c"):
+        with pytest.raises(ValueError, match=r"only variants \['igemm_bf16', 'mma_bf16'\] of conv2d read"):
             ops.conv2d(x, wb, b, variant=variant)
     with pytest.raises(ValueError, match="variant must be one of"):
         ops.conv2d(x, wb, b, variant="bf16")
-    with pytest.raises(ValueError, match="only variant igemm_bf16 of conv2d_relu_maxpool"):
-        ops.conv2d_relu_maxpool(x, wb, b, variant="igemm")
+    for variant in ("igemm", "mma_tf32"):
+        with pytest.raises(ValueError, match=r"only variants \['igemm_bf16', 'mma_bf16'\] of conv2d_relu_maxpool"):
+            ops.conv2d_relu_maxpool(x, wb, b, variant=variant)
     # shapes, as for fp32 filters
     with pytest.raises(ValueError, match="w has 3 input channels"):
         ops.conv2d(x[:, :2].copy(), wb, b)

@@ -6,7 +6,10 @@ variant, split and fused one: both block tiles (128 x 128 only appears with
 132 or more blocks, so those shapes are wide, or split), FCN's paddings 0, 1
 and 100, filters whose depth is not a multiple of 4 (w copied 4 bytes at a
 time) or is (16 bytes at a time), split-K ranges that end inside a 32-tap
-stage, determinism, and the bank conflicts the emulator counts.
+(64-tap for mma_bf16) stage, determinism, mma_bf16 on bf16 weights (its
+cp.async path for w; the rest is in test_conv2d_bf16_weights.py), mma_bf16
+equal to igemm_bf16 bit for bit in the emulator, and the bank conflicts the
+emulator counts.
 
 Each result is checked against the float64 convolution of the operands
 rounded as the variant rounds them, to fp32 accuracy (rounded_reference; it
@@ -163,22 +166,85 @@ def counting():
     fcn_cuda.reset_emulator_counters()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "mma_bf16w"])
 @pytest.mark.parametrize("shape", [(1, 64, 16, 16, 64, 3, 3, 1), (2, 60, 17, 17, 120, 3, 3, 33),
-                                   (2, 5, 9, 8, 21, 7, 7, 1)], ids=["vgg_64tile", "split_128tile", "depth245"])
+                                   (2, 64, 17, 17, 120, 3, 3, 33), (2, 5, 9, 8, 21, 7, 7, 1)],
+                         ids=["vgg_64tile", "split_128tile", "split_128tile_depth576", "depth245"])
 def test_no_bank_conflicts(counting, variant, shape):
-    """Every ldmatrix and every cp.async write of the kernel is served in the
-    ideal number of wavefronts (the counter's model: csrc/emu/smem.h): the
-    XOR swizzle at work, at both tiles and on both paths of w."""
+    """Every ldmatrix, cp.async write and staging store (mma_bf16's x, and w
+    unless it goes by cp.async) of the kernel is served in the ideal number
+    of wavefronts (the counter's model: csrc/emu/smem.h): the XOR swizzle at
+    work, at both tiles and on every path of w (mma_bf16w: bf16 weights,
+    by cp.async where C*R*S % 8 == 0, else through registers)."""
     n, c, h, w, k, r, s, splits = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
     wt = rng.standard_normal((k, c, r, s), dtype=np.float32)
-    ops.conv2d(x, wt, None, 1, 1, True, variant, splits)
+    if variant == "mma_bf16w":
+        ops.conv2d(x, ops.to_bf16_weights(wt), None, 1, 1, True, "mma_bf16", splits)
+        kinds = {"ldmatrix", "shared", "cp.async"} if c * r * s % 8 == 0 else {"ldmatrix", "shared"}
+    else:
+        ops.conv2d(x, wt, None, 1, 1, True, variant, splits)
+        kinds = {"ldmatrix", "cp.async"} if variant == "mma_tf32" else {"ldmatrix", "shared"}
     got = fcn_cuda.emulator_counters()[f"conv2d_{variant}"]
-    assert set(got) == {"ldmatrix", "cp.async"}, got
+    assert set(got) == kinds, got
     for kind, cnt in got.items():
         assert cnt["accesses"] > 0 and cnt["conflicts"] == 0 and cnt["max_way"] == 1, (kind, cnt)
+
+
+def test_bf16_staging_halves_the_wavefronts(counting):
+    """mma_bf16 stages bf16 (64 taps per 128-byte row): on the VGG-like
+    layer it needs half mma_tf32's wavefronts (ldmatrix and staging writes
+    alike), with fp32 weights (stored from registers) and bf16 ones (by
+    cp.async) alike: 18432 against 36864, as docs/performance.md (rung 9) gives."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 16, 16), dtype=np.float32)
+    wt = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    ops.conv2d(x, wt, None, 1, 1, True, "mma_tf32")
+    ops.conv2d(x, wt, None, 1, 1, True, "mma_bf16")
+    ops.conv2d(x, ops.to_bf16_weights(wt), None, 1, 1, True, "mma_bf16")
+    got = fcn_cuda.emulator_counters()
+    total = {v: sum(c["wavefronts"] for c in got[f"conv2d_{v}"].values()) for v in VARIANTS + ("mma_bf16w",)}
+    assert total == {"mma_tf32": 36864, "mma_bf16": 18432, "mma_bf16w": 18432}, total
+    assert got["conv2d_mma_bf16"]["ldmatrix"]["wavefronts"] == got["conv2d_mma_tf32"]["ldmatrix"]["wavefronts"] // 2
+
+
+# ------------------------------------------------------------ bf16 weights, and igemm_bf16's bits
+@pytest.mark.parametrize("shape", [(2, 16, 9, 7, 70, 3, 3, 1, 1, 3), (2, 64, 17, 17, 120, 3, 3, 1, 1, 33),
+                                   (2, 5, 9, 8, 21, 7, 7, 1, 0, 1)], ids=["depth144", "depth576_128tile", "depth245"])
+def test_bf16_weights(be, rng, shape):
+    """mma_bf16 on ops.Bf16Weights (w by cp.async where the depth is a
+    multiple of 8; depth 245 through registers): its result on the fp32
+    filters bit for bit, plain, split and fused, within the bf16 tolerance."""
+    n, c, h, w, k, r, s, stride, padding, splits = shape
+    x, wt, b = draw(be, rng, n, c, h, w, k, r, s)
+    wb = ops.to_bf16_weights(wt)
+    y = ops.conv2d(x, wb, b, stride, padding, True, "mma_bf16", splits)
+    assert same_bits(y, ops.conv2d(x, wt, b, stride, padding, True, "mma_bf16", splits))
+    assert_close(y, rounded_reference("mma_bf16", x, wt, b, stride, padding, True), FP32)
+    assert_close(y, reference(x, wt, b, stride, padding, True), HALF)
+    assert same_bits(ops.conv2d(x, wb, b, stride, padding, False, "mma_bf16"),
+                     ops.conv2d(x, wt, b, stride, padding, False, "mma_bf16"))
+    assert same_bits(ops.conv2d_relu_maxpool(x, wb, b, stride, padding, "mma_bf16"),
+                     ops.conv2d_relu_maxpool(x, wt, b, stride, padding, "mma_bf16"))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5, 8, 3, 3, 1, 1, 2), (2, 70, 5, 3, 21, 3, 3, 1, 1, 7),
+                                   (1, 32, 8, 9, 64, 7, 7, 1, 0, 4), (2, 60, 17, 17, 120, 3, 3, 1, 1, 33)], ids=str)
+def test_equals_igemm_bf16_in_the_emulator(rng, shape):
+    """Both sum each output over 16-tap mma steps in tap order, one fp32
+    accumulator chain, with the same rounding of x and w: in the emulator
+    (its mma.sync and wmma both add a step's 16 products the same way)
+    mma_bf16 gives igemm_bf16's bits, split or not. On a GPU the two are
+    the same HMMA.16816 instructions in the same order; not yet checked there."""
+    fcn_cuda.use_backend("host")
+    n, c, h, w, k, r, s, stride, padding, splits = shape
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((k, c, r, s), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    for sp in (1, splits):
+        assert same_bits(ops.conv2d(x, wt, b, stride, padding, False, "mma_bf16", sp),
+                         ops.conv2d(x, wt, b, stride, padding, False, "igemm_bf16", sp))
 
 
 # ------------------------------------------------------------ the policy

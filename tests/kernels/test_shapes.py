@@ -40,7 +40,7 @@ def test_bf16_weights_need_igemm_bf16_at_the_launcher(be):
     refuses (ops.conv2d refuses first, in Python)."""
     g = be.ext.ConvShape((1, 2, 4, 4), (3, 2, 1, 1), (1, 1), (0, 0))
     x, w, y = be.xp.zeros((1, 2, 4, 4), np.float32), be.xp.zeros((3, 2, 1, 1), np.uint16), be.empty((1, 3, 4, 4))
-    with pytest.raises(ValueError, match="bf16 weights need variant igemm_bf16, got igemm"):
+    with pytest.raises(ValueError, match="bf16 weights need variant igemm_bf16 or mma_bf16, got igemm"):
         be.ext.conv2d("igemm", g, be.ptr(x), be.ptr(w), be.ext.WeightType.bf16, 0, be.ptr(y), False, be.stream())
 
 

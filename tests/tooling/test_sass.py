@@ -12,9 +12,11 @@ wrappers into UTMALDG (cp.async.bulk.tensor: .2D .. .5D), UTMACCTL.PF
 and the wgmma wrappers (ptx_wgmma.cuh) of an sm_90a build into
 HGMMA.64xNx8.F32.TF32 and HGMMA.64xNx16.F32.BF16 for every N and both forms,
 WARPGROUP.ARRIVE (the fence) and WARPGROUP.DEPBAR.LE (the wait).
-The conv2d_mma kernels (mma_tf32, mma_bf16, both block tiles) hold all three: LDGSTS (4-byte gathers and
-16-byte zero-filled weight copies), LDSM.16.M88.4 and HMMA, and no spills
-(ptxas's report of the same build). The conv2d_wgmma kernels (wgmma_tf32,
+The conv2d_mma kernels (both block tiles) hold LDSM.16.M88.4 and HMMA, and no spills (ptxas's report of
+the same build); mma_tf32 stages by LDGSTS (4-byte gathers and 16-byte zero-filled weight copies),
+mma_bf16 through registers (LDG, F2FP.BF16.F32.PACK_AB, STS; no LDGSTS on fp32 weights) and, on bf16
+weights, the weights by LDGSTS.E.128.ZFILL.
+The conv2d_wgmma kernels (wgmma_tf32,
 wgmma_bf16) hold HGMMA with WARPGROUP.ARRIVE / DEPBAR, UTMALDG (4-D boxes
 of x, 3-D of the filters) and SYNCS in their sm_90a code, and no spills.
 
@@ -58,11 +60,15 @@ EXPECTED = {
     "_ZN3fcn14tma_ring_probeE14CUtensorMap_stPfib": {"UTMALDG.2D", "FENCE.VIEW.ASYNC.S", "SYNCS.ARRIVE.TRANS64.A1T0",
                                                     "SYNCS.PHASECHK.TRANS64.TRYWAIT"},
 }
-# The Ampere conv2d rung (conv2d_mma.cuh): conv2d_mma<bf16?, tile, tile>.
-MMA_CONV = {f"_ZN3fcn10conv2d_mmaILb{bf16}ELi{tile}ELi{tile}EEEvPKfS2_S2_PfNS_9ConvShapeEi":
-            {"LDGSTS.E", "LDGSTS.E.128.ZFILL", "LDGDEPBAR", "DEPBAR.LE", "LDSM.16.M88.4",
-             "HMMA.16816.F32.BF16" if bf16 else "HMMA.1688.F32.TF32"}
-            for bf16 in (0, 1) for tile in (64, 128)}
+# The Ampere conv2d rung (conv2d_mma.cuh): conv2d_mma<bf16?, tile, tile, weight type>.
+MMA_MANGLED = {"tf32": "_ZN3fcn10conv2d_mmaILb0ELi{0}ELi{0}EfEEvPKfPKT2_S2_PfNS_9ConvShapeEi",
+               "bf16": "_ZN3fcn10conv2d_mmaILb1ELi{0}ELi{0}EfEEvPKfPKT2_S2_PfNS_9ConvShapeEi",
+               "bf16w": "_ZN3fcn10conv2d_mmaILb1ELi{0}ELi{0}E13__nv_bfloat16EEvPKfPKT2_S3_PfNS_9ConvShapeEi"}
+MMA_OPS = {"tf32": {"LDGSTS.E", "LDGSTS.E.128.ZFILL", "LDGDEPBAR", "DEPBAR.LE", "LDSM.16.M88.4", "HMMA.1688.F32.TF32"},
+           "bf16": {"LDG.E.CONSTANT", "F2FP.BF16.F32.PACK_AB", "STS", "LDSM.16.M88.4", "HMMA.16816.F32.BF16"},
+           "bf16w": {"LDG.E.CONSTANT", "F2FP.BF16.F32.PACK_AB", "STS", "LDGSTS.E.128.ZFILL", "LDGDEPBAR", "DEPBAR.LE",
+                     "LDSM.16.M88.4", "HMMA.16816.F32.BF16"}}
+MMA_CONV = {name.format(tile): MMA_OPS[v] for v, name in MMA_MANGLED.items() for tile in (64, 128)}
 EXPECTED.update(MMA_CONV)
 OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.x]+)")  # x: HGMMA's 64xNxK
 
@@ -79,6 +85,13 @@ def sass_opcodes(kernel):
 def test_wrappers_compile_to_their_instructions(kernel):
     missing = EXPECTED[kernel] - sass_opcodes(kernel)
     assert not missing, f"{kernel}: no {sorted(missing)} in its SASS"
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+def test_mma_bf16_stages_through_registers(tile):
+    """mma_bf16 converts x (and fp32 w) on the way into shared memory: no cp.async of them."""
+    assert not {op for op in sass_opcodes(MMA_MANGLED["bf16"].format(tile)) if op.startswith("LDGSTS")}
+    assert "LDGSTS.E" not in sass_opcodes(MMA_MANGLED["bf16w"].format(tile))  # x: no 4-byte gathers
 
 
 def test_the_opcode_pattern_reads_sass():
