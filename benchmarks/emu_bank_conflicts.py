@@ -50,6 +50,8 @@ def runs():
          lambda: ops.conv2d(x, ops.to_bf16_weights(wt), b, 1, 1, True, "igemm_bf16")),
         *[(f"conv2d {v}, {layer}", lambda v=v: ops.conv2d(x, wt, b, 1, 1, True, v))
           for v in ("mma_tf32", "mma_bf16", "wgmma_tf32", "wgmma_bf16")],
+        (f"conv2d mma_bf16 (bf16 weights), {layer}",
+         lambda: ops.conv2d(x, ops.to_bf16_weights(wt), b, 1, 1, True, "mma_bf16")),
         ("conv2d small_c, 3->64 3x3, 64x64", lambda: ops.conv2d(x3, w3, None, 1, 1, True, "small_c")),
         (f"conv2d_grad_weight (ReLU mask), {layer}", lambda: ops.conv2d_grad_weight(x, dy, 3, 1, 1, y)),
         ("gemm tiled, 64x64x64", lambda: gemm.gemm(a, a, "tiled")),
