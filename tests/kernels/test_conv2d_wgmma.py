@@ -253,7 +253,7 @@ def test_refusals(be, rng, variant):
         ops.conv2d(shifted, w, b, variant=variant)
     with pytest.raises(ValueError, match="computes in"):
         ops.conv2d(x, w, b, variant=variant, precision="fp32")
-    with pytest.raises(ValueError, match="only variant igemm_bf16"):
+    with pytest.raises(ValueError, match="only variants .'igemm_bf16', 'mma_bf16'. of conv2d read"):
         ops.conv2d(x, ops.to_bf16_weights(w), b, variant=variant)
 
 
