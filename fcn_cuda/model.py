@@ -205,8 +205,9 @@ class FCN:
 
     def use_bf16_weights(self, layers=("fc6",)):
         """Inference runs `layers` (a name or names of BF16_WEIGHT_LAYERS:
-        fc6, fc7) as ops.conv2d's igemm_bf16 on their weights rounded to bf16
-        once, here (ops.to_bf16_weights): half the weight bytes to stream,
+        fc6, fc7) as ops.conv2d's bf16 default (mma_bf16 on a GPU, igemm_bf16
+        on the host) on their weights rounded to bf16 once, here
+        (ops.to_bf16_weights): half the weight bytes to stream,
         the lever for fc6 at batch 1 (docs/performance.md, rung 8). The
         other layers are unchanged; () turns the mode off. Returns the model.
 
@@ -250,7 +251,8 @@ class FCN:
     def conv_plan(self, height, width, batch=1):
         """{conv layer: (variant, splits)}: what ops.conv2d picks by default
         for each trunk layer of a forward over batch x 3 x height x width
-        (a bf16-weights layer: igemm_bf16). Both depend on the layer's
+        (a bf16-weights layer: precision bf16's, mma_bf16 on a GPU and
+        igemm_bf16 on the host). Both depend on the layer's
         shape, and a variant or split count sums in its own order, so a
         forward over a crop of an image (a tile) runs the whole image's plan
         to give its bits (fcn_cuda.tiling)."""
@@ -266,8 +268,7 @@ class FCN:
             h, w = h + 2 * p - k + 1, w + 2 * p - k + 1
             out_c, in_c = self.params[f"{name}.weight"].shape[:2]
             m, crs = batch * max(h, 1) * max(w, 1), in_c * k * k
-            variant = ("igemm_bf16" if name in self.bf16_layers
-                       else conv2d_default_variant(m, out_c, crs, be.name))
+            variant = conv2d_default_variant(m, out_c, crs, be.name, "bf16" if name in self.bf16_layers else "fp32")
             plan[name] = variant, (conv2d_auto_splits(m, out_c, crs)
                                    if variant in ops.CONV2D_SPLIT_VARIANTS else 1)
         return plan

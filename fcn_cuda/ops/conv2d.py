@@ -204,11 +204,13 @@ BF16_WEIGHT_VARIANTS = ("igemm_bf16", "mma_bf16")  # the variants that read Bf16
 
 
 def _bf16_variant(w, variant, op):
-    """The variant for bf16 weights: igemm_bf16 or mma_bf16 (default igemm_bf16)."""
+    """The variant for bf16 weights: igemm_bf16 or mma_bf16; by default
+    precision='bf16''s default (conv2d_default_variant: mma_bf16 on the GPU,
+    igemm_bf16 on the host), the same bits either way."""
     if variant not in (None, *BF16_WEIGHT_VARIANTS):
         raise ValueError(f"w holds bf16 weights ({w!r}), which only variants {list(BF16_WEIGHT_VARIANTS)} of {op} "
                          f"read; got variant {variant!r} (pass float32 weights for it)")
-    return variant or "igemm_bf16"
+    return variant or conv2d_default_variant(0, 0, 0, None, "bf16")  # the shape does not matter at bf16
 
 
 def _conv_args(x, w, b, stride, padding, op, be):
@@ -303,7 +305,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, relu=False, variant=None, splits=N
     of one tap x 32 channels (at most R*S*ceil(C/32) splits), never
     automatically.
     w may be a Bf16Weights (to_bf16_weights): filters already rounded to
-    bf16, read by igemm_bf16 (the default then) and mma_bf16 (any other
+    bf16, read by igemm_bf16 and mma_bf16 (the default then is
+    precision='bf16''s: mma_bf16 on the GPU, igemm_bf16 on the host; any other
     variant is a ValueError), bit for bit the variant's result on the
     float32 filters, splits included, for half the weight bytes.
     splits: split-K for the igemm variants (CONV2D_SPLIT_VARIANTS): the
@@ -376,7 +379,8 @@ def conv2d_relu_maxpool(x, w, b=None, stride=1, padding=0, variant=None, precisi
     ``max_pool2d(conv2d(x, w, b, stride, padding, relu=True, variant=variant))``
     bit for bit, on every run. Like conv2d's ReLU (fmaxf), a NaN in the
     convolution becomes 0, where F.relu would propagate it. w may be a
-    Bf16Weights, as in conv2d (igemm_bf16, the default then, or mma_bf16).
+    Bf16Weights, as in conv2d (igemm_bf16 or mma_bf16, precision='bf16''s
+    default by default).
     """
     be = _backend.active()
     if variant is not None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import fcn_cuda
 from fcn_cuda import model as M
 from fcn_cuda import ops
+from fcn_cuda.ops.conv2d import conv2d_default_variant
 
 from _util import FP32, HALF, assert_close, errors, to_numpy
 from test_conv2d import draw, reference  # the float64 torch reference and the fixed-seed inputs
@@ -135,15 +136,18 @@ def test_bit_equal_to_fp32_weights(be, rng, shape, splits, variant):
 
 
 def test_default_splits_and_variant(be, rng):
-    """Without variant or splits the mode is igemm_bf16 with conv2d's own
+    """Without variant or splits the mode is precision='bf16''s default
+    variant (mma_bf16 on a GPU, igemm_bf16 on the host) with conv2d's own
     split rule; with relu and bias both applied after the split sum."""
+    default = "mma_bf16" if be.name == "cuda" else "igemm_bf16"
+    assert conv2d_default_variant(0, 0, 0, be.name, "bf16") == default
     x, wt, b = draw(be, rng, 1, 32, 8, 9, 64, 7, 7)
     wb = ops.to_bf16_weights(wt)
     for relu in (False, True):
-        assert same_bits(ops.conv2d(x, wb, b, relu=relu), ops.conv2d(x, wt, b, relu=relu, variant="igemm_bf16"))
+        assert same_bits(ops.conv2d(x, wb, b, relu=relu), ops.conv2d(x, wt, b, relu=relu, variant=default))
         assert same_bits(ops.conv2d(x, wb, b, relu=relu, splits=3),
-                         ops.conv2d(x, wt, b, relu=relu, variant="igemm_bf16", splits=3))
-    assert same_bits(ops.conv2d(x, wb), ops.conv2d(x, wt, variant="igemm_bf16"))  # no bias
+                         ops.conv2d(x, wt, b, relu=relu, variant=default, splits=3))
+    assert same_bits(ops.conv2d(x, wb), ops.conv2d(x, wt, variant=default))  # no bias
 
 
 @pytest.mark.parametrize("variant", BF16_VARIANTS)
@@ -153,7 +157,8 @@ def test_relu_maxpool_bit_equal(be, rng, shape, variant):
     n, c, h, w, k, r, s, stride, padding = shape
     x, wt, b = draw(be, rng, n, c, h, w, k, r, s)
     wb = ops.to_bf16_weights(wt)
-    y = ops.conv2d_relu_maxpool(x, wb, b, stride, padding, None if variant == "igemm_bf16" else variant)
+    default = conv2d_default_variant(0, 0, 0, be.name, "bf16")
+    y = ops.conv2d_relu_maxpool(x, wb, b, stride, padding, None if variant == default else variant)
     assert same_bits(y, ops.conv2d_relu_maxpool(x, wt, b, stride, padding, variant=variant))
     pooled = torch.nn.functional.max_pool2d(torch.from_numpy(reference(x, wt, b, stride, padding, True)), 2, 2,
                                             ceil_mode=True)
