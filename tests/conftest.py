@@ -68,3 +68,15 @@ def _backend_put_back():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def counting():
+    """The host emulator with the bank-conflict counter on and zeroed, off
+    and zeroed again after the test (fcn_cuda.emulator_counters reads it)."""
+    fcn_cuda.use_backend("host")
+    fcn_cuda.reset_emulator_counters()
+    fcn_cuda.count_bank_conflicts(True)
+    yield
+    fcn_cuda.count_bank_conflicts(False)
+    fcn_cuda.reset_emulator_counters()

@@ -29,16 +29,6 @@ pytestmark = pytest.mark.kernels
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def counting():
-    fcn_cuda.use_backend("host")
-    fcn_cuda.reset_emulator_counters()
-    fcn_cuda.count_bank_conflicts(True)
-    yield
-    fcn_cuda.count_bank_conflicts(False)
-    fcn_cuda.reset_emulator_counters()
-
-
 def check(kernel, accesses, wavefronts, ideal, max_way, at=None):
     """kernel's "shared" counts are these; its worst access was made on a
     source line that contains `at` (None: there is no conflict to place)."""

@@ -156,16 +156,6 @@ def test_misaligned_weights_take_the_4_byte_path(be, rng):
 
 
 # ------------------------------------------------------------ bank conflicts
-@pytest.fixture
-def counting():
-    fcn_cuda.use_backend("host")
-    fcn_cuda.reset_emulator_counters()
-    fcn_cuda.count_bank_conflicts(True)
-    yield
-    fcn_cuda.count_bank_conflicts(False)
-    fcn_cuda.reset_emulator_counters()
-
-
 @pytest.mark.parametrize("variant", [*VARIANTS, "mma_bf16w"])
 @pytest.mark.parametrize("shape", [(1, 64, 16, 16, 64, 3, 3, 1), (2, 60, 17, 17, 120, 3, 3, 33),
                                    (2, 64, 17, 17, 120, 3, 3, 33), (2, 5, 9, 8, 21, 7, 7, 1)],

@@ -251,16 +251,6 @@ def test_mma_bf16_accumulates_in_fp32(be):
 
 
 # ------------------------------------------------------ bank-conflict counter
-@pytest.fixture
-def counting():
-    fcn_cuda.use_backend("host")
-    fcn_cuda.reset_emulator_counters()
-    fcn_cuda.count_bank_conflicts(True)
-    yield
-    fcn_cuda.count_bank_conflicts(False)
-    fcn_cuda.reset_emulator_counters()
-
-
 # (stride in vectors, width in floats) -> (wavefronts, ideal) of one warp-wide access,
 # worked by hand: 32 banks of 4-byte words; accesses of 4 bytes are served
 # for the whole warp at once, 8-byte ones per half-warp, 16-byte ones per
