@@ -47,11 +47,13 @@ CROSS_TESTS = "(cuda or gpu) and (pydensecrf or emulators_bits) or emulator_matc
 # memcheck: the kernel tests' GPU cases, but the one that faults on purpose (sync launches).
 MEMCHECK = "cuda and not fault_is_raised"
 # racecheck: a few tests of each kernel that uses shared memory, small sizes only (not model_scale):
-# conv2d's igemm, split-K and wmma tiles (relu_and_bias, rounds_like_its_precision), conv2d_small_c
+# conv2d's igemm, split-K and wmma tiles and the wgmma rung (relu_and_bias, rounds_like_its_precision), the
+# mma rung (relu_and_no_bias), conv2d_small_c
 # (conv1_1), the weight and bias gradients (conv2d_grads), gemm tiled and wmma (gemm_against),
 # block_sum (block_reduction), the barrier and dynamic shared memory probes, softmax_xent, the
 # confusion matrix and the scan.
-RACECHECK = ("cuda and (relu_and_bias or rounds_like_its_precision or conv1_1 or conv2d_grads or gemm_against "
+RACECHECK = ("cuda and (relu_and_bias or relu_and_no_bias or rounds_like_its_precision or conv1_1 or conv2d_grads "
+             "or gemm_against "
              "or block_reduction or barrier_really or dynamic_shared or test_softmax_cross_entropy "
              "or confusion_matrix or exclusive_scan_matches)")
 
@@ -371,6 +373,7 @@ def smoke():
     img = be.xp.asarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8))
     x, w = a(1, 8, 16, 16), a(8, 8, 3, 3, scale=0.2)
     probs = ops.softmax(a(1, 3, 16, 16))[0]
+    off_this_gpu = object()
     families = {
         "elementwise": lambda: elementwise.axpy(2.0, a(1000), a(1000)),
         "reduce": lambda: reduce.block_sum(a(5000)),
@@ -378,6 +381,10 @@ def smoke():
         "scan": lambda: scan.exclusive_scan(be.xp.asarray(np.arange(100, dtype=np.int32) % 5)),
         "metrics": lambda: metrics.confusion_matrix(labels, labels, 3),
         "conv2d": lambda: ops.conv2d(x, w, a(8), 1, 1, True),
+        # The tensor-core rungs: Ampere's mma.sync on any GPU from sm_80, Hopper's wgmma + TMA on sm_90.
+        "conv2d_mma": lambda: ops.conv2d(x, w, a(8), 1, 1, True, variant="mma_tf32"),
+        "conv2d_wgmma": lambda: (ops.conv2d(x, w, a(8), 1, 1, True, variant="wgmma_tf32")
+                                 if be.compute_capability() in (None, 90) else off_this_gpu),
         "conv2d_backward": lambda: ops.conv2d_grad_weight(x, a(1, 8, 16, 16), 3, 1, 1),
         "pool": lambda: ops.max_pool2d(x),
         "upsample": lambda: ops.conv_transpose2d(a(1, 3, 8, 8), fcn_cuda.bilinear.bilinear_weights(3, 4), stride=2),
@@ -394,6 +401,9 @@ def smoke():
         t0 = time.perf_counter()
         try:
             result = call()
+            if result is off_this_gpu:  # a family this GPU cannot run (wgmma off sm_90)
+                print(f"{name:16s} skipped (compute capability {be.compute_capability()})")
+                continue
             outs = result if isinstance(result, tuple) else (result,)
             for o in outs:
                 if o is None or np.isscalar(o):
