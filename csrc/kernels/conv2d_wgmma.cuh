@@ -46,21 +46,18 @@ constexpr int kWgThreads = kWgConsumers + 32;    // and the producer warp
 constexpr int kWgABytes = kWgChunk * kWgTileM * 4;  // x's box, fp32
 
 // What differs between the two precisions: the stored weight type, the
-// mma depth, and the swizzle that makes a 32-channel row of B one span.
+// mma depth and the rounding (WmmaInput's), the ring's depth, and the
+// swizzle that makes a 32-channel row of B one span.
 template <typename T>
 struct WgmmaConv;
 template <>
-struct WgmmaConv<nvcuda::wmma::precision::tf32> {
-    using Stored = float;
-    static constexpr int kK = 8;
+struct WgmmaConv<nvcuda::wmma::precision::tf32> : WmmaInput<nvcuda::wmma::precision::tf32> {
     static constexpr int kStages = 3;
     static constexpr int kSwizzle = 128;
     static constexpr WgmmaSwizzle kDescSwizzle = WgmmaSwizzle::b128;
 };
 template <>
-struct WgmmaConv<__nv_bfloat16> {
-    using Stored = __nv_bfloat16;
-    static constexpr int kK = 16;
+struct WgmmaConv<__nv_bfloat16> : WmmaInput<__nv_bfloat16> {
     static constexpr int kStages = 4;
     static constexpr int kSwizzle = 64;
     static constexpr WgmmaSwizzle kDescSwizzle = WgmmaSwizzle::b64;
